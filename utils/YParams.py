@@ -1,0 +1,236 @@
+"""Configuration: named sections of ``config/vamoe.yaml`` read with ruamel.yaml.
+
+``YParams(path, name)`` loads one section (anchors and merge keys resolved), applies
+``--set key=value`` overrides (values parsed as YAML), fills derived values and validates the whole
+configuration, raising :class:`ConfigError` with the offending keys named.
+
+Derived values (never written in the YAML): ``layout`` (a :class:`utils.channels.ChannelLayout`),
+``N_in_channels`` / ``N_out_channels`` (the channel count) and ``num_experts`` (the paper code's
+spelling ``num_exports`` is accepted as an alias).
+"""
+from __future__ import annotations
+
+import io
+import os
+from typing import Any, Iterable, Optional
+
+from ruamel.yaml import YAML
+
+from utils.channels import ERA5_LEVELS, ChannelLayout
+
+
+class ConfigError(ValueError):
+    """An inconsistent or unknown configuration value; the message names the keys at fault."""
+
+
+DERIVED_KEYS = ("layout", "N_in_channels", "N_out_channels")
+_ALIASES = {"num_exports": "num_experts"}
+_CHOICES = {
+    "use_moe": ("channelmoe", False, "moe"),
+    "moe_impl": ("fast", "loop"),
+    "loss": ("trainl2", "l2"),
+    "recons_target": ("input", "target"),
+    "amp_dtype": ("bf16", "fp16"),
+    "nettype": ("vit",),
+}
+_POSITIVE_INTS = ("h_size", "w_size", "patch_size", "embed_dim", "depth", "num_blocks", "topk",
+                  "batch_size", "valid_batch_size", "eval_batch_size", "max_epochs", "t_in",
+                  "t_out_train", "t_out_valid", "t_out_test", "lead_time", "train_interval",
+                  "valid_interval", "test_interval", "global_attn_every")
+
+
+def _plain(value: Any) -> Any:
+    """ruamel's commented containers and scalar types to plain Python objects."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    return value
+
+
+def parse_yaml_value(text: str) -> Any:
+    """Parse one ``--set`` value as YAML (``3`` -> int, ``[a, b]`` -> list, ``null`` -> None)."""
+    return _plain(YAML(typ="safe").load(io.StringIO(text)))
+
+
+def load_section(path: str, name: str) -> dict:
+    """Read section ``name`` of the YAML file at ``path`` as a plain dict."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist")
+    with open(path) as f:
+        document = YAML(typ="safe").load(f)
+    if not isinstance(document, dict) or name not in document:
+        sections = sorted(document) if isinstance(document, dict) else []
+        raise ConfigError(f"config section {name!r} not found in {path}; sections: {sections}")
+    section = _plain(document[name])
+    for alias, key in _ALIASES.items():
+        if alias in section:
+            value = section.pop(alias)
+            if key not in section:
+                section[key] = value
+    return section
+
+
+class YParams:
+    """One configuration section, readable as attributes (``p.embed_dim``) or items (``p["lr"]``).
+
+    Args:
+        yaml_filename: path of the YAML file.
+        config_name: name of the section.
+        overrides: ``key=value`` strings, values parsed as YAML; unknown keys are errors.
+    """
+
+    def __init__(self, yaml_filename: str, config_name: str,
+                 overrides: Optional[Iterable[str]] = None):
+        self._yaml_filename = yaml_filename
+        self._config_name = config_name
+        self.params: dict = load_section(yaml_filename, config_name)
+        self.apply_overrides(overrides or [])
+        self.update_derived()
+
+    # -- access -------------------------------------------------------------------------------
+    def __getattr__(self, key: str):
+        if key.startswith("_") or key == "params":
+            raise AttributeError(key)
+        try:
+            return self.params[key]
+        except KeyError:
+            raise AttributeError(f"config section {self._config_name!r} has no key {key!r}") from None
+
+    def __getitem__(self, key: str):
+        if key not in self.params:
+            raise KeyError(f"config section {self._config_name!r} has no key {key!r}")
+        return self.params[key]
+
+    def __setitem__(self, key: str, value) -> None:
+        self.params[key] = value
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.params
+
+    def get(self, key: str, default=None):
+        return self.params.get(key, default)
+
+    @property
+    def config_name(self) -> str:
+        return self._config_name
+
+    # -- overrides and derived values ----------------------------------------------------------
+    def apply_overrides(self, overrides: Iterable[str]) -> None:
+        """Apply ``key=value`` strings; the key must exist in the section."""
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"--set expects key=value, got {item!r}")
+            key, text = item.split("=", 1)
+            key = _ALIASES.get(key.strip(), key.strip())
+            if key not in self.params or key in DERIVED_KEYS:
+                raise ConfigError(f"--set {item!r}: unknown config key {key!r} in section "
+                                  f"{self._config_name!r}")
+            self.params[key] = parse_yaml_value(text)
+
+    def update_derived(self) -> None:
+        """Recompute derived values and validate; call after changing variable lists."""
+        validate(self.params, self._config_name)
+        layout = ChannelLayout.from_params(self.params)
+        self.params["layout"] = layout
+        self.params["N_in_channels"] = layout.n_channels
+        self.params["N_out_channels"] = layout.n_channels
+        if self.params.get("cl_ckpt_path") is not None or self.params.get("old_higher_features"):
+            validate_incremental(self.params, layout)
+
+    def to_dict(self) -> dict:
+        """The resolved configuration without derived objects (for ``hyperparams.yaml``)."""
+        return {k: v for k, v in self.params.items() if k not in DERIVED_KEYS}
+
+    def dump(self, path: str) -> None:
+        yaml = YAML()
+        yaml.default_flow_style = None
+        with open(path, "w") as f:
+            yaml.dump({self._config_name: self.to_dict()}, f)
+
+
+def validate(params: dict, section: str = "") -> None:
+    """Raise :class:`ConfigError` naming the keys of any inconsistent setting."""
+    where = f" (section {section!r})" if section else ""
+    problems = []
+    for key, choices in _CHOICES.items():
+        if key in params and params[key] not in choices:
+            problems.append(f"'{key}' is {params[key]!r}; expected one of {list(choices)}")
+    for key in _POSITIVE_INTS:
+        if key in params and not (isinstance(params[key], int) and not isinstance(params[key], bool)
+                                  and params[key] > 0):
+            problems.append(f"'{key}' must be a positive integer, got {params[key]!r}")
+    if problems:
+        raise ConfigError("invalid config" + where + ": " + "; ".join(problems))
+
+    try:
+        layout = ChannelLayout.from_params(params)
+    except (ValueError, KeyError) as err:
+        raise ConfigError(f"invalid config{where}: {err}") from None
+    bad_levels = [p for p in layout.pressure_level if p not in ERA5_LEVELS]
+    if bad_levels:
+        problems.append(f"'pressure_level' has {bad_levels}, which are not ERA5 levels {ERA5_LEVELS}")
+
+    d, p = params["embed_dim"], params["patch_size"]
+    if d % params["num_blocks"]:
+        problems.append(f"'embed_dim' ({d}) is not divisible by 'num_blocks' (heads, "
+                        f"{params['num_blocks']})")
+    if params.get("use_moe") == "channelmoe" and d % params["topk"]:
+        problems.append(f"'embed_dim' ({d}) is not divisible by 'topk' ({params['topk']})")
+    for key in ("h_size", "w_size"):
+        if params[key] % p:
+            problems.append(f"'{key}' ({params[key]}) is not divisible by 'patch_size' ({p})")
+    window = params.get("window_size")
+    if not (isinstance(window, list) and len(window) == 2 and all(
+            isinstance(w, int) and w > 0 for w in window)):
+        problems.append(f"'window_size' must be two positive integers, got {window!r}")
+    experts = params.get("num_experts")
+    if params.get("use_moe") == "channelmoe" and experts != layout.n_groups:
+        problems.append(
+            f"'num_experts' ({experts}) must equal the number of variable groups "
+            f"({layout.n_groups}: {layout.group_names}) derived from 'higher_features' and "
+            f"'surface_features'")
+    if params.get("use_moe") == "moe":
+        if not isinstance(experts, int) or experts < 1:
+            problems.append(f"'num_experts' must be a positive integer, got {experts!r}")
+        elif not 1 <= params.get("moe_topk_tokens", 1) <= experts:
+            problems.append(f"'moe_topk_tokens' ({params.get('moe_topk_tokens')}) must be between "
+                            f"1 and 'num_experts' ({experts})")
+    if not 0.0 <= float(params.get("loss_weight", 0.0)) <= 1.0:
+        problems.append(f"'loss_weight' ({params['loss_weight']}) must lie in [0, 1]")
+    for key in ("train_period", "valid_period", "test_period"):
+        value = params.get(key)
+        if not (isinstance(value, list) and len(value) == 2):
+            problems.append(f"'{key}' must be [start_date, end_date], got {value!r}")
+    for key in ("train_interval", "valid_interval", "test_interval"):
+        if key in params and isinstance(params[key], int) and params[key] % params["lead_time"] \
+                and params["lead_time"] % params[key]:
+            problems.append(f"'{key}' ({params[key]}) and 'lead_time' ({params['lead_time']}) "
+                            "must divide one another")
+    if problems:
+        raise ConfigError("invalid config" + where + ": " + "; ".join(problems))
+
+
+def validate_incremental(params: dict, layout: ChannelLayout) -> None:
+    """The old variable set of an incremental section must exist and be a subset of the new one."""
+    missing = [k for k in ("old_higher_features", "old_pressure_level", "old_surface_features")
+               if params.get(k) is None]
+    if missing:
+        raise ConfigError(f"incremental config (cl_ckpt_path set) lacks {missing}")
+    try:
+        old = ChannelLayout.from_params(params, prefix="old_")
+    except (ValueError, KeyError) as err:
+        raise ConfigError(f"invalid old variable set: {err}") from None
+    unmatched = [c.name for c in old.channels if c not in layout]
+    if unmatched:
+        raise ConfigError(
+            f"old variables {unmatched} (from 'old_higher_features', 'old_pressure_level', "
+            f"'old_surface_features') are not in the new variable set {layout.names}")
