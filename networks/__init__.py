@@ -1,0 +1,1 @@
+"""VA-MoE networks: the ViT backbone whose feed-forward layers are a channel-adaptive MoE."""

@@ -1,0 +1,67 @@
+"""Multi-head self-attention over the token grid: windowed (8 x 8 windows) or global.
+
+Both variants use ``qkv = Linear(D -> 3D, bias)``, scale ``head_dim ** -0.5`` (the default of
+``scaled_dot_product_attention``) and ``proj = Linear(D -> D)``. The windowed variant partitions
+the ``(Hg, Wg)`` token grid into non-overlapping windows, batched as one attention call. When the
+grid is not a multiple of the window it is zero-padded at the bottom/right and the padded tokens
+are masked out as keys, so every real token attends to exactly the real tokens of its window.
+"""
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+class Attention(nn.Module):
+    """Self-attention on tokens ``(B, N, D)`` laid out row-major on a ``grid_size`` grid.
+
+    Args:
+        dim: embedding dimension D.
+        num_heads: number of heads (D must be divisible by it).
+        grid_size: token grid ``(Hg, Wg)`` with ``Hg * Wg = N``.
+        window_size: ``(wh, ww)`` for windowed attention, or None for global attention.
+    """
+
+    def __init__(self, dim: int, num_heads: int, grid_size: Sequence[int],
+                 window_size: Optional[Sequence[int]] = None):
+        super().__init__()
+        self.num_heads = num_heads
+        self.grid_size = tuple(grid_size)
+        self.window_size = None if window_size is None else tuple(window_size)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=True)
+        self.proj = nn.Linear(dim, dim)
+
+    def _attend(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Attention within each row of ``x``: ``(B', L, D)`` -> ``(B', L, D)``."""
+        q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3,
+                            h=self.num_heads)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return rearrange(out, "b h l d -> b l (h d)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.window_size is None:
+            return self.proj(self._attend(x))
+        hg, wg = self.grid_size
+        wh, ww = self.window_size
+        pad_h, pad_w = (-hg) % wh, (-wg) % ww
+        grid = rearrange(x, "b (h w) d -> b h w d", h=hg, w=wg)
+        mask = None
+        if pad_h or pad_w:
+            grid = F.pad(grid, (0, 0, 0, pad_w, 0, pad_h))
+            mask = self._padding_mask(hg, wg, x.device)
+        windows = rearrange(grid, "b (nh wh) (nw ww) d -> (b nh nw) (wh ww) d", wh=wh, ww=ww)
+        if mask is not None:
+            mask = mask.repeat(x.shape[0], 1, 1, 1)
+        out = self._attend(windows, mask)
+        out = rearrange(out, "(b nh nw) (wh ww) d -> b (nh wh) (nw ww) d", b=x.shape[0],
+                        nh=(hg + pad_h) // wh, wh=wh, ww=ww)
+        return self.proj(rearrange(out[:, :hg, :wg], "b h w d -> b (h w) d"))
+
+    def _padding_mask(self, hg: int, wg: int, device) -> torch.Tensor:
+        """Boolean key mask ``(n_windows, 1, 1, wh * ww)``, False at padded positions."""
+        wh, ww = self.window_size
+        valid = torch.zeros(hg + (-hg) % wh, wg + (-wg) % ww, dtype=torch.bool, device=device)
+        valid[:hg, :wg] = True
+        return rearrange(valid, "(nh wh) (nw ww) -> (nh nw) 1 1 (wh ww)", wh=wh, ww=ww)

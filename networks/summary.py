@@ -1,0 +1,71 @@
+"""Print the parameter counts of a configuration as one JSON object.
+
+    python -m networks.summary --yaml_config config/vamoe.yaml --config vamoe
+
+The model is built on the meta device (no weights are allocated), so the paper-size network is
+summarised in seconds. ``trainable_params`` counts what remains trainable after the section's
+``freeze`` patterns (the incremental stage).
+"""
+import argparse
+import json
+from collections import OrderedDict
+
+import torch
+
+from networks.vamoe import VAMoE
+from utils.freezing import freeze_from_params
+from utils.YParams import YParams
+
+
+def component_of(name: str) -> str:
+    """Component a parameter belongs to, with block and expert indices removed.
+
+    ``blocks.3.ffn.experts.2.w_gate.weight`` -> ``blocks.ffn.experts``;
+    ``patch_embed.proj.weight`` -> ``patch_embed``.
+    """
+    parts = name.split(".")
+    if parts[0] != "blocks":
+        return parts[0]
+    return ".".join((["blocks"] + parts[2:-1])[:3])
+
+
+def summarize(params) -> dict:
+    with torch.device("meta"):
+        model = VAMoE.from_params(params)
+    frozen = set(freeze_from_params(model, params))
+    components = OrderedDict()
+    for name, p in model.named_parameters():
+        entry = components.setdefault(component_of(name), {"params": 0, "trainable": 0})
+        entry["params"] += p.numel()
+        entry["trainable"] += 0 if name in frozen else p.numel()
+    total = sum(c["params"] for c in components.values())
+    trainable = sum(c["trainable"] for c in components.values())
+    layout = params["layout"]
+    return {
+        "config": params.config_name,
+        "channels": layout.n_channels,
+        "experts": params["num_experts"] if params["use_moe"] else 0,
+        "variable_groups": layout.group_names,
+        "embed_dim": params["embed_dim"],
+        "depth": params["depth"],
+        "use_moe": params["use_moe"],
+        "total_params": total,
+        "trainable_params": trainable,
+        "trainable_fraction": round(trainable / total, 4),
+        "frozen_params": total - trainable,
+        "components": components,
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--yaml_config", default="config/vamoe.yaml")
+    parser.add_argument("--config", default="vamoe")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a config value (parsed as YAML)")
+    args = parser.parse_args(argv)
+    print(json.dumps(summarize(YParams(args.yaml_config, args.config, args.overrides)), indent=2))
+
+
+if __name__ == "__main__":
+    main()
