@@ -1,0 +1,159 @@
+"""Evaluation figures (matplotlib, Agg backend: no display needed).
+
+* :func:`plot_rmse_acc`: RMSE and ACC against lead time for the headline variables, the model
+  against the persistence and climatology baselines (``rmse_acc.png``).
+* :func:`plot_maps`: forecast, truth and error maps of a few variables at a few leads for one
+  initial condition (``maps.png``); :func:`nearest_leads` picks available leads (e.g. day 1 and
+  day 5, or the nearest the rollout has).
+"""
+from __future__ import annotations
+
+import io
+import math
+from typing import List, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from utils.results import atomic_write_bytes  # noqa: E402
+
+__all__ = ["plot_rmse_acc", "plot_maps", "nearest_leads"]
+
+_STYLE = {"model": dict(color="C0", lw=2.0, marker="o", ms=3),
+          "persistence": dict(color="C1", lw=1.2, ls="--"),
+          "climatology": dict(color="C2", lw=1.2, ls=":")}
+
+
+def _save(fig, path: str, dpi: int) -> str:
+    """Render to PNG and write it atomically (temporary file, then os.replace)."""
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, dpi=dpi, bbox_inches="tight", format="png")
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def plot_rmse_acc(results, headline_names: Sequence[str], path: str, dpi: int = 110) -> str:
+    """RMSE (top rows) and ACC (bottom rows) vs lead days for the headline variables present.
+
+    ``results`` is a :class:`utils.rollout.RolloutResults`. Lead 0 is left out (it is the
+    initial state). Returns ``path``.
+    """
+    names = [n for n in headline_names if n in results.channel_names]
+    if not names:
+        raise ValueError(f"none of {list(headline_names)} is among the result channels")
+    fcs = [f for f in ("model", "persistence", "climatology") if f in results.rmse]
+    cols = min(4, len(names))
+    grid_rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(2 * grid_rows, cols, figsize=(3.6 * cols, 2.7 * 2 * grid_rows),
+                             squeeze=False)
+    leads = np.asarray(results.lead_hours, dtype=float)
+    sel = leads > 0
+    days = leads[sel] / 24.0
+    for block, metric in enumerate(("rmse", "acc")):
+        table = results.rmse if metric == "rmse" else results.acc
+        for i in range(grid_rows * cols):
+            ax = axes[block * grid_rows + i // cols, i % cols]
+            if i >= len(names):
+                ax.set_visible(False)
+                continue
+            c = results.channel_index(names[i])
+            for f in fcs:
+                values = np.asarray(table[f][c], dtype=float)[sel]
+                if metric == "acc" and np.all(np.isnan(values)):
+                    continue
+                ax.plot(days, values, label=f, **_STYLE[f])
+            ax.set_title(f"{names[i]} {metric.upper()}", fontsize=10)
+            ax.grid(alpha=0.3)
+            ax.set_xlabel("lead (days)", fontsize=8)
+            ax.tick_params(labelsize=8)
+            if metric == "acc":
+                ax.set_ylim(top=1.02)
+    handles, labels = [], []
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False,
+               bbox_to_anchor=(0.5, 1.0))
+    extra = "" if results.acc_available else " (ACC unavailable: no climatology)"
+    fig.suptitle(f"Latitude-weighted RMSE and ACC, {results.n_ics} initial conditions{extra}",
+                 y=1.03)
+    fig.tight_layout()
+    return _save(fig, path, dpi)
+
+
+def nearest_leads(lead_hours: Sequence[float], wanted_hours: Sequence[float]) -> List[int]:
+    """Indices of the available leads nearest each wanted lead (lead 0 excluded when possible),
+    without repeats, in the wanted order."""
+    leads = np.asarray(lead_hours, dtype=float)
+    candidates = np.nonzero(leads > 0)[0] if np.any(leads > 0) else np.arange(len(leads))
+    out: List[int] = []
+    for w in wanted_hours:
+        k = int(candidates[np.argmin(np.abs(leads[candidates] - float(w)))])
+        if k not in out:
+            out.append(k)
+    return out
+
+
+def plot_maps(forecast, truth, lat, lon, names: Sequence[str], leads: Sequence[float], path: str,
+              title: Optional[str] = None, dpi: int = 100) -> str:
+    """Forecast, truth and error maps.
+
+    Args:
+        forecast, truth: ``(L, V, H, W)`` physical-unit fields of one initial condition, L =
+            ``len(leads)``, V = ``len(names)``.
+        lat, lon: degrees, lengths H (north to south) and W.
+        names: variable names (titles), e.g. ``["z500", "t2m"]``.
+        leads: lead hours of the L slices (titles).
+        path: output PNG.
+
+    One row per (variable, lead); columns forecast | truth | error (forecast - truth). Forecast
+    and truth share a colour scale per row; the error scale is symmetric about 0.
+    """
+    forecast, truth = np.asarray(forecast, dtype=float), np.asarray(truth, dtype=float)
+    if forecast.shape != truth.shape or forecast.ndim != 4:
+        raise ValueError(f"forecast {forecast.shape} and truth {truth.shape} must both be "
+                         "(L, V, H, W)")
+    L, V, H, W = forecast.shape
+    if L != len(leads) or V != len(names):
+        raise ValueError(f"fields have {L} leads and {V} variables; got {len(leads)} lead labels "
+                         f"and {len(names)} names")
+    lat, lon = np.asarray(lat, dtype=float), np.asarray(lon, dtype=float)
+    if len(lat) != H or len(lon) != W:
+        raise ValueError(f"{len(lat)} latitudes / {len(lon)} longitudes for {H} x {W} fields")
+    dlon = (lon[1] - lon[0]) if W > 1 else 360.0
+    dlat = abs(lat[0] - lat[1]) if H > 1 else 180.0
+    extent = (lon[0] - dlon / 2, lon[-1] + dlon / 2, lat.min() - dlat / 2, lat.max() + dlat / 2)
+    origin = "upper" if H < 2 or lat[0] > lat[-1] else "lower"
+    fig, axes = plt.subplots(V * L, 3, figsize=(13.5, 2.9 * V * L), squeeze=False)
+    for v in range(V):
+        for k in range(L):
+            row = axes[v * L + k]
+            f, t = forecast[k, v], truth[k, v]
+            err = f - t
+            lo, hi = np.nanmin([f.min(), t.min()]), np.nanmax([f.max(), t.max()])
+            emax = float(np.nanmax(np.abs(err))) or 1e-12
+            label = f"{names[v]} +{leads[k]:g} h"
+            panels = ((row[0], f, "forecast", dict(cmap="viridis", vmin=lo, vmax=hi)),
+                      (row[1], t, "truth", dict(cmap="viridis", vmin=lo, vmax=hi)),
+                      (row[2], err, "error", dict(cmap="RdBu_r", vmin=-emax, vmax=emax)))
+            for ax, data, ttl, kw in panels:
+                im = ax.imshow(data, extent=extent, origin=origin, aspect="auto",
+                               interpolation="nearest", **kw)
+                ax.set_title(f"{label}: {ttl}", fontsize=9)
+                ax.tick_params(labelsize=7)
+                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=7)
+            row[0].set_ylabel("latitude", fontsize=8)
+    for ax in axes[-1]:
+        ax.set_xlabel("longitude (deg E)", fontsize=8)
+    if title:
+        fig.suptitle(title, y=1.0)
+    fig.tight_layout()
+    return _save(fig, path, dpi)

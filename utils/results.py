@@ -1,0 +1,250 @@
+"""Result files of an evaluation run and the printed headline table.
+
+:func:`save_results` writes, into an output directory (every file atomically: a temporary file in
+the same directory, then ``os.replace``, so a crash never leaves a half-written result):
+
+============================================  =============================================
+``denormalized_lat_weight_rmse.npy``           model RMSE, physical units, ``(C, L)`` float64
+``lat_weight_acc.npy``                         model ACC, ``(C, L)`` float64 (NaN: undefined)
+``<baseline>_lat_weight_rmse.npy``             same for ``persistence`` / ``climatology``
+``<baseline>_lat_weight_acc.npy``
+``lead_hours.npy``                             ``(L,)`` int64, the columns' lead times
+``metrics.csv``                                ``forecaster,variable,level,lead_hours,rmse,acc``
+``metrics.json``                               everything above, structured (see below)
+============================================  =============================================
+
+``C`` channels in layout order, ``L = T + 1`` lead columns with column 0 the initial state (lead 0
+h) and column k the k-th autoregressive step. In ``metrics.csv`` the level is empty for surface
+variables and an undefined ACC is ``nan``. ``metrics.json``::
+
+    {"config": str | null, "n_ics": int, "lead_time_hours": int, "lead_hours": [int],
+     "acc_available": bool, "notes": [str],
+     "channels": [{"name": "z500", "variable": "z", "level": 500}, ...],
+     "forecasters": {"model": {"rmse": {"z500": [float, ...]}, "acc": {...},
+                               "acc_undefined": {"z500": [int, ...]}}, ...}}
+
+(NaN is written as JSON ``null``.) :func:`load_results` reads it back into a
+:class:`utils.rollout.RolloutResults`.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+
+from utils.rollout import FORECASTERS, RolloutResults
+
+MODEL_RMSE_FILE = "denormalized_lat_weight_rmse.npy"
+MODEL_ACC_FILE = "lat_weight_acc.npy"
+CSV_COLUMNS = ("forecaster", "variable", "level", "lead_hours", "rmse", "acc")
+
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_save_npy", "result_file_names",
+           "save_results", "load_results", "format_headline_table", "MODEL_RMSE_FILE",
+           "MODEL_ACC_FILE", "CSV_COLUMNS"]
+
+
+# ------------------------------------------------------------------------------------ atomic io
+def _file_mode(path: str) -> int:
+    """Mode for the new file: the existing file's, else 0o666 minus the process umask."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same directory and ``os.replace``
+    (readers see the old file or the new one, never a partial one; no temporary file is left
+    behind on failure)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
+                               suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode(path))   # mkstemp creates 0o600
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save_npy(path: str, array) -> None:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array), allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+# ------------------------------------------------------------------------------------ writing
+def result_file_names(forecaster: str) -> Dict[str, str]:
+    """``{"rmse": file, "acc": file}`` for a forecaster (the model keeps the historical names)."""
+    if forecaster == "model":
+        return {"rmse": MODEL_RMSE_FILE, "acc": MODEL_ACC_FILE}
+    return {"rmse": f"{forecaster}_lat_weight_rmse.npy", "acc": f"{forecaster}_lat_weight_acc.npy"}
+
+
+def _num(x) -> Optional[float]:
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+def _csv_num(x) -> str:
+    x = float(x)
+    return "nan" if math.isnan(x) else repr(x)
+
+
+def _to_json(results: RolloutResults, config_name: Optional[str]) -> dict:
+    forecasters = {}
+    for f in results.forecasters:
+        forecasters[f] = {
+            key: {name: [(int(v) if key == "acc_undefined" else _num(v)) for v in row]
+                  for name, row in zip(results.channel_names, arrays[f])}
+            for key, arrays in (("rmse", results.rmse), ("acc", results.acc),
+                                ("acc_undefined", results.acc_undefined))}
+    return {
+        "config": config_name,
+        "n_ics": int(results.n_ics),
+        "lead_time_hours": int(results.lead_time),
+        "lead_hours": [int(h) for h in results.lead_hours],
+        "acc_available": bool(results.acc_available),
+        "notes": list(results.notes),
+        "channels": [{"name": n, "variable": v, "level": lev}
+                     for n, (v, lev) in zip(results.channel_names, results.channels)],
+        "forecasters": forecasters,
+    }
+
+
+def _to_csv(results: RolloutResults) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for f in results.forecasters:
+        for c, (variable, level) in enumerate(results.channels):
+            for k, hours in enumerate(results.lead_hours):
+                writer.writerow([f, variable, "" if level is None else level, int(hours),
+                                 _csv_num(results.rmse[f][c, k]), _csv_num(results.acc[f][c, k])])
+    return out.getvalue()
+
+
+def save_results(results: RolloutResults, out_dir: str,
+                 config_name: Optional[str] = None) -> Dict[str, str]:
+    """Write every result file of ``results`` into ``out_dir``; returns ``{label: path}``."""
+    os.makedirs(out_dir, exist_ok=True)
+    written: Dict[str, str] = {}
+    for f in results.forecasters:
+        for metric, name in result_file_names(f).items():
+            path = os.path.join(out_dir, name)
+            array = results.rmse[f] if metric == "rmse" else results.acc[f]
+            atomic_save_npy(path, np.asarray(array, dtype=np.float64))
+            written[f"{f}_{metric}"] = path
+    path = os.path.join(out_dir, "lead_hours.npy")
+    atomic_save_npy(path, np.asarray(results.lead_hours, dtype=np.int64))
+    written["lead_hours"] = path
+    path = os.path.join(out_dir, "metrics.csv")
+    atomic_write_text(path, _to_csv(results))
+    written["csv"] = path
+    path = os.path.join(out_dir, "metrics.json")
+    atomic_write_text(path, json.dumps(_to_json(results, config_name), indent=1,
+                                       allow_nan=False) + "\n")
+    written["json"] = path
+    return written
+
+
+def load_results(path: str) -> RolloutResults:
+    """Read ``metrics.json`` (or a directory holding it) back into a RolloutResults."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "metrics.json")
+    with open(path) as fh:
+        doc = json.load(fh)
+    names = [c["name"] for c in doc["channels"]]
+    res = RolloutResults(lead_hours=np.asarray(doc["lead_hours"], dtype=np.int64),
+                         channel_names=names,
+                         channels=[(c["variable"], c["level"]) for c in doc["channels"]],
+                         n_ics=int(doc["n_ics"]), lead_time=int(doc["lead_time_hours"]),
+                         acc_available=bool(doc["acc_available"]), notes=list(doc["notes"]))
+    nan = lambda rows: np.array([[np.nan if v is None else v for v in rows[n]] for n in names],
+                                dtype=np.float64)
+    for f, block in doc["forecasters"].items():
+        res.rmse[f] = nan(block["rmse"])
+        res.acc[f] = nan(block["acc"])
+        res.acc_undefined[f] = np.array([block["acc_undefined"][n] for n in names], dtype=np.int64)
+    return res
+
+
+# ------------------------------------------------------------------------------------ table
+def _fmt(x: float, kind: str) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:.3f}" if kind == "acc" else f"{x:.4g}"
+
+
+def _lead_label(days: float) -> str:
+    hours = days * 24.0
+    h = f"{hours:g} h"
+    return f"{days:g} d ({h})" if float(days).is_integer() else h
+
+
+def format_headline_table(results: RolloutResults, headline_names: Sequence[str],
+                          days: Iterable[float]) -> str:
+    """Text table: headline variables x requested lead days, RMSE and ACC per forecaster.
+
+    Forecasters appear in the order model, persistence, climatology (those scored). Variables
+    absent from the results and days that are not a lead of the rollout (beyond it, or not a
+    multiple of the step) are skipped, each with a note under the table.
+    """
+    fcs = [f for f in FORECASTERS if f in results.rmse]
+    short = {"model": "model", "persistence": "persist", "climatology": "clim"}
+    header = ["variable", "lead"] + [f"RMSE {short[f]}" for f in fcs] + \
+             [f"ACC {short[f]}" for f in fcs]
+    rows: List[List[str]] = []
+    notes: List[str] = []
+    leads = []
+    for d in days:
+        k = results.lead_index(float(d) * 24.0)
+        if k is None:
+            notes.append(f"lead {_lead_label(float(d))} skipped: not in the rollout "
+                         f"(leads {int(results.lead_hours[0])}..{int(results.lead_hours[-1])} h "
+                         f"every {results.lead_time} h)")
+        else:
+            leads.append((float(d), k))
+    for name in headline_names:
+        if name not in results.channel_names:
+            notes.append(f"{name} skipped: not in this configuration's channels")
+            continue
+        c = results.channel_index(name)
+        for d, k in leads:
+            rows.append([name, _lead_label(d)]
+                        + [_fmt(float(results.rmse[f][c, k]), "rmse") for f in fcs]
+                        + [_fmt(float(results.acc[f][c, k]), "acc") for f in fcs])
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    line = lambda r: "  ".join(v.ljust(w) if i < 2 else v.rjust(w)
+                               for i, (v, w) in enumerate(zip(r, widths))).rstrip()
+    out = [f"Latitude-weighted RMSE (physical units) and ACC over {results.n_ics} initial "
+           "conditions", line(header), line(["-" * w for w in widths])]
+    out += [line(r) for r in rows]
+    if not rows:
+        out.append("(no rows: no headline variable at a requested lead)")
+    if not results.acc_available:
+        notes.append("ACC unavailable: no climatology")
+    elif "climatology" in fcs:
+        notes.append("climatology ACC is undefined (zero anomaly) by construction")
+    out += [f"note: {n}" for n in notes]
+    return "\n".join(out)

@@ -1,0 +1,481 @@
+"""Model-agnostic autoregressive evaluation (SPEC section 6).
+
+:func:`evaluate_rollout` runs a one-step forecaster ``step_fn`` autoregressively from every initial
+condition (IC) of a loader, feeding each forecast back as the next input, and scores the model and
+two baselines from the same code path:
+
+* ``model``: ``x_{k} = step_fn(x_{k-1})`` in normalised units, ``x_0`` = the input state;
+* ``persistence``: the input state at every lead;
+* ``climatology``: the climatology field at the valid time ``init + k * lead_time`` hours.
+
+Scores are latitude-weighted RMSE and ACC in physical units (conventions in
+:mod:`utils.weighted_acc_rmse`), accumulated on the fly in :class:`MetricAccumulator` (per channel
+and lead, sums of weighted MSE and of per-IC ACC): no forecast is kept in memory.
+
+Leads: the arrays have ``T + 1`` columns, lead index ``k`` = step ``k``, ``lead_hours[k] = k *
+lead_time``. Column 0 is the initial state itself (the "forecast" of the model and of persistence
+is the input: RMSE 0, a sanity check of the de-normalisation path; the climatology column 0 is the
+climatology at the initial time). Headline scores use columns 1..T.
+
+Loader contract: batches ``(inp, tar, time_hours)`` with ``inp`` ``(B, C, H, W)`` normalised (a
+``(B, 1, C, H, W)`` single-input-state axis is squeezed), ``tar`` ``(B, T, C, H, W)`` normalised
+targets for leads 1..T (``(B, C, H, W)`` when T == 1), ``time_hours`` ``(B,)`` int64 hours since
+1970-01-01 of the input state.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from utils.weighted_acc_rmse import (accumulation_dtype, acc_from_terms, lat_weights_torch,
+                                     weighted_acc_terms_torch_channels, weighted_mean_hw,
+                                     weighted_mse_torch_channels)
+
+FORECASTERS = ("model", "persistence", "climatology")
+
+__all__ = ["FORECASTERS", "MetricAccumulator", "RolloutResults", "evaluate_rollout",
+           "headline_rmse", "resolve_amp_dtype", "channel_meta"]
+
+
+# ------------------------------------------------------------------------------------ accumulator
+class MetricAccumulator:
+    """Running per-(channel, lead) sums of latitude-weighted MSE and ACC for one forecaster.
+
+    Args:
+        n_channels: C.
+        n_leads: number of lead columns (e.g. ``T + 1`` with lead 0, or 1 for one-step validation).
+        lat: latitudes in degrees, length H.
+        device: where the sums live (the fields' device; no host sync per update).
+
+    ``update(lead, pred, target, clim)`` adds a batch of ``(B, C, H, W)`` physical-unit fields;
+    ``rmse()`` gives ``sqrt(mean_ic MSE)`` and ``acc()`` the nan-aware mean of per-IC ACCs, both
+    ``(C, n_leads)`` float64 numpy arrays (NaN where nothing was accumulated).
+    ``acc_undefined()`` counts per-IC ACC values that were NaN (zero anomaly or non-finite fields).
+    For data-parallel validation call :meth:`all_reduce` before reading the scores.
+    """
+
+    def __init__(self, n_channels: int, n_leads: int, lat, device="cpu"):
+        self.n_channels, self.n_leads = int(n_channels), int(n_leads)
+        self.device = torch.device(device)
+        self.lat = np.asarray(lat.detach().cpu() if isinstance(lat, torch.Tensor) else lat,
+                              dtype=np.float64)
+        dtype = accumulation_dtype(self.device)
+        z = lambda: torch.zeros(self.n_channels, self.n_leads, dtype=dtype, device=self.device)
+        self.mse_sum = z()
+        self.count = z()            # samples per (channel, lead) contributing to mse_sum
+        self.acc_sum = z()
+        self.acc_count = z()        # defined per-IC ACC values
+        self.acc_nan = z()          # undefined per-IC ACC values
+
+    def _buffers(self) -> List[torch.Tensor]:
+        return [self.mse_sum, self.count, self.acc_sum, self.acc_count, self.acc_nan]
+
+    def _check_lead(self, lead: int) -> None:
+        if not 0 <= lead < self.n_leads:
+            raise IndexError(f"lead index {lead} outside 0..{self.n_leads - 1}")
+
+    def update_mse(self, lead: int, mse: torch.Tensor) -> None:
+        """Add per-sample weighted MSEs ``(B, C)`` at lead index ``lead``."""
+        self._check_lead(lead)
+        mse = mse.to(self.mse_sum)
+        self.mse_sum[:, lead] += mse.sum(0)
+        self.count[:, lead] += mse.shape[0]
+
+    def update_acc(self, lead: int, acc: torch.Tensor) -> None:
+        """Add per-sample ACCs ``(B, C)`` (NaN = undefined) at lead index ``lead``."""
+        self._check_lead(lead)
+        acc = acc.to(self.acc_sum)
+        nan = torch.isnan(acc)
+        self.acc_sum[:, lead] += torch.where(nan, torch.zeros_like(acc), acc).sum(0)
+        self.acc_count[:, lead] += (~nan).sum(0).to(acc)
+        self.acc_nan[:, lead] += nan.sum(0).to(acc)
+
+    def update(self, lead: int, pred: torch.Tensor, target: torch.Tensor, clim=None) -> None:
+        """Score physical-unit fields ``(B, C, H, W)``; ``clim`` None: ACC counted undefined."""
+        self.update_mse(lead, weighted_mse_torch_channels(pred, target, self.lat))
+        if clim is None:
+            self.update_acc(lead, torch.full(pred.shape[:2], float("nan"), device=pred.device))
+        else:
+            terms = weighted_acc_terms_torch_channels(pred, target, clim, self.lat)
+            self.update_acc(lead, acc_from_terms(*terms))
+
+    def merge(self, other: "MetricAccumulator") -> "MetricAccumulator":
+        """Add another accumulator's sums (same shape) into this one."""
+        for mine, theirs in zip(self._buffers(), other._buffers()):
+            mine += theirs.to(mine)
+        return self
+
+    def all_reduce(self) -> None:
+        """Sum the buffers over ranks (no-op unless torch.distributed is initialised)."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            for buf in self._buffers():
+                torch.distributed.all_reduce(buf)
+
+    def reset(self) -> None:
+        for buf in self._buffers():
+            buf.zero_()
+
+    def mse(self) -> np.ndarray:
+        s, n = self.mse_sum.cpu().numpy(), self.count.cpu().numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(n > 0, s / np.maximum(n, 1), np.nan)
+
+    def rmse(self) -> np.ndarray:
+        return np.sqrt(self.mse())
+
+    def acc(self) -> np.ndarray:
+        s, n = self.acc_sum.cpu().numpy(), self.acc_count.cpu().numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(n > 0, s / np.maximum(n, 1), np.nan)
+
+    def acc_undefined(self) -> np.ndarray:
+        return self.acc_nan.cpu().numpy().astype(np.int64)
+
+
+# ------------------------------------------------------------------------------------ results
+@dataclass
+class RolloutResults:
+    """Scores of an evaluation run; arrays are ``(C, L)``, L = ``len(lead_hours)``.
+
+    ``rmse[f]``, ``acc[f]``, ``acc_undefined[f]`` for each scored forecaster ``f`` (keys of
+    ``rmse``, in :data:`FORECASTERS` order). ``channels`` holds ``(variable, level)`` pairs
+    (level None for a surface variable). ``sample``, when captured, holds one IC's model forecast
+    and truth: ``{"time_hours": int, "channels": [indices], "forecast": (L, c, H, W),
+    "truth": (L, c, H, W)}`` in physical units.
+    """
+
+    lead_hours: np.ndarray
+    channel_names: List[str]
+    channels: List[Tuple[str, Optional[int]]]
+    n_ics: int
+    lead_time: int
+    rmse: Dict[str, np.ndarray] = field(default_factory=dict)
+    acc: Dict[str, np.ndarray] = field(default_factory=dict)
+    acc_undefined: Dict[str, np.ndarray] = field(default_factory=dict)
+    acc_available: bool = True
+    notes: List[str] = field(default_factory=list)
+    sample: Optional[dict] = None
+
+    @property
+    def forecasters(self) -> List[str]:
+        return list(self.rmse)
+
+    def lead_index(self, hours: float) -> Optional[int]:
+        """Column of a lead given in hours, or None when it is not in the rollout."""
+        hits = np.nonzero(np.isclose(self.lead_hours, hours, atol=1e-6))[0]
+        return int(hits[0]) if len(hits) else None
+
+    def channel_index(self, name: str) -> int:
+        return self.channel_names.index(name)
+
+
+def channel_meta(channels, n_channels: int) -> Tuple[List[str], List[Tuple[str, Optional[int]]]]:
+    """Names and ``(variable, level)`` pairs of a ChannelLayout, Channel list, name list or None."""
+    if channels is None:
+        names = [f"c{i}" for i in range(n_channels)]
+        return names, [(n, None) for n in names]
+    items = getattr(channels, "channels", channels)
+    names, meta = [], []
+    for c in items:
+        if isinstance(c, str):
+            names.append(c)
+            meta.append((c, None))
+        else:
+            names.append(c.name)
+            meta.append((c.variable, c.level))
+    if len(names) != n_channels:
+        raise ValueError(f"{len(names)} channel names for {n_channels} channels")
+    return names, meta
+
+
+# ------------------------------------------------------------------------------------ helpers
+def resolve_amp_dtype(amp_dtype, device) -> Optional[torch.dtype]:
+    """``None``/``"bf16"``/``"fp16"``/torch dtype -> autocast dtype; fp16 is CUDA-only here."""
+    if amp_dtype is None or amp_dtype is False:
+        return None
+    table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+             "float16": torch.float16, "half": torch.float16}
+    dtype = table.get(amp_dtype, amp_dtype) if isinstance(amp_dtype, str) else amp_dtype
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"amp_dtype must be bf16 or fp16, got {amp_dtype!r}")
+    kind = torch.device(device).type
+    if kind == "cpu" and dtype == torch.float16:
+        raise ValueError("fp16 autocast is not supported on CPU; use bf16")
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"autocast is only supported on cpu and cuda, not {kind!r}")
+    return dtype
+
+
+def _stats(values, n_channels: int, device, dtype) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor)
+                                   else values, dtype=np.float64), dtype=dtype, device=device)
+    if t.numel() != n_channels:
+        raise ValueError(f"normalisation statistics have {t.numel()} values for {n_channels} "
+                         "channels")
+    return t.reshape(1, n_channels, 1, 1)
+
+
+def _split_batch(batch, n_steps: int):
+    if not isinstance(batch, (tuple, list)) or len(batch) < 3:
+        raise ValueError("loader batches must be (inp, tar, time_hours)")
+    inp, tar, time_hours = batch[0], batch[1], batch[2]
+    inp, tar = torch.as_tensor(inp), torch.as_tensor(tar)
+    if inp.dim() == 5 and inp.shape[1] == 1:
+        inp = inp[:, 0]
+    if inp.dim() != 4:
+        raise ValueError(f"inp must be (B, C, H, W), got {tuple(inp.shape)}")
+    if tar.dim() == 4:
+        tar = tar.unsqueeze(1)
+    if tar.dim() != 5 or tar.shape[0] != inp.shape[0] or tar.shape[2:] != inp.shape[1:]:
+        raise ValueError(f"tar must be (B, T, C, H, W) matching inp {tuple(inp.shape)}, "
+                         f"got {tuple(tar.shape)}")
+    if tar.shape[1] < n_steps:
+        raise ValueError(f"the loader gives {tar.shape[1]} target steps, n_steps is {n_steps}")
+    times = [int(t) for t in torch.as_tensor(time_hours).reshape(-1).tolist()]
+    if len(times) != inp.shape[0]:
+        raise ValueError(f"{len(times)} times for a batch of {inp.shape[0]}")
+    return inp, tar[:, :n_steps], times
+
+
+# ------------------------------------------------------------------------------------ engine
+def evaluate_rollout(step_fn: Optional[Callable[[torch.Tensor], torch.Tensor]],
+                     loader: Iterable,
+                     n_steps: int,
+                     mean,
+                     std,
+                     lat,
+                     climatology,
+                     device,
+                     forecasters: Sequence[str] = FORECASTERS,
+                     progress: bool = True,
+                     amp_dtype=None,
+                     raw_forecast_writer: Optional[Callable[[int, np.ndarray], None]] = None,
+                     *,
+                     lead_time: int = 6,
+                     channels=None,
+                     capture_ic: Optional[int] = None,
+                     capture_channels: Optional[Sequence[int]] = None,
+                     max_batches: Optional[int] = None) -> RolloutResults:
+    """Autoregressive rollout of ``step_fn`` over ``loader``; scores model and baselines.
+
+    Args:
+        step_fn: one-step forecast in normalised units, ``(B, C, H, W) -> (B, C, H, W)``
+            (e.g. ``lambda x: model(x)[0]``; put the model in eval mode first). May be None when
+            ``"model"`` is not among ``forecasters``.
+        loader: iterable of ``(inp, tar, time_hours)`` batches (see the module docstring).
+        n_steps: T, the number of autoregressive steps.
+        mean, std: ``(C,)`` physical-unit normalisation statistics (``phys = x * std + mean``).
+        lat: latitudes in degrees, length H.
+        climatology: object with ``.field(time_hours: int) -> ndarray (C, H, W)`` in physical
+            units, or None (then every ACC is NaN, ``acc_available`` is False and the
+            climatology forecaster is skipped with a note).
+        device: where the model and the metric sums run.
+        forecasters: which of ``"model"``, ``"persistence"``, ``"climatology"`` to score.
+        progress: show a tqdm progress bar over batches.
+        amp_dtype: None, ``"bf16"``/``"fp16"`` or a torch dtype: autocast around ``step_fn``
+            (bf16 or fp16 on CUDA, bf16 on CPU); forecasts are cast back to float32 before
+            being fed back and scored.
+        raw_forecast_writer: called once per IC as ``writer(time_hours, forecast)`` with the
+            model forecast for leads 1..T, ``(T, C, H, W)`` float32 physical units (needs the
+            batch's T forecasts in host memory while it runs).
+        lead_time: hours per step (valid time of lead k = ``init + k * lead_time``).
+        channels: ChannelLayout, list of Channel or list of names (for names in the results).
+        capture_ic: index (in loader order) of an IC whose model forecast and truth, leads
+            0..T, are kept in ``results.sample`` (for map plots); ``capture_channels`` restricts
+            them to some channel indices (default all).
+        max_batches: stop after this many batches (quick checks).
+
+    Returns:
+        :class:`RolloutResults` with ``(C, T + 1)`` arrays, ``lead_hours = [0, lt, ..., T lt]``.
+    """
+    unknown = [f for f in forecasters if f not in FORECASTERS]
+    if unknown or not forecasters:
+        raise ValueError(f"forecasters must be a non-empty subset of {FORECASTERS}, got "
+                         f"{list(forecasters)}")
+    if int(n_steps) < 1:
+        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+    n_steps = int(n_steps)
+    device = torch.device(device)
+    notes: List[str] = []
+    forecasters = [f for f in FORECASTERS if f in forecasters]
+    if "model" in forecasters and step_fn is None:
+        raise ValueError("step_fn is required to score the model")
+    if climatology is None:
+        notes.append("no climatology given: ACC is undefined (NaN) for every forecaster")
+        if "climatology" in forecasters:
+            forecasters.remove("climatology")
+            notes.append("climatology baseline skipped (no climatology given)")
+            if not forecasters:
+                raise ValueError("no forecaster left to score without a climatology")
+    autocast_dtype = resolve_amp_dtype(amp_dtype, device)
+    lat = np.asarray(lat.detach().cpu() if isinstance(lat, torch.Tensor) else lat, np.float64)
+    want_model = "model" in forecasters
+
+    from tqdm import tqdm
+
+    try:
+        total = len(loader)  # type: ignore[arg-type]
+        if max_batches is not None:
+            total = min(total, max_batches)
+    except TypeError:
+        total = max_batches
+    bar = tqdm(loader, total=total, desc="rollout", unit="batch", disable=not progress,
+               dynamic_ncols=True)
+
+    accs: Dict[str, MetricAccumulator] = {}
+    mean_t = std_t = None
+    names: List[str] = []
+    meta: List[Tuple[str, Optional[int]]] = []
+    n_ics = 0
+    sample = None
+    work_dtype = accumulation_dtype(device)
+
+    with torch.inference_mode():
+        for b_idx, batch in enumerate(bar):
+            if max_batches is not None and b_idx >= max_batches:
+                break
+            inp, tar, times = _split_batch(batch, n_steps)
+            B, C = inp.shape[:2]
+            if mean_t is None:
+                if inp.shape[-2] != len(lat):
+                    raise ValueError(f"{len(lat)} latitudes for fields with H = {inp.shape[-2]}")
+                names, meta = channel_meta(channels, C)
+                mean_t = _stats(mean, C, device, work_dtype)
+                std_t = _stats(std, C, device, work_dtype)
+                accs = {f: MetricAccumulator(C, n_steps + 1, lat, device) for f in forecasters}
+                w = lat_weights_torch(lat, device, work_dtype)
+            inp = inp.to(device, torch.float32, non_blocking=True)
+            tar = tar.to(device, torch.float32, non_blocking=True)
+            phys = lambda x: x.to(work_dtype) * std_t + mean_t
+
+            def clim_at(k: int):
+                if climatology is None:
+                    return None
+                fields = [np.asarray(climatology.field(t + k * lead_time)) for t in times]
+                return torch.as_tensor(np.stack(fields), device=device).to(work_dtype)
+
+            capture_here = capture_ic is not None and n_ics <= capture_ic < n_ics + B
+            cap_row = capture_ic - n_ics if capture_here else None
+            cap_ch = list(range(C)) if capture_channels is None else list(capture_channels)
+            cap_fc, cap_truth = [], []
+            raw: List[torch.Tensor] = []
+
+            x = inp
+            init_phys = phys(inp)
+            for k in range(n_steps + 1):
+                if k == 0:
+                    truth = init_phys
+                else:
+                    truth = phys(tar[:, k - 1])
+                    if want_model:
+                        if autocast_dtype is not None:
+                            with torch.autocast(device.type, dtype=autocast_dtype):
+                                out = step_fn(x)
+                        else:
+                            out = step_fn(x)
+                        if not isinstance(out, torch.Tensor):
+                            raise TypeError("step_fn must return a tensor (B, C, H, W), got "
+                                            f"{type(out).__name__}")
+                        if out.shape != x.shape:
+                            raise ValueError(f"step_fn returned {tuple(out.shape)} for input "
+                                             f"{tuple(x.shape)}")
+                        x = out.float()
+                clim = clim_at(k)
+                model_phys = phys(x) if want_model else None
+                if clim is not None:                 # truth anomaly: shared by all forecasters
+                    b = truth - clim
+                    var_b = weighted_mean_hw(b * b, w)
+                for f, acc in accs.items():
+                    if f == "climatology":           # pred - truth = -b, zero anomaly
+                        mse = var_b
+                        zero = torch.zeros_like(var_b)
+                        corr = acc_from_terms(zero, zero, var_b)
+                    else:
+                        pred = model_phys if f == "model" else init_phys
+                        d = pred - truth
+                        mse = weighted_mean_hw(d * d, w)
+                        if clim is None:
+                            corr = torch.full_like(mse, float("nan"))
+                        else:
+                            a = pred - clim
+                            corr = acc_from_terms(weighted_mean_hw(a * b, w),
+                                                  weighted_mean_hw(a * a, w), var_b)
+                    acc.update_mse(k, mse)
+                    acc.update_acc(k, corr)
+                if want_model and raw_forecast_writer is not None and k > 0:
+                    raw.append(model_phys.float().cpu())
+                if capture_here and want_model:
+                    cap_fc.append(model_phys[cap_row, cap_ch].float().cpu())
+                    cap_truth.append(truth[cap_row, cap_ch].float().cpu())
+
+            if raw:
+                stacked = torch.stack(raw, dim=1).numpy()   # (B, T, C, H, W)
+                for i, t in enumerate(times):
+                    raw_forecast_writer(t, stacked[i])
+            if cap_fc:
+                sample = {"time_hours": times[cap_row], "channels": cap_ch,
+                          "forecast": torch.stack(cap_fc).numpy(),
+                          "truth": torch.stack(cap_truth).numpy()}
+            n_ics += B
+
+    if n_ics == 0:
+        raise ValueError("the loader gave no batches")
+    if raw_forecast_writer is not None and not want_model:
+        notes.append("raw_forecast_writer ignored: the model is not scored")
+    if capture_ic is not None and sample is None:
+        notes.append(f"capture_ic {capture_ic} not captured ({n_ics} ICs, model scored: "
+                     f"{want_model})")
+    results = RolloutResults(lead_hours=np.arange(n_steps + 1, dtype=np.int64) * int(lead_time),
+                             channel_names=names, channels=meta, n_ics=n_ics,
+                             lead_time=int(lead_time), acc_available=climatology is not None,
+                             notes=notes, sample=sample)
+    for f, acc in accs.items():
+        results.rmse[f] = acc.rmse()
+        results.acc[f] = acc.acc()
+        results.acc_undefined[f] = acc.acc_undefined()
+        undefined = int(results.acc_undefined[f].sum())
+        if undefined and climatology is not None:
+            if f == "climatology":
+                notes.append("climatology: ACC undefined (zero anomaly) by construction")
+            else:
+                note = (f"{f}: {undefined} per-IC ACC values undefined (zero anomaly or "
+                        "non-finite forecast), excluded from the mean")
+                notes.append(note)
+                warnings.warn(note, stacklevel=2)
+    if climatology is None:
+        warnings.warn(notes[0], stacklevel=2)
+    return results
+
+
+# ------------------------------------------------------------------------------------ validation
+def headline_rmse(pred_norm: torch.Tensor, tar_norm: torch.Tensor, mean, std, lat, layout,
+                  names: Sequence[str]) -> Dict[str, float]:
+    """Latitude-weighted RMSE in physical units of some channels over one batch.
+
+    ``pred_norm``, ``tar_norm``: ``(B, C, H, W)`` normalised; ``layout``: a ChannelLayout (names
+    missing from it are skipped). The batch value is ``sqrt(mean_b MSE_b)``. To aggregate over a
+    whole validation period use ``MetricAccumulator(C, 1, lat, device)`` with ``update(0, ...)``
+    on de-normalised fields per batch, then ``.rmse()[:, 0]``.
+    """
+    dtype = accumulation_dtype(pred_norm.device)
+    C = pred_norm.shape[1]
+    m = _stats(mean, C, pred_norm.device, dtype)
+    s = _stats(std, C, pred_norm.device, dtype)
+    idx, keep = [], []
+    for n in names:
+        try:
+            idx.append(layout.index_of_name(n))
+            keep.append(n)
+        except KeyError:
+            continue
+    if not idx:
+        return {}
+    with torch.no_grad():
+        p = pred_norm[:, idx].to(dtype) * s[:, idx] + m[:, idx]
+        t = tar_norm[:, idx].to(dtype) * s[:, idx] + m[:, idx]
+        rmse = weighted_mse_torch_channels(p, t, lat).mean(0).sqrt().cpu().tolist()
+    return dict(zip(keep, rmse))
