@@ -1,0 +1,232 @@
+"""Paths and times of the on-disk ERA5 layout (SPEC.md section 5), shared by the loader, the
+synthetic generator, the netCDF converter and the statistics tools.
+
+::
+
+    <root>/<YYYY>/<YYYY-MM-DD>/<HH>:00:00-<var>-<level>.npy     upper-air, level written as 500.0
+    <root>/single/<YYYY>/<YYYY-MM-DD>/<HH>:00:00-<var>.npy      surface
+    <root>/statistic/mean_std.json                              37 values per variable
+    <root>/statistic/mean_std_single.json                       one value per variable
+    <root>/statistic/climatology/                               see utils/climatology.py
+
+Times are integers: hours since 1970-01-01T00:00 UTC ("time_hours").
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+EPOCH = _dt.datetime(1970, 1, 1)
+STATISTIC_DIR = "statistic"
+SINGLE_DIR = "single"
+MEAN_STD_FILE = "mean_std.json"
+MEAN_STD_SINGLE_FILE = "mean_std_single.json"
+CLIMATOLOGY_DIR = "climatology"
+
+
+# ------------------------------------------------------------------------------------------ time
+def parse_date(value) -> _dt.date:
+    """``'YYYY-MM-DD'`` (or a date/datetime) to a :class:`datetime.date`."""
+    if isinstance(value, _dt.datetime):
+        return value.date()
+    if isinstance(value, _dt.date):
+        return value
+    try:
+        return _dt.date.fromisoformat(str(value).strip()[:10])
+    except ValueError:
+        raise ValueError(f"expected a date 'YYYY-MM-DD', got {value!r}") from None
+
+
+def to_hours(value) -> int:
+    """A date (00:00) or datetime to hours since the epoch."""
+    if isinstance(value, _dt.datetime):
+        dt = value
+    else:
+        d = parse_date(value)
+        dt = _dt.datetime(d.year, d.month, d.day)
+    if dt.tzinfo is not None:
+        dt = dt.astimezone(_dt.timezone.utc).replace(tzinfo=None)
+    return int((dt - EPOCH) // _dt.timedelta(hours=1))
+
+
+def from_hours(hours) -> _dt.datetime:
+    """Hours since the epoch to a naive UTC :class:`datetime.datetime`."""
+    return EPOCH + _dt.timedelta(hours=int(hours))
+
+
+def period_bounds(period: Sequence) -> tuple[int, int]:
+    """Inclusive date period ``[start, end]`` to ``(first hour, last hour)``: start 00:00 to end 23:00."""
+    if len(period) != 2:
+        raise ValueError(f"a period is [start_date, end_date], got {period!r}")
+    first, last = to_hours(period[0]), to_hours(period[1]) + 23
+    if last < first:
+        raise ValueError(f"period {list(period)} ends before it starts")
+    return first, last
+
+
+def period_times(start, end, step_hours: int = 6) -> np.ndarray:
+    """Hours from ``start`` 00:00 to ``end`` 23:00 (inclusive dates) every ``step_hours``."""
+    first, last = period_bounds([start, end])
+    return np.arange(first, last + 1, int(step_hours), dtype=np.int64)
+
+
+def day_of_year_index(hours) -> int:
+    """0-based day of year in a leap-year calendar (Feb 29 = 59, Mar 1 = 60 every year)."""
+    dt = from_hours(hours)
+    return _dt.date(2000, dt.month, dt.day).timetuple().tm_yday - 1
+
+
+# ------------------------------------------------------------------------------------------ paths
+def level_token(level) -> str:
+    """Pressure level as written in file names: ``500`` -> ``'500.0'``."""
+    return f"{float(level)}"
+
+
+def upper_name(hour: int, var: str, level) -> str:
+    return f"{int(hour):02d}:00:00-{var}-{level_token(level)}.npy"
+
+
+def surface_name(hour: int, var: str) -> str:
+    return f"{int(hour):02d}:00:00-{var}.npy"
+
+
+def day_dir(root: str, date, surface: bool = False) -> str:
+    """Directory of one day: ``<root>/<YYYY>/<YYYY-MM-DD>`` (under ``single/`` for surface)."""
+    d = parse_date(date)
+    base = os.path.join(root, SINGLE_DIR) if surface else root
+    return os.path.join(base, f"{d.year:04d}", d.isoformat())
+
+
+def upper_path(root: str, hours: int, var: str, level) -> str:
+    dt = from_hours(hours)
+    return os.path.join(day_dir(root, dt), upper_name(dt.hour, var, level))
+
+
+def surface_path(root: str, hours: int, var: str) -> str:
+    dt = from_hours(hours)
+    return os.path.join(day_dir(root, dt, surface=True), surface_name(dt.hour, var))
+
+
+def statistic_path(root: str, name: str = MEAN_STD_FILE) -> str:
+    return os.path.join(root, STATISTIC_DIR, name)
+
+
+def channel_file_names(layout, hour: int) -> list[tuple[bool, str]]:
+    """``(is_surface, file name)`` of every channel of ``layout`` at hour of day ``hour``."""
+    return [(c.level is None, surface_name(hour, c.variable) if c.level is None
+             else upper_name(hour, c.variable, c.level)) for c in layout.channels]
+
+
+def channel_paths(root: str, layout, hours: int) -> list[str]:
+    """Paths of every channel of ``layout`` at time ``hours``, in channel order."""
+    dt = from_hours(hours)
+    upper_dir, single_dir = day_dir(root, dt), day_dir(root, dt, surface=True)
+    return [os.path.join(single_dir if surface else upper_dir, name)
+            for surface, name in channel_file_names(layout, dt.hour)]
+
+
+def list_day(root: str, date, surface: bool = False) -> set:
+    """File names of one day directory (empty set when it does not exist)."""
+    try:
+        return set(os.listdir(day_dir(root, date, surface)))
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+
+
+def discover_variables(root: str, date=None) -> tuple[dict, list]:
+    """Variables present in the layout, read from the file names of one day.
+
+    Returns ``({upper var: sorted levels (hPa, int)}, [surface vars])``. ``date`` defaults to the
+    first day directory found.
+    """
+    if date is None:
+        years = sorted(d for d in os.listdir(root) if d.isdigit())
+        if not years:
+            raise FileNotFoundError(f"no <YYYY> directories under {root}")
+        days = sorted(os.listdir(os.path.join(root, years[0])))
+        if not days:
+            raise FileNotFoundError(f"no day directories under {os.path.join(root, years[0])}")
+        date = days[0]
+    upper: dict = {}
+    for name in list_day(root, date):
+        if not name.endswith(".npy"):
+            continue
+        parts = name[:-4].split("-")
+        if len(parts) >= 3:
+            var, level = "-".join(parts[1:-1]), parts[-1]
+            upper.setdefault(var, set()).add(int(float(level)))
+    surface = set()
+    for name in list_day(root, date, surface=True):
+        if name.endswith(".npy") and "-" in name:
+            surface.add(name[:-4].split("-", 1)[1])
+    return ({v: sorted(levels, reverse=True) for v, levels in sorted(upper.items())},
+            sorted(surface))
+
+
+def dates_of(times: Iterable[int]) -> list[str]:
+    """Sorted distinct ``YYYY-MM-DD`` strings of some times."""
+    return sorted({from_hours(t).date().isoformat() for t in times})
+
+
+def npy_header(shape: tuple, dtype=np.float32) -> bytes:
+    """The exact bytes :func:`numpy.save` writes before the data of a C-order array."""
+    import io
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+              "shape": tuple(int(s) for s in shape)})
+    return buf.getvalue()
+
+
+def optional_int(value) -> Optional[int]:
+    return None if value is None else int(value)
+
+
+def scan_missing(root: str, channels: Sequence, times: Iterable[int]) -> list[tuple[int, str]]:
+    """Every missing file of ``channels`` (objects with ``.variable`` and ``.level``, level None
+    for surface) at ``times``, as ``(time_hours, path)`` in time then channel order.
+
+    Lists each day directory once and checks set membership, so a scan of decades of 6-hourly
+    data costs one ``listdir`` per day directory rather than one ``stat`` per file.
+    """
+    by_day: dict = {}
+    for t in sorted({int(t) for t in times}):
+        dt = from_hours(t)
+        by_day.setdefault(dt.date(), []).append((t, dt.hour))
+    name_cache: dict = {}
+    missing = []
+    for date, entries in by_day.items():
+        upper_files = surface_files = None
+        upper_dir, single_dir = day_dir(root, date), day_dir(root, date, surface=True)
+        for t, hour in entries:
+            names = name_cache.get(hour)
+            if names is None:
+                names = name_cache[hour] = [
+                    (c.level is None, surface_name(hour, c.variable) if c.level is None
+                     else upper_name(hour, c.variable, c.level)) for c in channels]
+            for surface, name in names:
+                if surface:
+                    if surface_files is None:
+                        surface_files = list_day(root, date, surface=True)
+                    if name not in surface_files:
+                        missing.append((t, os.path.join(single_dir, name)))
+                else:
+                    if upper_files is None:
+                        upper_files = list_day(root, date)
+                    if name not in upper_files:
+                        missing.append((t, os.path.join(upper_dir, name)))
+    return missing
+
+
+def missing_files_message(missing: Sequence[tuple[int, str]], what: str = "", show: int = 20) -> str:
+    """One error message listing the first ``show`` missing paths, their count and their dates."""
+    dates = dates_of(t for t, _ in missing)
+    lines = [f"{len(missing)} data file(s) missing{(' for ' + what) if what else ''} on "
+             f"{len(dates)} date(s): {', '.join(dates[:10])}{' ...' if len(dates) > 10 else ''}"]
+    lines += [f"  {path}" for _, path in missing[:show]]
+    if len(missing) > show:
+        lines.append(f"  ... and {len(missing) - show} more")
+    return "\n".join(lines)

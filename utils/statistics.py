@@ -1,0 +1,281 @@
+"""Per-channel normalisation statistics (``statistic/mean_std*.json``) and their streaming computation.
+
+``mean_std.json`` holds ``{"mean": {var: [37 values]}, "std": {var: [37 values]}}`` with values in
+ERA5's level order (``utils.channels.ERA5_LEVELS``, 1000 hPa first); ``null`` marks a level that was
+not computed. ``mean_std_single.json`` holds ``{"mean": {var: value}, "std": {var: value}}``.
+
+Computing them streams over a period one file at a time (never the whole period in memory) and
+also writes the data climatology (by day of year and hour, plus the time mean)::
+
+    python -m utils.statistics --root_dir DIR --start 1979-01-01 --end 2020-12-31 [--hour_step 6]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+from utils.channels import ERA5_LEVELS, Channel
+from utils.era5_layout import (CLIMATOLOGY_DIR, MEAN_STD_FILE, MEAN_STD_SINGLE_FILE,
+                               STATISTIC_DIR, day_of_year_index, discover_variables, from_hours,
+                               missing_files_message, period_times, scan_missing, statistic_path,
+                               surface_path, upper_path)
+
+
+class StatisticsError(KeyError):
+    """A missing or invalid statistics entry; the message names the file and the key."""
+
+    def __str__(self):  # KeyError quotes its message; show it plainly
+        return str(self.args[0]) if self.args else ""
+
+
+def _read_json(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"statistics file {path} does not exist (compute it with "
+                                "`python -m utils.statistics --root_dir ...`)")
+    with open(path) as f:
+        data = json.load(f)
+    for key in ("mean", "std"):
+        if not isinstance(data.get(key), dict):
+            raise StatisticsError(f"{path}: no '{key}' dictionary")
+    return data
+
+
+def _checked(path: str, kind: str, where: str, value) -> float:
+    if value is None:
+        raise StatisticsError(f"{path}: {kind} of {where} is null (not computed for this level)")
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise StatisticsError(f"{path}: {kind} of {where} is not a number: {value!r}") from None
+    if not math.isfinite(value) or (kind == "std" and value <= 0):
+        raise StatisticsError(f"{path}: {kind} of {where} is invalid: {value!r}")
+    return value
+
+
+def load_mean_std(root_dir: str, layout) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of every channel of ``layout``, float32 ``(C,)`` in physical units."""
+    upper = single = None
+    mean = np.empty(layout.n_channels, dtype=np.float64)
+    std = np.empty(layout.n_channels, dtype=np.float64)
+    for c, ch in enumerate(layout.channels):
+        for kind, out in (("mean", mean), ("std", std)):
+            if ch.level is None:
+                path = statistic_path(root_dir, MEAN_STD_SINGLE_FILE)
+                single = single or _read_json(path)
+                if ch.variable not in single[kind]:
+                    raise StatisticsError(f"{path}: no '{kind}' entry for surface variable "
+                                          f"'{ch.variable}' (has {sorted(single[kind])})")
+                value = single[kind][ch.variable]
+                if isinstance(value, list) and len(value) == 1:
+                    value = value[0]
+                out[c] = _checked(path, kind, f"'{ch.variable}'", value)
+            else:
+                path = statistic_path(root_dir, MEAN_STD_FILE)
+                upper = upper or _read_json(path)
+                values = upper[kind].get(ch.variable)
+                if values is None:
+                    raise StatisticsError(f"{path}: no '{kind}' entry for variable '{ch.variable}' "
+                                          f"(has {sorted(upper[kind])})")
+                level = ERA5_LEVELS.index(ch.level)
+                if not isinstance(values, list) or len(values) != len(ERA5_LEVELS):
+                    raise StatisticsError(
+                        f"{path}: '{kind}' of '{ch.variable}' must list {len(ERA5_LEVELS)} values "
+                        f"(ERA5 levels 1000..1 hPa), got {values!r:.80}")
+                out[c] = _checked(path, kind, f"'{ch.variable}' at level {ch.level} hPa",
+                                  values[level])
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def write_mean_std(root_dir: str, upper_mean: dict, upper_std: dict, surface_mean: dict,
+                   surface_std: dict, overwrite: bool = False) -> tuple[str, str]:
+    """Write both json files. ``upper_*``: ``{var: {level_hPa: value}}``; ``surface_*``: ``{var: value}``."""
+    paths = statistic_path(root_dir, MEAN_STD_FILE), statistic_path(root_dir, MEAN_STD_SINGLE_FILE)
+    if not overwrite:
+        existing = [p for p in paths if os.path.exists(p)]
+        if existing:
+            raise FileExistsError(f"statistics {existing} exist; pass --overwrite to replace them")
+    os.makedirs(os.path.dirname(paths[0]), exist_ok=True)
+
+    def as37(per_level: dict) -> list:
+        return [None if per_level.get(p) is None else float(per_level[p]) for p in ERA5_LEVELS]
+
+    upper = {"mean": {v: as37(d) for v, d in upper_mean.items()},
+             "std": {v: as37(d) for v, d in upper_std.items()}}
+    single = {"mean": {v: float(x) for v, x in surface_mean.items()},
+              "std": {v: float(x) for v, x in surface_std.items()}}
+    for path, data in zip(paths, (upper, single)):
+        with open(path, "w") as f:
+            json.dump(data, f, indent=1)
+    return paths
+
+
+class RunningMoments:
+    """Streaming mean and (population) variance of many arrays, combined exactly in float64
+    (Chan et al.'s parallel update), so one pass over decades of fields is numerically safe."""
+
+    def __init__(self):
+        self.n = 0
+        self.mean = 0.0
+        self.m2 = 0.0
+
+    def update(self, array: np.ndarray) -> None:
+        a = np.asarray(array, dtype=np.float64)
+        n_b = a.size
+        if n_b == 0:
+            return
+        mean_b = float(a.mean())
+        m2_b = float(np.square(a - mean_b).sum())
+        n = self.n + n_b
+        delta = mean_b - self.mean
+        self.mean += delta * n_b / n
+        self.m2 += m2_b + delta * delta * self.n * n_b / n
+        self.n = n
+
+    @property
+    def var(self) -> float:
+        return self.m2 / self.n if self.n else float("nan")
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.var)
+
+
+def read_field(path: str, shape: Optional[tuple] = None) -> np.ndarray:
+    """``np.load`` one field, checking dtype float32, shape and finiteness; errors name the file."""
+    try:
+        arr = np.load(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"missing data file {path}") from None
+    except Exception as err:
+        raise ValueError(f"cannot read {path}: {err}") from None
+    if arr.dtype != np.float32 or arr.ndim != 2 or (shape is not None and arr.shape != tuple(shape)):
+        raise ValueError(f"{path}: array is {arr.dtype} {arr.shape}, expected float32 "
+                         f"{tuple(shape) if shape else '(H, W)'}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{path}: {int((~np.isfinite(arr)).sum())} NaN/inf value(s)")
+    return arr
+
+
+def compute_statistics(root_dir: str, start, end, hour_step: int = 6,
+                       upper: Optional[dict] = None, surface: Optional[Sequence[str]] = None,
+                       climatology: bool = True, climatology_dir: Optional[str] = None,
+                       overwrite: bool = False, progress: bool = True) -> dict:
+    """Stream over ``[start, end]`` (inclusive dates, every ``hour_step`` hours) and write
+    ``mean_std.json``, ``mean_std_single.json`` and (``climatology``) the data climatology.
+
+    Args:
+        upper: ``{var: [levels]}`` to compute (default: discovered from the first day's files).
+        surface: surface variables (default: discovered).
+    Returns ``{"mean_std": path, "mean_std_single": path, "climatology": dir or None, "n_times": N}``.
+    Every file is read once; only one channel's accumulators are in memory at a time.
+    """
+    from tqdm import tqdm
+    from utils.climatology import ClimatologyWriter
+
+    times = period_times(start, end, hour_step)
+    if upper is None or surface is None:
+        found_upper, found_surface = discover_variables(root_dir, from_hours(times[0]).date())
+        upper = found_upper if upper is None else upper
+        surface = found_surface if surface is None else surface
+    channels = [Channel(v, int(p)) for v, levels in upper.items() for p in levels]
+    channels += [Channel(s) for s in surface]
+    if not channels:
+        raise ValueError(f"no variables to compute statistics for under {root_dir}")
+    missing = scan_missing(root_dir, channels, times)
+    if missing:
+        raise FileNotFoundError(missing_files_message(
+            missing, f"statistics over {start}..{end} every {hour_step} h"))
+    stat_paths = [statistic_path(root_dir, MEAN_STD_FILE),
+                  statistic_path(root_dir, MEAN_STD_SINGLE_FILE)]
+    clim_dir = climatology_dir or os.path.join(root_dir, STATISTIC_DIR, CLIMATOLOGY_DIR)
+    if not overwrite:
+        existing = [p for p in stat_paths + ([clim_dir] if climatology else []) if os.path.exists(p)]
+        if existing:
+            raise FileExistsError(f"{existing} exist; pass overwrite (--overwrite) to replace them")
+
+    first = channels[0]
+    first_path = (surface_path(root_dir, int(times[0]), first.variable) if first.level is None
+                  else upper_path(root_dir, int(times[0]), first.variable, first.level))
+    shape = read_field(first_path).shape
+    hours = sorted({from_hours(t).hour for t in times})
+    doys = sorted({day_of_year_index(t) for t in times})
+    hour_col = {h: i for i, h in enumerate(hours)}
+    doy_row = {d: i for i, d in enumerate(doys)}
+    slots = [(doy_row[day_of_year_index(t)], hour_col[from_hours(t).hour]) for t in times]
+    writer = ClimatologyWriter(clim_dir, shape, hours, doys, overwrite=overwrite, source="data",
+                               period=[str(start), str(end)], hour_step=int(hour_step)) \
+        if climatology else None
+
+    upper_mean: dict = {v: {} for v in upper}
+    upper_std: dict = {v: {} for v in upper}
+    surface_mean, surface_std = {}, {}
+    bar = tqdm(total=len(channels) * len(times), desc="statistics", unit="file",
+               disable=not progress, mininterval=1.0)
+    for ch in channels:
+        moments = RunningMoments()
+        if climatology:
+            sums = np.zeros((len(doys), len(hours)) + shape, dtype=np.float64)
+            counts = np.zeros((len(doys), len(hours)), dtype=np.int64)
+            total = np.zeros(shape, dtype=np.float64)
+        for t, slot in zip(times, slots):
+            path = (surface_path(root_dir, int(t), ch.variable) if ch.level is None
+                    else upper_path(root_dir, int(t), ch.variable, ch.level))
+            field = read_field(path, shape)
+            moments.update(field)
+            if climatology:
+                sums[slot] += field
+                counts[slot] += 1
+                total += field
+            bar.update(1)
+        if ch.level is None:
+            surface_mean[ch.variable], surface_std[ch.variable] = moments.mean, moments.std
+        else:
+            upper_mean[ch.variable][ch.level] = moments.mean
+            upper_std[ch.variable][ch.level] = moments.std
+        if climatology:
+            time_mean = total / len(times)
+            empty = counts == 0
+            sums /= np.maximum(counts, 1)[:, :, None, None]
+            sums[empty] = time_mean  # (doy, hour) slots without data: the time mean
+            writer.add(ch.name, time_mean, sums)
+    bar.close()
+    paths = write_mean_std(root_dir, upper_mean, upper_std, surface_mean, surface_std,
+                           overwrite=True)
+    return {"mean_std": paths[0], "mean_std_single": paths[1],
+            "climatology": writer.close() if climatology else None, "n_times": len(times)}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root_dir", required=True)
+    parser.add_argument("--start", required=True, help="first date YYYY-MM-DD (inclusive)")
+    parser.add_argument("--end", required=True, help="last date YYYY-MM-DD (inclusive)")
+    parser.add_argument("--hour_step", type=int, default=6)
+    parser.add_argument("--variables", nargs="*", default=None,
+                        help="upper-air variables (default: all found)")
+    parser.add_argument("--levels", nargs="*", type=int, default=None,
+                        help="pressure levels in hPa (default: all found)")
+    parser.add_argument("--surface", nargs="*", default=None,
+                        help="surface variables (default: all found)")
+    parser.add_argument("--no_climatology", action="store_true")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    upper = None
+    if args.variables is not None or args.levels is not None:
+        found, _ = discover_variables(args.root_dir, args.start)
+        variables = args.variables if args.variables is not None else list(found)
+        upper = {v: (args.levels if args.levels is not None else found.get(v, [])) for v in variables}
+    result = compute_statistics(args.root_dir, args.start, args.end, args.hour_step, upper,
+                                args.surface, climatology=not args.no_climatology,
+                                overwrite=args.overwrite)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
