@@ -1,0 +1,322 @@
+"""ERA5 samples from the one-``.npy``-per-variable-level-and-hour layout (SPEC.md section 5).
+
+``ERA5NpyDataset(params, mode)`` indexes the samples of ``params.<mode>_period``: input times every
+``<mode>_interval`` hours from the period's first day 00:00, such that every input state
+(``t_in`` of them, ``lead_time`` hours apart, the last at the sample time) and every target state
+(``t_out_<mode>`` of them at ``+lead_time``, ``+2 lead_time``, ...) lies within the period (first
+day 00:00 to last day 23:00). Item ``i`` is ``(inp, tar, time_hours)``: ``inp`` float32 ``(C, H, W)``
+(``(t_in, C, H, W)`` when ``t_in > 1``), ``tar`` ``(C, H, W)`` (``(T, C, H, W)`` when ``T > 1``),
+z-score normalised per channel in the order of ``params.layout``, and the valid time of the (last)
+input state in hours since 1970-01-01T00:00 UTC.
+
+Start-up scans the period once (one ``listdir`` per day directory) and reports every missing file
+in one error; with ``skip_incomplete_samples: true`` it instead indexes only the complete samples.
+Every read checks the ``.npy`` header (shape ``(h_size, w_size)``, float32) and every sample is
+checked for NaN/inf; ``check_data_values: true`` also scans every field of the period at start-up.
+All errors name the files (and dates) at fault.
+
+Reading is done with one ``os.preadv`` per file, scattering the 128-byte header into a scratch
+buffer and the data straight into a preallocated batch array (in worker processes the array lives in
+shared memory, so batches cross to the main process without a copy). ``__getitems__`` reads a whole
+batch at once and :func:`collate_batches` passes it through, so there is no per-sample collation.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+from utils.era5_layout import (channel_file_names, dates_of, day_dir, from_hours,
+                               missing_files_message, npy_header, period_bounds, scan_missing)
+from utils.statistics import load_mean_std
+
+logger = logging.getLogger(__name__)
+
+MODES = ("train", "valid", "test")
+_HAS_PREADV = hasattr(os, "preadv")
+
+
+class MissingDataError(FileNotFoundError):
+    """Files of the requested period are missing; the message lists them and their dates."""
+
+
+class DataFileError(ValueError):
+    """A data file has the wrong shape or dtype, is unreadable or holds NaN/inf; names the file."""
+
+
+class _Batch(list):
+    """A batch already assembled by ``__getitems__``; :func:`collate_batches` passes it through."""
+
+
+def collate_batches(data):
+    """Collate function of the loaders: batches from ``__getitems__`` as they are, otherwise
+    :func:`torch.utils.data.default_collate`."""
+    if isinstance(data, _Batch):
+        return list(data)
+    return torch.utils.data.default_collate(data)
+
+
+def _empty(shape: Sequence[int]) -> torch.Tensor:
+    """Float32 tensor; in a DataLoader worker it is allocated in shared memory directly."""
+    if torch.utils.data.get_worker_info() is not None:
+        try:
+            elem = torch.empty(0, dtype=torch.float32)
+            storage = elem._typed_storage()._new_shared(math.prod(shape), device="cpu")
+            return elem.new(storage).resize_(*shape)
+        except Exception:  # private API changed: fall back to an ordinary allocation
+            pass
+    return torch.empty(*shape, dtype=torch.float32)
+
+
+class ERA5NpyDataset(Dataset):
+    """Samples of one mode (``train``, ``valid`` or ``test``) of a configuration (see module doc)."""
+
+    def __init__(self, params, mode: str):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
+        self.root = str(params["root_dir"])
+        self.layout = params["layout"]
+        self.h, self.w = int(params["h_size"]), int(params["w_size"])
+        self.t_in = int(params["t_in"])
+        self.t_out = int(params[f"t_out_{mode}"])
+        self.lead = int(params["lead_time"])
+        self.interval = int(params[f"{mode}_interval"])
+        self.period = list(params[f"{mode}_period"])
+        skip_incomplete = bool(params.get("skip_incomplete_samples", False))
+        if not os.path.isdir(self.root):
+            raise MissingDataError(
+                f"data root_dir {self.root!r} does not exist (make a synthetic set with "
+                "`python -m utils.make_synthetic_era5 --root_dir ...` or convert ERA5 with "
+                "`python -m utils.prepare_era5 ...`)")
+
+        first, last = period_bounds(self.period)
+        self._offsets = np.arange(-(self.t_in - 1), self.t_out + 1, dtype=np.int64) * self.lead
+        times = np.arange(first - self._offsets[0], last - self._offsets[-1] + 1, self.interval,
+                          dtype=np.int64)
+        if len(times) == 0:
+            raise ValueError(
+                f"'{mode}_period' {self.period} is too short for t_in={self.t_in} and "
+                f"t_out_{mode}={self.t_out} at lead_time={self.lead} h: no sample fits")
+
+        self.mean, self.std = load_mean_std(self.root, self.layout)
+        self._mean_b = self.mean[:, None, None]
+        self._inv_std_b = (1.0 / self.std.astype(np.float64)).astype(np.float32)[:, None, None]
+
+        needed = np.unique((times[:, None] + self._offsets[None, :]).ravel())
+        missing = scan_missing(self.root, self.layout.channels, needed)
+        if missing:
+            if not skip_incomplete:
+                raise MissingDataError(
+                    missing_files_message(missing, f"the {mode} period {self.period}")
+                    + "\n(set skip_incomplete_samples: true to index only the complete samples)")
+            bad = np.array(sorted({t for t, _ in missing}), dtype=np.int64)
+            complete = ~np.isin(times[:, None] + self._offsets[None, :], bad).any(axis=1)
+            logger.warning("%s: %d file(s) missing on %s; skipping %d of %d samples", mode,
+                           len(missing), ", ".join(dates_of(bad)[:10]),
+                           int((~complete).sum()), len(times))
+            times = times[complete]
+            if len(times) == 0:
+                raise MissingDataError("no complete sample left:\n"
+                                       + missing_files_message(missing, f"the {mode} period"))
+        self.times = times
+
+        self._header = npy_header((self.h, self.w), np.float32)
+        self._nbytes = self.h * self.w * 4
+        self._names: dict = {}
+        if params.get("check_data_values", False):
+            self.check_values()
+        else:  # at least the first sample's files (shape, dtype, values) before training starts
+            self._load([0])
+
+    # ----------------------------------------------------------------------------- indexing
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def sample_times(self, i: int) -> tuple[list, list]:
+        """Valid times (hours since epoch) of the input states and of the target states of item i."""
+        steps = [int(self.times[i] + o) for o in self._offsets]
+        return steps[:self.t_in], steps[self.t_in:]
+
+    def paths(self, time_hours: int) -> list[str]:
+        """Files of the state at ``time_hours``, in channel order."""
+        dt = from_hours(int(time_hours))
+        names = self._names.get(dt.hour)
+        if names is None:
+            names = self._names[dt.hour] = channel_file_names(self.layout, dt.hour)
+        upper, single = day_dir(self.root, dt), day_dir(self.root, dt, surface=True)
+        return [os.path.join(single if surface else upper, name) for surface, name in names]
+
+    # ----------------------------------------------------------------------------- reading
+    def _read_slow(self, path: str, dst: np.ndarray) -> None:
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except FileNotFoundError:
+            raise MissingDataError(f"missing data file {path}") from None
+        except Exception as err:
+            raise DataFileError(f"cannot read {path} as .npy: {err}") from None
+        if arr.dtype != np.float32 or arr.shape != (self.h, self.w):
+            raise DataFileError(f"{path}: array is {arr.dtype} {arr.shape}, expected float32 "
+                                f"{(self.h, self.w)} (h_size, w_size)")
+        dst[...] = arr
+
+    def _read_state(self, time_hours: int, dst: np.ndarray, scratch: bytearray) -> None:
+        """Read every channel at ``time_hours`` into ``dst`` ``(C, H, W)`` (physical units)."""
+        header, expected = self._header, len(self._header) + self._nbytes
+        for c, path in enumerate(self.paths(time_hours)):
+            out = dst[c]
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                raise MissingDataError(f"missing data file {path} "
+                                       f"({from_hours(time_hours):%Y-%m-%d %H:%M})") from None
+            try:
+                if _HAS_PREADV:
+                    n = os.preadv(fd, [scratch, out, _TAIL], 0)
+                else:  # pragma: no cover - platforms without preadv
+                    with os.fdopen(os.dup(fd), "rb") as f:
+                        n = f.readinto(scratch) + f.readinto(memoryview(out).cast("B"))
+                        n += len(f.read(1))
+            finally:
+                os.close(fd)
+            if n != expected or scratch != header:
+                self._read_slow(path, out)  # other header layout, or a wrong file: check it fully
+
+    def _load(self, indices: Sequence[int], shared: bool = False):
+        b = len(indices)
+        c = self.layout.n_channels
+        inp_t = _empty((b, self.t_in, c, self.h, self.w)) if shared else \
+            torch.empty(b, self.t_in, c, self.h, self.w)
+        tar_t = _empty((b, self.t_out, c, self.h, self.w)) if shared else \
+            torch.empty(b, self.t_out, c, self.h, self.w)
+        inp, tar = inp_t.numpy(), tar_t.numpy()
+        scratch = bytearray(len(self._header))
+        times = np.empty(b, dtype=np.int64)
+        for j, i in enumerate(indices):
+            i = int(i)
+            if i < 0:
+                i += len(self)
+            if not 0 <= i < len(self):
+                raise IndexError(f"sample {i} out of range ({len(self)} samples)")
+            t = int(self.times[i])
+            times[j] = t
+            for k, offset in enumerate(self._offsets):
+                dst = inp[j, k] if k < self.t_in else tar[j, k - self.t_in]
+                self._read_state(t + int(offset), dst, scratch)
+        for arr in (inp, tar):
+            np.subtract(arr, self._mean_b, out=arr)
+            np.multiply(arr, self._inv_std_b, out=arr)
+        if not (math.isfinite(float(inp.sum())) and math.isfinite(float(tar.sum()))):
+            self._raise_non_finite(indices, inp, tar)
+        return inp_t, tar_t, times
+
+    def _raise_non_finite(self, indices, inp, tar) -> None:
+        bad = []
+        for j, i in enumerate(indices):
+            for k, offset in enumerate(self._offsets):
+                state = inp[j, k] if k < self.t_in else tar[j, k - self.t_in]
+                finite = np.isfinite(state).reshape(state.shape[0], -1).all(axis=1)
+                paths = self.paths(int(self.times[int(i)] + offset))
+                bad += [paths[c] for c in np.flatnonzero(~finite)]
+        if bad:
+            bad = sorted(set(bad))
+            raise DataFileError(f"NaN/inf values in {len(bad)} file(s): " + ", ".join(bad[:20]))
+
+    def __getitem__(self, i: int):
+        inp, tar, times = self._load([i])
+        inp = inp[0, 0] if self.t_in == 1 else inp[0]
+        tar = tar[0, 0] if self.t_out == 1 else tar[0]
+        return inp, tar, int(times[0])
+
+    def __getitems__(self, indices: Sequence[int]) -> _Batch:
+        """A whole batch: ``[inp (B, C, H, W) or (B, t_in, C, H, W), tar (B, C, H, W) or
+        (B, T, C, H, W), time_hours int64 (B,)]``."""
+        inp, tar, times = self._load(indices, shared=True)
+        if self.t_in == 1:
+            inp = inp[:, 0]
+        if self.t_out == 1:
+            tar = tar[:, 0]
+        return _Batch([inp, tar, torch.from_numpy(times)])
+
+    # ----------------------------------------------------------------------------- checks
+    def check_values(self) -> None:
+        """Read every field the samples use; one error lists every bad file (shape, dtype, NaN/inf)."""
+        needed = np.unique((self.times[:, None] + self._offsets[None, :]).ravel())
+        state = np.empty((self.layout.n_channels, self.h, self.w), dtype=np.float32)
+        scratch = bytearray(len(self._header))
+        problems = []
+        for t in needed:
+            try:
+                self._read_state(int(t), state, scratch)
+            except (DataFileError, MissingDataError) as err:
+                problems.append(str(err))
+                continue
+            finite = np.isfinite(state).reshape(state.shape[0], -1).all(axis=1)
+            if not finite.all():
+                paths = self.paths(int(t))
+                problems += [f"{paths[c]}: NaN/inf values" for c in np.flatnonzero(~finite)]
+        if problems:
+            raise DataFileError(f"{len(problems)} bad data file(s) in the {self.mode} period "
+                                f"{self.period}:\n  " + "\n  ".join(problems[:20])
+                                + (f"\n  ... and {len(problems) - 20} more"
+                                   if len(problems) > 20 else ""))
+
+    def __repr__(self) -> str:
+        return (f"ERA5NpyDataset({self.mode}, {len(self)} samples, {self.layout.n_channels} "
+                f"channels, {self.h}x{self.w}, root={self.root!r})")
+
+
+_TAIL = bytearray(1)  # a byte past the expected end: a longer file reads into it and is rechecked
+
+
+def _world(distributed: bool) -> tuple[int, int]:
+    if not distributed:
+        return 1, 0
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+
+
+def get_data_loader(params, distributed: bool, run_mode: str):
+    """``(loader, dataset, sampler)`` for ``run_mode`` in train/valid/test.
+
+    Per-rank batch = the global batch size (``batch_size``, ``valid_batch_size`` or
+    ``eval_batch_size``) // world size. Training shuffles: a ``DistributedSampler`` (call
+    ``sampler.set_epoch``) when distributed, else a shuffle seeded by ``params.seed``; it drops the
+    last incomplete batch. Validation and test keep the order. ``sampler`` is None when not
+    distributed.
+    """
+    if run_mode not in MODES:
+        raise ValueError(f"run_mode must be one of {MODES}, got {run_mode!r}")
+    key = {"train": "batch_size", "valid": "valid_batch_size", "test": "eval_batch_size"}[run_mode]
+    world, rank = _world(distributed)
+    global_batch = int(params[key])
+    if global_batch % world:
+        raise ValueError(f"'{key}' ({global_batch}) must be divisible by the world size ({world})")
+    batch = global_batch // world
+    dataset = ERA5NpyDataset(params, run_mode)
+    train = run_mode == "train"
+    seed = int(params.get("seed", 0) or 0)
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=train,
+                                 seed=seed, drop_last=train) if distributed else None
+    generator = None
+    if train and sampler is None:
+        generator = torch.Generator()
+        generator.manual_seed(seed)
+    workers = int(params.get("num_data_workers", 0) or 0)
+    extra = {}
+    if workers > 0:
+        extra.update(prefetch_factor=int(params.get("prefetch_factor", 2) or 2),
+                     persistent_workers=True)
+    loader = DataLoader(dataset, batch_size=batch, shuffle=train and sampler is None,
+                        sampler=sampler, generator=generator, drop_last=train,
+                        num_workers=workers, pin_memory=torch.cuda.is_available(),
+                        collate_fn=collate_batches, **extra)
+    return loader, dataset, sampler
