@@ -1,0 +1,41 @@
+"""Shared fixtures: a small synthetic ERA5 set in the real layout, generated once per session.
+
+``synthetic_root`` is the root of a ``tiny``-config dataset (32 x 64 grid, levels 850/500/250,
+z q u v t + t2m u10 v10 msl sp, 2020-01-01 .. 2020-01-31 every 6 h, with statistics and climatology)
+made by ``utils.make_synthetic_era5``; treat it as read-only. ``make_params(root, ...)`` builds a
+``YParams`` of a config section pointing at a root, with extra ``--set``-style overrides.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+CONFIG = os.path.join(REPO, "config", "vamoe.yaml")
+SYNTHETIC_START, SYNTHETIC_DAYS = "2020-01-01", 31
+
+
+def make_params(root_dir, name: str = "tiny", overrides=()):
+    """``YParams`` of section ``name`` with ``root_dir`` set and ``key=value`` overrides applied."""
+    from utils.YParams import YParams
+    return YParams(CONFIG, name, [f"root_dir={root_dir}", *overrides])
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> str:
+    from utils.make_synthetic_era5 import generate
+    root = str(tmp_path_factory.mktemp("synthetic") / "era5")
+    generate(root, SYNTHETIC_START, SYNTHETIC_DAYS, h_size=32, w_size=64,
+             levels=(850, 500, 250), hour_step=6, seed=0)
+    return root
+
+
+@pytest.fixture
+def tiny_params(synthetic_root):
+    """Fresh ``tiny`` params on the synthetic set (no worker processes)."""
+    return make_params(synthetic_root, "tiny", ["num_data_workers=0"])
