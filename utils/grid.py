@@ -1,7 +1,7 @@
 """The regular latitude-longitude grid of the data (cell centres, no poles).
 
 For ``H`` latitudes the centres are ``90 - (i + 0.5) * 180 / H`` degrees, north to south
-(±88.59375° for the 128-row 1.40625° ERA5 grid); longitudes are ``j * 360 / W`` degrees east of
+(±89.296875° for the 128-row 1.40625° ERA5 grid, as in WeatherBench); longitudes are ``j * 360 / W`` degrees east of
 Greenwich.
 """
 import numpy as np

@@ -1,0 +1,155 @@
+"""train.py: run files, resumption, DDP gradients and errors, on the tiny config and synthetic data."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+from networks.vamoe import VAMoE
+from utils.checkpoint import load_checkpoint
+from utils.YParams import YParams
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_train(root, exp_dir, *overrides, config="tiny", extra=()):
+    argv = ["--config", config, "--run_num", "0", "--exp_dir", str(exp_dir),
+            "--set", f"root_dir={root}", "--set", "num_data_workers=0", *extra]
+    for item in overrides:
+        argv += ["--set", item]
+    train.main(argv)
+    return os.path.join(str(exp_dir), config, "0")
+
+
+def read_metrics(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_training_writes_run_files_and_loss_falls(synthetic_root, tmp_path):
+    run_dir = run_train(synthetic_root, tmp_path, "max_epochs=3", "snapshot_every_epochs=1",
+                        "keep_snapshots=2")
+    ckpt_dir = os.path.join(run_dir, "training_checkpoints")
+    for name in ("out.log", "hyperparams.yaml", "metrics.jsonl"):
+        assert os.path.isfile(os.path.join(run_dir, name)), name
+    assert sorted(os.listdir(ckpt_dir)) == ["best_ckpt.tar", "ckpt.tar", "ckpt_epoch2.tar",
+                                            "ckpt_epoch3.tar"]
+    records = read_metrics(run_dir)
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    for key in ("train_loss", "valid_loss", "lr", "samples_per_s", "epoch_time_s"):
+        assert all(isinstance(r[key], float) for r in records), key
+    assert set(records[0]["valid_rmse"]) == {"z500", "t850", "t2m", "u10", "q500", "u500",
+                                             "v500", "t500"}
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    assert records[-1]["lr"] < records[0]["lr"]
+    ckpt = load_checkpoint(os.path.join(ckpt_dir, "ckpt.tar"))
+    assert ckpt["epoch"] == 3 and ckpt["step_in_epoch"] == 0
+    assert set(ckpt) >= {"model", "optimizer", "scheduler", "scaler", "rng", "global_step"}
+    log = open(os.path.join(run_dir, "out.log")).read()
+    assert "trainable" in log and "world size 1" in log
+    hyper = YParams(os.path.join(run_dir, "hyperparams.yaml"), "tiny")
+    assert hyper.max_epochs == 3 and hyper.root_dir == synthetic_root
+
+    # Running the same command again resumes: nothing left to do, files untouched.
+    before = os.path.getmtime(os.path.join(ckpt_dir, "ckpt.tar"))
+    run_train(synthetic_root, tmp_path, "max_epochs=3", "snapshot_every_epochs=1",
+              "keep_snapshots=2")
+    assert os.path.getmtime(os.path.join(ckpt_dir, "ckpt.tar")) == before
+    assert len(read_metrics(run_dir)) == 3
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_kill_and_resume_equals_uninterrupted_run(synthetic_root, tmp_path, monkeypatch):
+    settings = ("max_epochs=2", "checkpoint_every_steps=4", "drop_path=0.2")
+    full = run_train(synthetic_root, tmp_path / "full", *settings)
+
+    calls = {"n": 0}
+    original = train.Trainer._rollout_loss
+
+    def dying(self, inp, tar):
+        calls["n"] += 1
+        if calls["n"] == 19:               # epoch 2, after the mid-epoch checkpoint of step 16
+            raise _Killed()
+        return original(self, inp, tar)
+
+    monkeypatch.setattr(train.Trainer, "_rollout_loss", dying)
+    with pytest.raises(_Killed):
+        run_train(synthetic_root, tmp_path / "resumed", *settings)
+    monkeypatch.setattr(train.Trainer, "_rollout_loss", original)
+    ckpt_path = os.path.join(tmp_path / "resumed", "tiny", "0", "training_checkpoints", "ckpt.tar")
+    interrupted = load_checkpoint(ckpt_path)
+    assert interrupted["epoch"] == 1 and interrupted["step_in_epoch"] > 0
+    resumed = run_train(synthetic_root, tmp_path / "resumed", *settings)
+
+    a = load_checkpoint(os.path.join(full, "training_checkpoints", "ckpt.tar"))["model"]
+    b = load_checkpoint(os.path.join(resumed, "training_checkpoints", "ckpt.tar"))["model"]
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert [r["train_loss"] for r in read_metrics(full)] == pytest.approx(
+        [r["train_loss"] for r in read_metrics(resumed)], rel=1e-6)
+
+
+def test_ddp_gradients_equal_single_process_gradients(tmp_path):
+    torch.manual_seed(1)
+    batch = {"x": torch.randn(4, 20, 32, 64), "y": torch.randn(4, 20, 32, 64)}
+    torch.save(batch, tmp_path / "batch.pt")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29611", os.path.join(REPO, "tests", "ddp_grad_worker.py"),
+           str(tmp_path / "batch.pt"), str(tmp_path / "grads.pt")]
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    subprocess.run(cmd, check=True, cwd=REPO, env=env, timeout=300)
+    ddp_grads = torch.load(tmp_path / "grads.pt", weights_only=True)
+
+    torch.manual_seed(0)
+    model = VAMoE.from_params(YParams(os.path.join(REPO, "config", "vamoe.yaml"), "tiny"))
+    model(batch["x"], batch["y"]).loss.backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(ddp_grads[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_trains_validates_and_checkpoints(synthetic_root, tmp_path):
+    env = dict(os.environ, PYTHONPATH=REPO, CONFIG="tiny", EXP_DIR=str(tmp_path),
+               CPU_RANKS="2", MASTER_PORT="29612", PYTHON=sys.executable)
+    cmd = ["bash", os.path.join(REPO, "train.sh"), "--set", f"root_dir={synthetic_root}",
+           "--set", "max_epochs=2", "--set", "num_data_workers=0"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_dir = os.path.join(tmp_path, "tiny", "0")
+    records = read_metrics(run_dir)
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert "world size 2" in open(os.path.join(run_dir, "out.log")).read()
+    assert os.path.isfile(os.path.join(run_dir, "training_checkpoints", "best_ckpt.tar"))
+    # Each rank sees half of the global batch: 96 training samples // 8 = 12 steps either way.
+    assert records[-1]["global_step"] == 2 * 11
+
+
+def test_set_errors_and_typing(synthetic_root, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_train(synthetic_root, tmp_path, "max_epoch=3")
+    assert exit_info.value.code == 2
+    assert "unknown config key 'max_epoch'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_train(synthetic_root, tmp_path, "num_blocks=5")
+    assert "'num_blocks'" in capsys.readouterr().err
+
+
+def test_missing_file_stops_training_with_its_name(synthetic_root, tmp_path, capsys):
+    root = tmp_path / "era5"
+    shutil.copytree(synthetic_root, root)
+    victim = os.path.join(root, "2020", "2020-01-05", "06:00:00-t-500.0.npy")
+    os.remove(victim)
+    with pytest.raises(SystemExit) as exit_info:
+        run_train(root, tmp_path / "exp", "max_epochs=1")
+    assert exit_info.value.code == 2
+    assert victim in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(tmp_path, "exp", "tiny", "0", "training_checkpoints",
+                                           "ckpt.tar"))

@@ -1,0 +1,96 @@
+"""Checkpoint files: atomic writes, safe loading, and model state dicts without wrappers.
+
+Checkpoints are written to a temporary file in the destination folder and renamed over the
+target (``os.replace`` is atomic on POSIX), so a crash mid-write never leaves a broken
+checkpoint. They are read with ``torch.load(..., weights_only=True)``: a checkpoint holds only
+tensors and plain containers, and a file from elsewhere cannot run code when loaded.
+"""
+import os
+import random
+import tempfile
+from typing import Any, Dict
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside DistributedDataParallel and/or torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module"):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def clean_state_dict(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Strip ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes from parameter names."""
+    cleaned = {}
+    for name, value in state.items():
+        for prefix in ("module.", "_orig_mod."):
+            while name.startswith(prefix):
+                name = name[len(prefix):]
+        cleaned[name] = value
+    return cleaned
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """``torch.save`` to ``path`` through a temporary file and an atomic rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tar", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
+    """Load a checkpoint safely; errors name the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise RuntimeError(f"cannot load checkpoint {path!r} (corrupt, or holds objects other "
+                           f"than tensors and plain containers): {err}") from err
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise RuntimeError(f"checkpoint {path!r} has no 'model' entry; keys: "
+                           f"{sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__}")
+    ckpt["model"] = clean_state_dict(ckpt["model"])
+    return ckpt
+
+
+def rng_state() -> Dict[str, Any]:
+    """RNG states of torch (CPU and CUDA), numpy and random as weights_only-safe objects."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+        "python": list(_to_lists(random.getstate())),
+    }
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state.get("cuda"):
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def _to_lists(value):
+    return [list(v) if isinstance(v, tuple) else v for v in value]
