@@ -131,7 +131,7 @@ class Trainer:
         if info.distributed:
             self.model = DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=params.use_moe == "moe")
+                find_unused_parameters=params.use_moe == "moe", broadcast_buffers=False)
         if params.compile:
             self.model = torch.compile(self.model)
         self.optimizer = torch.optim.AdamW(_optimizer_groups(model, params.weight_decay),
@@ -215,14 +215,15 @@ class Trainer:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
-    def _rollout_loss(self, inp, tar):
+    def _rollout_loss(self, inp, tar, model=None):
         """Mean loss over the target's lead times, feeding forecasts back; returns the loss, the
         mean loss terms and the forecasts ``(B, T, C, H, W)``."""
+        model = self.model if model is None else model
         if tar.ndim == 4:
             tar = tar.unsqueeze(1)
         x, loss, terms, forecasts = inp, 0.0, {}, []
         for k in range(tar.shape[1]):
-            out = self.model(x, tar[:, k])
+            out = model(x, tar[:, k])
             loss = loss + out.loss
             for name, value in out.terms.items():
                 terms[name] = terms.get(name, 0.0) + value.float() / tar.shape[1]
@@ -233,13 +234,15 @@ class Trainer:
     def train_one_epoch(self, epoch):
         params, info = self.params, self.info
         self.model.train()
-        if self.train_sampler is not None and hasattr(self.train_sampler, "set_epoch"):
-            self.train_sampler.set_epoch(epoch)
         skip = self.start_step if epoch == self.start_epoch else 0
         if skip == 0:
             self.epoch_sums = {}
         n_steps = self.steps_per_epoch
-        batches = _skip_batches(self.train_loader, skip)
+        # The sampler's order depends on (seed, epoch) only; a resumed epoch starts at its
+        # first unseen batch without reading the ones before it.
+        self.train_sampler.set_epoch(epoch)
+        self.train_sampler.start = skip * self.train_loader.batch_size
+        batches = iter(self.train_loader)
         bar = tqdm(total=n_steps, initial=skip, desc=f"epoch {epoch + 1}/{params.max_epochs}",
                    disable=not info.is_main, dynamic_ncols=True, file=sys.stdout)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -286,6 +289,7 @@ class Trainer:
             if every and self.global_step % every == 0 and step + 1 < n_steps:
                 self.save_checkpoint(epoch, step + 1)
         bar.close()
+        self.train_sampler.start = 0
         elapsed = time.perf_counter() - t_start
         sums = torch.tensor([self.epoch_sums.get(k, 0.0) for k in ("loss", "forecast", "recons",
                                                                   "steps")], dtype=torch.float64)
@@ -298,8 +302,13 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self):
-        """Validation loss and latitude-weighted RMSE (physical units) per lead time."""
-        self.model.eval()
+        """Validation loss and latitude-weighted RMSE (physical units) per lead time.
+
+        Each rank scores its own share of the validation samples with the bare model (no DDP
+        collectives, so unequal shares cannot hang) and the sums are reduced at the end.
+        """
+        model = unwrap(self.model)
+        model.eval()
         n_lead = self.params.t_out_valid
         sq_err = torch.zeros(n_lead, self.layout.n_channels, dtype=torch.float64)
         totals = torch.zeros(2, dtype=torch.float64)   # loss sum, batches
@@ -310,7 +319,7 @@ class Trainer:
                 break
             inp, tar = inp.to(self.device), tar.to(self.device)
             with self._autocast():
-                loss, _, forecasts = self._rollout_loss(inp, tar)
+                loss, _, forecasts = self._rollout_loss(inp, tar, model)
             tar = tar.unsqueeze(1) if tar.ndim == 4 else tar
             for k in range(n_lead):
                 mse = weighted_mse_torch_channels(forecasts[:, k].float(), tar[:, k].float(),
@@ -360,18 +369,6 @@ class Trainer:
                           train_stats["epoch_time_s"], record["lr"], rmse)
         if self.wandb is not None:
             self.wandb.finish()
-
-
-def _skip_batches(loader, skip):
-    """Iterator over ``loader`` that starts at batch ``skip`` (resuming mid-epoch)."""
-    sampler = getattr(loader, "batch_sampler", None)
-    if skip and hasattr(sampler, "start_batch"):
-        sampler.start_batch = skip
-        return iter(loader)
-    iterator = iter(loader)
-    for _ in range(skip):
-        next(iterator)
-    return iterator
 
 
 def _flatten(record, prefix=""):

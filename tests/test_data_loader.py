@@ -10,7 +10,7 @@ import torch
 from conftest import make_params
 from utils.channels import ERA5_LEVELS
 from utils.data_loader_npyfiles import (DataFileError, ERA5NpyDataset, MissingDataError,
-                                        get_data_loader)
+                                        ShardedEpochSampler, get_data_loader)
 from utils.era5_layout import (channel_paths, statistic_path, surface_path, to_hours, upper_path)
 from utils.statistics import StatisticsError, load_mean_std
 
@@ -133,7 +133,7 @@ def test_tiny_synthetic_lengths_and_loader(synthetic_root):
     lengths = {m: len(get_data_loader(params, False, m)[1]) for m in ("train", "valid", "test")}
     assert lengths == {"train": 95, "valid": 6, "test": 4}
     loader, ds, sampler = get_data_loader(params, False, "train")
-    assert sampler is None and len(loader) == 95 // 8
+    assert sampler.world == 1 and sampler.shuffle and len(loader) == 95 // 8
     n = 0
     for inp, tar, t in loader:
         assert inp.shape == (8, 20, 32, 64) and tar.shape == (8, 20, 32, 64) and t.shape == (8,)
@@ -174,11 +174,30 @@ def test_distributed_sampler_and_batch_divisibility(hand_root, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     loader, ds, sampler = get_data_loader(hand_params(hand_root), True, "train")
-    assert isinstance(sampler, torch.utils.data.DistributedSampler) and sampler.shuffle
+    assert sampler.shuffle and (sampler.world, sampler.rank) == (2, 1)
     assert loader.batch_size == 1 and len(sampler) == len(ds) // 2
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(ValueError, match="batch_size"):
         get_data_loader(hand_params(hand_root), True, "train")
+
+
+def test_sampler_order_is_a_function_of_seed_and_epoch_and_resumable():
+    a, b = ShardedEpochSampler(50, shuffle=True, seed=3), ShardedEpochSampler(50, shuffle=True, seed=3)
+    for epoch in (4, 0, 4):                       # any history gives the same order
+        a.set_epoch(epoch)
+    b.set_epoch(4)
+    assert list(a) == list(b) and sorted(a) == list(range(50))
+    b.set_epoch(5)
+    assert list(a) != list(b)
+    a.start = 7
+    full = ShardedEpochSampler(50, shuffle=True, seed=3)
+    full.set_epoch(4)
+    assert list(a) == list(full)[7:] and len(a) == 43
+    ranks = [ShardedEpochSampler(11, world=3, rank=r, shuffle=True, seed=1) for r in range(3)]
+    shards = [list(r) for r in ranks]
+    assert [len(s) for s in shards] == [3, 3, 3] and len(set(sum(shards, []))) == 9
+    evals = [list(ShardedEpochSampler(11, world=3, rank=r)) for r in range(3)]
+    assert sorted(sum(evals, [])) == list(range(11))   # evaluation: every sample exactly once
 
 
 # ------------------------------------------------------------------------------ errors

@@ -73,11 +73,12 @@ def test_kill_and_resume_equals_uninterrupted_run(synthetic_root, tmp_path, monk
     calls = {"n": 0}
     original = train.Trainer._rollout_loss
 
-    def dying(self, inp, tar):
+    def dying(self, inp, tar, model=None):
         calls["n"] += 1
-        if calls["n"] == 19:               # epoch 2, after the mid-epoch checkpoint of step 16
+        if calls["n"] == 19:               # epoch 2 (11 steps + 1 validation batch per epoch), after
+            # the mid-epoch checkpoint at global step 16
             raise _Killed()
-        return original(self, inp, tar)
+        return original(self, inp, tar, model)
 
     monkeypatch.setattr(train.Trainer, "_rollout_loss", dying)
     with pytest.raises(_Killed):

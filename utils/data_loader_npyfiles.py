@@ -29,8 +29,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
-from torch.utils.data.distributed import DistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from utils.era5_layout import (channel_file_names, dates_of, day_dir, from_hours,
                                missing_files_message, npy_header, period_bounds, scan_missing)
@@ -284,14 +283,50 @@ def _world(distributed: bool) -> tuple[int, int]:
     return int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
 
 
+class ShardedEpochSampler(Sampler):
+    """Sample order that is a pure function of ``(seed, epoch)``, sharded over ranks, resumable.
+
+    Training (``shuffle=True``) permutes the indices with a generator seeded by ``seed + epoch``
+    and drops the tail that does not split evenly, so every rank gets the same number of samples
+    (equal step counts keep DDP's collectives in step). Evaluation keeps the order and gives rank
+    r the indices ``r, r + world, ...`` without padding (no sample is scored twice).
+    ``start`` skips the first samples of this rank's share: a run resumed mid-epoch continues
+    with exactly the samples an uninterrupted run would have seen.
+    """
+
+    def __init__(self, n_samples: int, world: int = 1, rank: int = 0, shuffle: bool = False,
+                 seed: int = 0):
+        self.n_samples, self.world, self.rank = n_samples, world, rank
+        self.shuffle, self.seed = shuffle, seed
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> list:
+        if self.shuffle:
+            generator = torch.Generator()
+            generator.manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.n_samples, generator=generator).tolist()
+            order = order[:self.n_samples // self.world * self.world]
+        else:
+            order = list(range(self.n_samples))
+        return order[self.rank::self.world][self.start:]
+
+    def __iter__(self):
+        return iter(self._indices())
+
+    def __len__(self) -> int:
+        return len(self._indices())
+
+
 def get_data_loader(params, distributed: bool, run_mode: str):
     """``(loader, dataset, sampler)`` for ``run_mode`` in train/valid/test.
 
     Per-rank batch = the global batch size (``batch_size``, ``valid_batch_size`` or
-    ``eval_batch_size``) // world size. Training shuffles: a ``DistributedSampler`` (call
-    ``sampler.set_epoch``) when distributed, else a shuffle seeded by ``params.seed``; it drops the
-    last incomplete batch. Validation and test keep the order. ``sampler`` is None when not
-    distributed.
+    ``eval_batch_size``) // world size. The sampler is a :class:`ShardedEpochSampler` in every
+    case (call ``sampler.set_epoch`` each epoch): training shuffles deterministically per epoch
+    and drops the last incomplete batch; validation and test keep the order.
     """
     if run_mode not in MODES:
         raise ValueError(f"run_mode must be one of {MODES}, got {run_mode!r}")
@@ -303,20 +338,14 @@ def get_data_loader(params, distributed: bool, run_mode: str):
     batch = global_batch // world
     dataset = ERA5NpyDataset(params, run_mode)
     train = run_mode == "train"
-    seed = int(params.get("seed", 0) or 0)
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=train,
-                                 seed=seed, drop_last=train) if distributed else None
-    generator = None
-    if train and sampler is None:
-        generator = torch.Generator()
-        generator.manual_seed(seed)
+    sampler = ShardedEpochSampler(len(dataset), world, rank, shuffle=train,
+                                  seed=int(params.get("seed", 0) or 0))
     workers = int(params.get("num_data_workers", 0) or 0)
     extra = {}
     if workers > 0:
         extra.update(prefetch_factor=int(params.get("prefetch_factor", 2) or 2),
                      persistent_workers=True)
-    loader = DataLoader(dataset, batch_size=batch, shuffle=train and sampler is None,
-                        sampler=sampler, generator=generator, drop_last=train,
+    loader = DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=train,
                         num_workers=workers, pin_memory=torch.cuda.is_available(),
                         collate_fn=collate_batches, **extra)
     return loader, dataset, sampler
