@@ -392,8 +392,12 @@ def main(argv=None):
     try:
         params = YParams(args.yaml_config, args.config, args.overrides)
         Trainer(params, args, info).train()
-    except (ConfigError, FileNotFoundError, FloatingPointError) as err:
-        logging.getLogger("vamoe").error("%s", err)
+    except (ValueError, FileNotFoundError, FloatingPointError) as err:
+        # Configuration, data and checkpoint errors: their messages name the key or file at
+        # fault; the traceback goes to out.log only.
+        log = logging.getLogger("vamoe")
+        log.debug("traceback", exc_info=True)
+        log.error("%s", err)
         if info.is_main:
             print(f"error: {err}", file=sys.stderr)
         dist_utils.cleanup()
