@@ -2,9 +2,10 @@
 
 Both variants use ``qkv = Linear(D -> 3D, bias)``, scale ``head_dim ** -0.5`` (the default of
 ``scaled_dot_product_attention``) and ``proj = Linear(D -> D)``. The windowed variant partitions
-the ``(Hg, Wg)`` token grid into non-overlapping windows, batched as one attention call. When the
-grid is not a multiple of the window it is zero-padded at the bottom/right and the padded tokens
-are masked out as keys, so every real token attends to exactly the real tokens of its window.
+the ``(Hg, Wg)`` token grid into non-overlapping windows, batched as one attention call (no Python
+loop over windows). When the grid is not a multiple of the window, the real tokens are projected
+and their q, k, v are zero-padded at the bottom/right; padded keys are masked out, so every real
+token attends to exactly the real tokens of its window (and qkv is never computed for padding).
 """
 from typing import Optional, Sequence
 
@@ -33,29 +34,38 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=True)
         self.proj = nn.Linear(dim, dim)
 
-    def _attend(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Attention within each row of ``x``: ``(B', L, D)`` -> ``(B', L, D)``."""
-        q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3,
-                            h=self.num_heads)
+    def _attend(self, qkv: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Attention within each row of the projected ``qkv``: ``(B', L, 3D)`` -> ``(B', L, D)``.
+
+        q, k and v are strided views of ``qkv`` (no copy); the output of
+        ``scaled_dot_product_attention`` is laid out ``(B', L, heads, head_dim)`` in memory on
+        the CPU and flash/efficient CUDA kernels, so merging the heads back is a view there.
+        """
+        q, k, v = rearrange(qkv, "b l (three h d) -> three b h l d", three=3, h=self.num_heads)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return rearrange(out, "b h l d -> b l (h d)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.window_size is None:
-            return self.proj(self._attend(x))
+            return self.proj(self._attend(self.qkv(x)))
+        b = x.shape[0]
         hg, wg = self.grid_size
         wh, ww = self.window_size
         pad_h, pad_w = (-hg) % wh, (-wg) % ww
-        grid = rearrange(x, "b (h w) d -> b h w d", h=hg, w=wg)
-        mask = None
         if pad_h or pad_w:
+            # Project the real tokens only, then pad the projections: padded keys are masked and
+            # padded queries dropped, so their (zero) q, k, v never reach a real token.
+            grid = rearrange(self.qkv(x), "b (h w) c -> b h w c", h=hg, w=wg)
             grid = F.pad(grid, (0, 0, 0, pad_w, 0, pad_h))
-            mask = self._padding_mask(hg, wg, x.device)
-        windows = rearrange(grid, "b (nh wh) (nw ww) d -> (b nh nw) (wh ww) d", wh=wh, ww=ww)
-        if mask is not None:
-            mask = mask.repeat(x.shape[0], 1, 1, 1)
-        out = self._attend(windows, mask)
-        out = rearrange(out, "(b nh nw) (wh ww) d -> b (nh wh) (nw ww) d", b=x.shape[0],
+            qkv = rearrange(grid, "b (nh wh) (nw ww) c -> (b nh nw) (wh ww) c", wh=wh, ww=ww)
+            mask = self._padding_mask(hg, wg, x.device).repeat(b, 1, 1, 1)
+        else:
+            # Partition the D-wide tokens (cheaper to move than the 3D-wide projections).
+            windows = rearrange(x, "b (nh wh nw ww) d -> (b nh nw) (wh ww) d",
+                                nh=hg // wh, wh=wh, nw=wg // ww, ww=ww)
+            qkv, mask = self.qkv(windows), None
+        out = self._attend(qkv, mask)
+        out = rearrange(out, "(b nh nw) (wh ww) d -> b (nh wh) (nw ww) d", b=b,
                         nh=(hg + pad_h) // wh, wh=wh, ww=ww)
         return self.proj(rearrange(out[:, :hg, :wg], "b h w d -> b (h w) d"))
 

@@ -15,14 +15,15 @@ implementations compute the same function from the same parameters:
 
 - ``loop``: the formulas above, one expert after another (the tested reference);
 - ``fast``: all experts at once. The gate scaling folds into the weight,
-  ``W_gate (h * g[j]) = h (W_gate * g[j])^T``, so all gate logits are one ``(BN, D) x (D, E D)``
-  matmul; top-k, softmax and gather are batched over experts; the experts' SwiGLUs are batched
-  matmuls over weights stacked on the fly (the parameters stay per expert, so single experts can
-  be frozen or loaded), and the sum over experts is folded into one down-projection matmul.
+  ``W_gate (h * g[j]) = h (W_gate * g[j])^T``, so all gate logits (and the bias) are one
+  ``(BN, D) x (D, E D)`` addmm; top-k, softmax and gather are batched over experts; each expert's
+  ``w_gate`` and ``w_up`` are applied together by one batched matmul over the experts' weights
+  concatenated on the fly (the parameters stay per expert, ``experts.{j}.w_gate/w_up/w_down``, so
+  single experts can be frozen or loaded), and the sum over experts is folded into one
+  down-projection matmul with inner size ``E D``.
 """
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 from networks.swiglu import SwiGLU
@@ -84,19 +85,28 @@ class ChannelMoE(nn.Module):
         return total
 
     def _experts_fast(self, h: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """Sum of the routed experts, batched over experts: ``(B, N, D)`` -> ``(B, N, D)``."""
-        n_exp, k = self.num_experts, self.k
-        tokens = rearrange(h, "b n d -> (b n) d")
-        # (E, D_out, D_in) gate weights with each group's distribution folded into the input axis.
-        gate_w = self.gate_proj.weight.unsqueeze(0) * g.unsqueeze(1)
-        logits = tokens @ rearrange(gate_w, "e o i -> i (e o)") + self.gate_proj.bias.repeat(n_exp)
-        values, idx = rearrange(logits, "t (e o) -> t e o", e=n_exp).topk(k, dim=-1)
-        routed = torch.gather(tokens.unsqueeze(1).expand(-1, n_exp, -1), -1, idx)
-        routed = rearrange(routed * torch.softmax(values, dim=-1), "t e k -> e t k")
-        w_gate = torch.stack([e.w_gate.weight for e in self.experts])   # (E, D_hidden, k)
-        w_up = torch.stack([e.w_up.weight for e in self.experts])       # (E, D_hidden, k)
-        hidden = F.silu(torch.bmm(routed, w_gate.transpose(1, 2))) \
-            * torch.bmm(routed, w_up.transpose(1, 2))                    # (E, T, D_hidden)
-        w_down = torch.cat([e.w_down.weight for e in self.experts], 1)  # (D, E * D_hidden)
-        out = rearrange(hidden, "e t f -> t (e f)") @ w_down.t()
+        """Sum of the routed experts, batched over experts: ``(B, N, D)`` -> ``(B, N, D)``.
+
+        Shapes: T tokens, E experts, D channels, k routed channels, F = D expert hidden size.
+        """
+        n_exp, k, d = self.num_experts, self.k, self.dim
+        tokens = h.reshape(-1, d)                                        # (T, D)
+        n_tok = tokens.shape[0]
+        # Gate logits of all experts in one addmm: row (j, o) of the folded weight is
+        # W_gate[o, :] * g[j, :], so logits[t, j, o] = W_gate (h_t * g_j) + b_gate.
+        gate_w = (self.gate_proj.weight.unsqueeze(0) * g.unsqueeze(1)).reshape(n_exp * d, d)
+        logits = F.linear(tokens, gate_w, self.gate_proj.bias.repeat(n_exp)).view(n_tok, n_exp, d)
+        values, idx = logits.topk(k, dim=-1)                             # (T, E, k), sorted
+        routed = torch.gather(tokens.unsqueeze(1).expand(n_tok, n_exp, d), -1, idx) \
+            * torch.softmax(values, dim=-1)                              # (T, E, k)
+        # The experts' w_gate and w_up as one (E, 2F, k) weight (one copy of the per-expert
+        # parameters, so frozen experts simply get no gradient), applied by one batched matmul
+        # to the (E, T, k) view of the routed channels.
+        w_in = torch.cat([w for ex in self.experts for w in (ex.w_gate.weight, ex.w_up.weight)])
+        gate_up = torch.bmm(routed.transpose(0, 1), w_in.view(n_exp, -1, k).transpose(1, 2))
+        a, b = gate_up.chunk(2, dim=-1)                                  # (E, T, F) each
+        hidden = F.silu(a) * b
+        # Sum over experts folded into one matmul with K = E F: (T, E F) @ (E F, D).
+        w_down = torch.cat([ex.w_down.weight for ex in self.experts], 1)  # (D, E F)
+        out = hidden.transpose(0, 1).reshape(n_tok, -1) @ w_down.t()
         return out.view_as(h)
