@@ -269,3 +269,8 @@ def test_unknown_section_and_set_key_are_errors():
         YParams(CONFIG, "tiny", ["max_epoch=3"])
     params = YParams(CONFIG, "tiny", ["max_epochs=3", "lr=1e-3", "betas=[0.8, 0.9]", "compile=true"])
     assert (params.max_epochs, params.lr, params.betas, params.compile) == (3, 1e-3, [0.8, 0.9], True)
+
+
+def test_set_dates_stay_strings():
+    params = YParams(CONFIG, "tiny", ["train_period=[2020-01-13, 2020-01-24]"])
+    assert params.train_period == ["2020-01-13", "2020-01-24"]

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -154,3 +155,22 @@ def test_missing_file_stops_training_with_its_name(synthetic_root, tmp_path, cap
     assert victim in capsys.readouterr().err
     assert not os.path.exists(os.path.join(tmp_path, "exp", "tiny", "0", "training_checkpoints",
                                            "ckpt.tar"))
+
+
+def test_bf16_autocast_and_multistep_finetuning_train(synthetic_root, tmp_path):
+    run_dir = run_train(synthetic_root, tmp_path, "max_epochs=1", "max_steps_per_epoch=2",
+                        "t_out_train=2", "t_out_valid=2", extra=["--enable_amp"])
+    record = read_metrics(run_dir)[0]
+    assert record["global_step"] == 2 and np.isfinite(record["train_loss"])
+    assert set(record["valid_rmse_12h"]) == set(record["valid_rmse"])   # rmse per lead
+    assert "amp bf16" in open(os.path.join(run_dir, "out.log")).read()
+
+
+def test_wandb_logging_offline(synthetic_root, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_dir = run_train(synthetic_root, tmp_path, "max_epochs=1", "max_steps_per_epoch=1",
+                        "log_to_wandb=true")
+    runs = [d for d in os.listdir(os.path.join(run_dir, "wandb")) if d.startswith("offline-run")]
+    assert len(runs) == 1

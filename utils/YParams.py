@@ -10,6 +10,7 @@ spelling ``num_exports`` is accepted as an alias).
 """
 from __future__ import annotations
 
+import datetime
 import io
 import os
 from typing import Any, Iterable, Optional
@@ -47,6 +48,8 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, bool) or value is None:
         return value
+    if isinstance(value, (datetime.date, datetime.datetime)):     # unquoted YAML dates
+        return value.isoformat()
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):
