@@ -389,15 +389,14 @@ def _plain_params(params):
 def main(argv=None):
     args = parse_args(argv)
     info = dist_utils.init_distributed()
+    setup_logging(None, info.rank)
     try:
         params = YParams(args.yaml_config, args.config, args.overrides)
         Trainer(params, args, info).train()
     except (ValueError, FileNotFoundError, FloatingPointError) as err:
         # Configuration, data and checkpoint errors: their messages name the key or file at
         # fault; the traceback goes to out.log only.
-        log = logging.getLogger("vamoe")
-        log.debug("traceback", exc_info=True)
-        log.error("%s", err)
+        logging.getLogger("vamoe").debug("error: %s", err, exc_info=True)
         if info.is_main:
             print(f"error: {err}", file=sys.stderr)
         dist_utils.cleanup()
