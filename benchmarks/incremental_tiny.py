@@ -82,7 +82,8 @@ def main(argv=None):
     print(f"\nsteps: initial {steps_initial}, incremental {steps_incremental}, "
           f"from scratch {steps_scratch}")
     for hours in LEADS:
-        print(f"\nold variables, RMSE at {hours} h   before  after   change   persistence")
+        print(f"\nold variables, RMSE at {hours} h{'before':>12}{'after':>12}{'change':>10}"
+              f"{'persistence':>13}")
         changes = []
         for name in old_names:
             before, after = rmse_at(initial, name, hours), rmse_at(incremental, name, hours)
@@ -90,18 +91,19 @@ def main(argv=None):
                                                         initial.lead_index(hours)])
             changes.append(after / before - 1)
             report["old"][f"{name}@{hours}h"] = {"before": before, "after": after}
-            print(f"  {name:<8}{before:>24.4g}{after:>8.4g}{100 * changes[-1]:>+8.1f} %"
-                  f"{persist:>10.4g}")
+            print(f"  {name:<25}{before:>12.4g}{after:>12.4g}{100 * changes[-1]:>+8.1f} %"
+                  f"{persist:>13.4g}")
         print(f"  mean relative change {100 * np.mean(changes):+.1f} % "
               f"(positive = forgetting)")
         report[f"old_mean_change_{hours}h"] = float(np.mean(changes))
-        print(f"new variables, RMSE at {hours} h   incremental  from scratch  persistence")
+        print(f"new variables, RMSE at {hours} h{'incremental':>12}{'scratch':>12}"
+              f"{'':>10}{'persistence':>13}")
         for name in new_names:
             inc, scr = rmse_at(incremental, name, hours), rmse_at(scratch, name, hours)
             persist = float(scratch.rmse["persistence"][scratch.channel_index(name),
                                                         scratch.lead_index(hours)])
             report["new"][f"{name}@{hours}h"] = {"incremental": inc, "scratch": scr}
-            print(f"  {name:<8}{inc:>29.4g}{scr:>14.4g}{persist:>13.4g}")
+            print(f"  {name:<25}{inc:>12.4g}{scr:>12.4g}{'':>10}{persist:>13.4g}")
     fractions = {name: summarize(YParams(CONFIG, name))["trainable_fraction"]
                  for name in ("tiny_incremental", "vamoe_incremental")}
     report["trainable_fraction"] = fractions
