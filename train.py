@@ -289,6 +289,8 @@ class Trainer:
             if every and self.global_step % every == 0 and step + 1 < n_steps:
                 self.save_checkpoint(epoch, step + 1)
         bar.close()
+        if hasattr(batches, "close"):        # stop the reader threads of an unfinished epoch
+            batches.close()
         self.train_sampler.start = 0
         elapsed = time.perf_counter() - t_start
         sums = torch.tensor([self.epoch_sums.get(k, 0.0) for k in ("loss", "forecast", "recons",

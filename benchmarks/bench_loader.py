@@ -7,11 +7,16 @@
     python benchmarks/bench_loader.py --root_dir DIR --config tiny --json
 
 Measures samples/s (a sample = the input state and the target state(s), i.e. every file of them) of
-(1) raw ``np.load`` of the same files in a tight loop (run before and after the others; the mean is
-the reference), (2) ``ERA5NpyDataset.__getitem__``, (3) the training ``DataLoader`` with 0, 1 and 2
-workers (timed after the first batch, so worker start-up is excluded), and prints each rate and its
-ratio to the raw rate measured in this run. Files are read once before timing so that every
-measurement sees a warm page cache.
+(1) raw ``np.load`` of the same files in a tight loop, (2) ``ERA5NpyDataset.__getitem__``, (3) the
+training loader of ``get_data_loader`` with 0, 1 and 2 reader threads (``loader_backend:
+threads``) and 1 and 2 worker processes (``processes``), timed after the first batch so that
+start-up is excluded. Each of ``--repeats`` rounds times the raw loop right before every reader; the table
+gives median rates and the median of the per-round ratios to raw. Files are read once before
+timing so that every measurement sees a warm page cache.
+
+Like train.sh and test.sh, the benchmark enables transparent huge pages for PyTorch's large CPU
+allocations (``THP_MEM_ALLOC_ENABLE=1``): a fresh 70 MB batch buffer then costs a few dozen page
+faults instead of ~17,000.
 """
 from __future__ import annotations
 
@@ -25,6 +30,8 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")   # read by PyTorch at import
 
 import numpy as np  # noqa: E402
 
@@ -68,6 +75,9 @@ def main(argv=None):
                         help="samples per measurement (the period is cycled if shorter)")
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--backends", nargs="+", default=["threads", "processes"],
+                        choices=["threads", "processes"], help="loader_backend values to time")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds of measurements")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     args = parser.parse_args(argv)
 
@@ -103,50 +113,66 @@ def main(argv=None):
                 np.load(p)
         return _rate(n, time.perf_counter() - start)
 
-    raw()  # warm the page cache
-    results = []
-    raw_before = raw()
+    def direct():
+        start = time.perf_counter()
+        for i in indices:
+            dataset[i]
+        return _rate(n, time.perf_counter() - start)
 
-    start = time.perf_counter()
-    for i in indices:
-        dataset[i]
-    results.append(("dataset[i]", _rate(n, time.perf_counter() - start)))
-
-    for workers in args.workers:
-        params["num_data_workers"] = workers
-        loader, _, _ = get_data_loader(params, False, "train")
+    def through_loader(loader):
         batches = max(1, n // loader.batch_size)
         iterator = iter(loader)
         next(iterator)  # start-up (workers, first prefetch) excluded
         count, start = 0, time.perf_counter()
         for _ in range(batches):
             try:
-                inp, tar, _ = next(iterator)
+                inp, _, _ = next(iterator)
             except StopIteration:
                 iterator = iter(loader)
-                inp, tar, _ = next(iterator)
+                inp, _, _ = next(iterator)
             count += inp.shape[0]
-        results.append((f"DataLoader workers={workers}", _rate(count, time.perf_counter() - start)))
-        del iterator, loader
-    raw_after = raw()
-    raw_rate = 0.5 * (raw_before + raw_after)
+        return _rate(count, time.perf_counter() - start)
+
+    raw()  # warm the page cache
+    readers = [("dataset[i]", direct)]
+    for backend in args.backends:
+        for workers in args.workers:
+            if backend == "processes" and workers == 0:
+                continue                                 # the same as threads with 0 readers
+            params["num_data_workers"], params["loader_backend"] = workers, backend
+            loader = get_data_loader(params, False, "train")[0]
+            readers.append((f"loader {backend}={workers}",
+                            lambda loader=loader: through_loader(loader)))
+    # Each round times the raw loop right before every reader, so a ratio compares two rates
+    # measured seconds apart; the medians over rounds are robust to this machine's noise.
+    raw_rates, rates, ratios = [], {name: [] for name, _ in readers}, {name: [] for name, _ in readers}
+    for _ in range(args.repeats):
+        for name, reader in readers:
+            reference = raw()
+            rate = reader()
+            raw_rates.append(reference)
+            rates[name].append(rate)
+            ratios[name].append(rate / reference)
+    raw_rate = float(np.median(raw_rates))
+    results = [(name, float(np.median(rates[name])), float(np.median(ratios[name])))
+               for name, _ in readers]
     files_per_sample = len(files[0])
     mb = files_per_sample * dataset.h * dataset.w * 4 / 2 ** 20
     header = dict(grid=f"{dataset.h}x{dataset.w}", channels=dataset.layout.n_channels,
                   files_per_sample=files_per_sample, mb_per_sample=round(mb, 2), samples=n,
                   batch_size=args.batch_size, cpus=os.cpu_count())
-    rows = [("raw np.load", raw_rate)] + results
+    rows = [("raw np.load", raw_rate, 1.0)] + results
     if args.json:
-        for name, rate in rows:
+        for name, rate, ratio in rows:
             print(json.dumps(dict(header, reader=name, samples_per_s=round(rate, 2),
-                                  ratio_to_raw=round(rate / raw_rate, 3),
-                                  raw_before=round(raw_before, 2), raw_after=round(raw_after, 2))))
+                                  ratio_to_raw=round(ratio, 3), repeats=args.repeats)))
     else:
         print(", ".join(f"{k}={v}" for k, v in header.items()))
         print(f"{'reader':<24}{'samples/s':>12}{'MB/s':>10}{'x raw':>8}")
-        for name, rate in rows:
-            print(f"{name:<24}{rate:>12.1f}{rate * mb:>10.0f}{rate / raw_rate:>8.2f}")
-        print(f"(raw np.load: {raw_before:.1f} samples/s before, {raw_after:.1f} after)")
+        for name, rate, ratio in rows:
+            print(f"{name:<24}{rate:>12.1f}{rate * mb:>10.0f}{ratio:>8.2f}")
+        print(f"(medians over {args.repeats} rounds; x raw is the median of per-round ratios; "
+              f"raw np.load ranged {min(raw_rates):.1f}-{max(raw_rates):.1f} samples/s)")
     if tmp is not None:
         tmp.cleanup()
 

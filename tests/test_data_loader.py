@@ -2,6 +2,7 @@
 import json
 import os
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -285,3 +286,34 @@ def test_missing_root_is_clear(tmp_path):
 def test_channel_paths_helper(hand_root):
     params = hand_params(hand_root)
     assert channel_paths(hand_root, params.layout, T0) == ERA5NpyDataset(params, "train").paths(T0)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_thread_and_process_loaders_give_the_same_batches(synthetic_root, workers):
+    def batches(backend):
+        params = make_params(synthetic_root, "tiny", [f"num_data_workers={workers}",
+                                                      f"loader_backend={backend}"])
+        loader, _, sampler = get_data_loader(params, False, "train")
+        sampler.set_epoch(3)
+        return len(loader), list(loader)
+
+    (n_threads, threads), (n_procs, procs) = batches("threads"), batches("processes")
+    assert n_threads == n_procs == len(threads) == len(procs) == 95 // 8
+    for a, b in zip(threads, procs):
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+
+
+def test_thread_loader_stops_cleanly_when_abandoned(synthetic_root):
+    params = make_params(synthetic_root, "tiny", ["num_data_workers=2", "loader_backend=threads"])
+    loader, _, _ = get_data_loader(params, False, "train")
+    iterator = iter(loader)
+    first = next(iterator)
+    iterator.close()                                # e.g. max_steps_per_epoch reached
+    assert first[0].shape == (8, 20, 32, 64)
+    assert not [t for t in threading.enumerate() if t.name.startswith("era5-reader")]
+
+
+def test_unknown_loader_backend_is_named(synthetic_root):
+    with pytest.raises(ValueError, match="'loader_backend'"):
+        make_params(synthetic_root, "tiny", ["loader_backend=fibers"])

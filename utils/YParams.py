@@ -33,6 +33,7 @@ _CHOICES = {
     "recons_target": ("input", "target"),
     "amp_dtype": ("bf16", "fp16"),
     "nettype": ("vit",),
+    "loader_backend": ("threads", "processes"),
 }
 _POSITIVE_INTS = ("h_size", "w_size", "patch_size", "embed_dim", "depth", "num_blocks", "topk",
                   "batch_size", "valid_batch_size", "eval_batch_size", "max_epochs", "t_in",

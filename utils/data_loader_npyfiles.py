@@ -16,15 +16,19 @@ checked for NaN/inf; ``check_data_values: true`` also scans every field of the p
 All errors name the files (and dates) at fault.
 
 Reading is done with one ``os.preadv`` per file, scattering the 128-byte header into a scratch
-buffer and the data straight into a preallocated batch array (in worker processes the array lives in
-shared memory, so batches cross to the main process without a copy). ``__getitems__`` reads a whole
-batch at once and :func:`collate_batches` passes it through, so there is no per-sample collation.
+buffer and the data straight into a preallocated batch array, each channel normalised while it is
+still in cache. :meth:`ERA5NpyDataset.read_batch` reads a whole batch at once (no per-sample
+collation). ``get_data_loader`` reads ahead with threads (:class:`ThreadedBatchLoader`, the
+default ``loader_backend: threads``) or DataLoader worker processes (``processes``; the batch
+array then lives in shared memory, so it crosses to the main process without a copy).
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Sequence
 
 import numpy as np
@@ -61,8 +65,10 @@ def collate_batches(data):
     return torch.utils.data.default_collate(data)
 
 
-def _empty(shape: Sequence[int]) -> torch.Tensor:
-    """Float32 tensor; in a DataLoader worker it is allocated in shared memory directly."""
+def _empty(shape: Sequence[int], pin_memory: bool = False) -> torch.Tensor:
+    """Float32 batch buffer. In a DataLoader worker process it is allocated in shared memory
+    directly (the batch then crosses to the main process without a copy); with ``pin_memory`` it
+    is page-locked, from the CUDA caching host allocator, which reuses freed buffers."""
     if torch.utils.data.get_worker_info() is not None:
         try:
             elem = torch.empty(0, dtype=torch.float32)
@@ -70,7 +76,7 @@ def _empty(shape: Sequence[int]) -> torch.Tensor:
             return elem.new(storage).resize_(*shape)
         except Exception:  # private API changed: fall back to an ordinary allocation
             pass
-    return torch.empty(*shape, dtype=torch.float32)
+    return torch.empty(*shape, dtype=torch.float32, pin_memory=pin_memory)
 
 
 class ERA5NpyDataset(Dataset):
@@ -105,8 +111,7 @@ class ERA5NpyDataset(Dataset):
                 f"t_out_{mode}={self.t_out} at lead_time={self.lead} h: no sample fits")
 
         self.mean, self.std = load_mean_std(self.root, self.layout)
-        self._mean_b = self.mean[:, None, None]
-        self._inv_std_b = (1.0 / self.std.astype(np.float64)).astype(np.float32)[:, None, None]
+        self._inv_std = (1.0 / self.std.astype(np.float64)).astype(np.float32)
 
         needed = np.unique((times[:, None] + self._offsets[None, :]).ravel())
         missing = scan_missing(self.root, self.layout.channels, needed)
@@ -165,8 +170,11 @@ class ERA5NpyDataset(Dataset):
                                 f"{(self.h, self.w)} (h_size, w_size)")
         dst[...] = arr
 
-    def _read_state(self, time_hours: int, dst: np.ndarray, scratch: bytearray) -> None:
-        """Read every channel at ``time_hours`` into ``dst`` ``(C, H, W)`` (physical units)."""
+    def _read_state(self, time_hours: int, dst: np.ndarray, scratch: bytearray,
+                    normalise: bool = False) -> None:
+        """Read every channel at ``time_hours`` into ``dst`` ``(C, H, W)``, in physical units or
+        z-score normalised. Each channel is normalised right after its read, while it is still in
+        the CPU cache, so the batch is written to memory once."""
         header, expected = self._header, len(self._header) + self._nbytes
         for c, path in enumerate(self.paths(time_hours)):
             out = dst[c]
@@ -186,14 +194,15 @@ class ERA5NpyDataset(Dataset):
                 os.close(fd)
             if n != expected or scratch != header:
                 self._read_slow(path, out)  # other header layout, or a wrong file: check it fully
+            if normalise:
+                np.subtract(out, self.mean[c], out=out)
+                np.multiply(out, self._inv_std[c], out=out)
 
-    def _load(self, indices: Sequence[int], shared: bool = False):
+    def _load(self, indices: Sequence[int], pin_memory: bool = False):
         b = len(indices)
         c = self.layout.n_channels
-        inp_t = _empty((b, self.t_in, c, self.h, self.w)) if shared else \
-            torch.empty(b, self.t_in, c, self.h, self.w)
-        tar_t = _empty((b, self.t_out, c, self.h, self.w)) if shared else \
-            torch.empty(b, self.t_out, c, self.h, self.w)
+        inp_t = _empty((b, self.t_in, c, self.h, self.w), pin_memory)
+        tar_t = _empty((b, self.t_out, c, self.h, self.w), pin_memory)
         inp, tar = inp_t.numpy(), tar_t.numpy()
         scratch = bytearray(len(self._header))
         times = np.empty(b, dtype=np.int64)
@@ -207,10 +216,7 @@ class ERA5NpyDataset(Dataset):
             times[j] = t
             for k, offset in enumerate(self._offsets):
                 dst = inp[j, k] if k < self.t_in else tar[j, k - self.t_in]
-                self._read_state(t + int(offset), dst, scratch)
-        for arr in (inp, tar):
-            np.subtract(arr, self._mean_b, out=arr)
-            np.multiply(arr, self._inv_std_b, out=arr)
+                self._read_state(t + int(offset), dst, scratch, normalise=True)
         if not (math.isfinite(float(inp.sum())) and math.isfinite(float(tar.sum()))):
             self._raise_non_finite(indices, inp, tar)
         return inp_t, tar_t, times
@@ -234,14 +240,18 @@ class ERA5NpyDataset(Dataset):
         return inp, tar, int(times[0])
 
     def __getitems__(self, indices: Sequence[int]) -> _Batch:
-        """A whole batch: ``[inp (B, C, H, W) or (B, t_in, C, H, W), tar (B, C, H, W) or
-        (B, T, C, H, W), time_hours int64 (B,)]``."""
-        inp, tar, times = self._load(indices, shared=True)
+        """A whole batch (see :meth:`read_batch`), for a DataLoader."""
+        return _Batch(self.read_batch(indices))
+
+    def read_batch(self, indices: Sequence[int], pin_memory: bool = False) -> list:
+        """``[inp (B, C, H, W) or (B, t_in, C, H, W), tar (B, C, H, W) or (B, T, C, H, W),
+        time_hours int64 (B,)]`` of the samples ``indices``, read into one buffer each."""
+        inp, tar, times = self._load(indices, pin_memory)
         if self.t_in == 1:
             inp = inp[:, 0]
         if self.t_out == 1:
             tar = tar[:, 0]
-        return _Batch([inp, tar, torch.from_numpy(times)])
+        return [inp, tar, torch.from_numpy(times)]
 
     # ----------------------------------------------------------------------------- checks
     def check_values(self) -> None:
@@ -320,6 +330,56 @@ class ShardedEpochSampler(Sampler):
         return len(self._indices())
 
 
+class ThreadedBatchLoader:
+    """Batches read ahead by a pool of threads in the training process (``loader_backend:
+    threads``).
+
+    Reading is ``os.preadv`` and numpy arithmetic, both of which release the GIL, so threads
+    overlap like worker processes do, without their cost: a worker process must put every batch
+    in fresh shared memory (tens of thousands of page faults per 70 MB batch), while a thread
+    reads into ordinary memory (huge pages with ``THP_MEM_ALLOC_ENABLE=1``) or, on a GPU
+    machine, straight into pinned memory from the CUDA caching host allocator, which reuses a
+    buffer once its batch is no longer referenced. Same interface as the DataLoader the trainer
+    uses: ``batch_size``, ``sampler``, ``dataset``, ``len()`` and iteration.
+    """
+
+    def __init__(self, dataset: ERA5NpyDataset, batch_size: int, sampler: Sampler,
+                 drop_last: bool, num_threads: int, prefetch_factor: int, pin_memory: bool):
+        self.dataset, self.batch_size, self.sampler = dataset, batch_size, sampler
+        self.drop_last, self.pin_memory = drop_last, pin_memory
+        self.num_threads = num_threads
+        self.ahead = max(1, num_threads * prefetch_factor)
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _batches(self) -> list:
+        indices = list(self.sampler)
+        batches = [indices[i:i + self.batch_size] for i in range(0, len(indices), self.batch_size)]
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        return batches
+
+    def __iter__(self):
+        batches = self._batches()
+        if self.num_threads == 0:
+            for indices in batches:
+                yield self.dataset.read_batch(indices, self.pin_memory)
+            return
+        pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="era5-reader")
+        pending = deque()
+        try:
+            for indices in batches:
+                pending.append(pool.submit(self.dataset.read_batch, indices, self.pin_memory))
+                if len(pending) > self.ahead:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
 def get_data_loader(params, distributed: bool, run_mode: str):
     """``(loader, dataset, sampler)`` for ``run_mode`` in train/valid/test.
 
@@ -327,6 +387,8 @@ def get_data_loader(params, distributed: bool, run_mode: str):
     ``eval_batch_size``) // world size. The sampler is a :class:`ShardedEpochSampler` in every
     case (call ``sampler.set_epoch`` each epoch): training shuffles deterministically per epoch
     and drops the last incomplete batch; validation and test keep the order.
+    ``num_data_workers`` reader threads (``loader_backend: threads``, the default) or worker
+    processes (``processes``) read ahead; 0 reads in the calling thread.
     """
     if run_mode not in MODES:
         raise ValueError(f"run_mode must be one of {MODES}, got {run_mode!r}")
@@ -341,11 +403,17 @@ def get_data_loader(params, distributed: bool, run_mode: str):
     sampler = ShardedEpochSampler(len(dataset), world, rank, shuffle=train,
                                   seed=int(params.get("seed", 0) or 0))
     workers = int(params.get("num_data_workers", 0) or 0)
+    prefetch = int(params.get("prefetch_factor", 2) or 2)
+    pin = torch.cuda.is_available()
+    backend = params.get("loader_backend", "threads")
+    if backend not in ("threads", "processes"):
+        raise ValueError(f"'loader_backend' is {backend!r}; expected 'threads' or 'processes'")
+    if backend == "threads":
+        loader = ThreadedBatchLoader(dataset, batch, sampler, train, workers, prefetch, pin)
+        return loader, dataset, sampler
     extra = {}
     if workers > 0:
-        extra.update(prefetch_factor=int(params.get("prefetch_factor", 2) or 2),
-                     persistent_workers=True)
+        extra.update(prefetch_factor=prefetch, persistent_workers=True)
     loader = DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=train,
-                        num_workers=workers, pin_memory=torch.cuda.is_available(),
-                        collate_fn=collate_batches, **extra)
+                        num_workers=workers, pin_memory=pin, collate_fn=collate_batches, **extra)
     return loader, dataset, sampler
