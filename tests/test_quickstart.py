@@ -1,0 +1,33 @@
+"""The README's first command, end to end, with a very small setting; then re-run, reusing everything."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_quickstart_runs_end_to_end_and_reuses_what_exists(tmp_path):
+    env = dict(os.environ, PYTHON=sys.executable, DATA_DIR=str(tmp_path / "data"),
+               EXP_DIR=str(tmp_path / "exp"), RESULTS_DIR=str(tmp_path / "results"),
+               MASTER_PORT="29613")
+    cmd = ["bash", os.path.join(REPO, "quickstart.sh"), "--set", "max_epochs=1",
+           "--set", "max_steps_per_epoch=2"]
+    first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "writing 32 days of synthetic ERA5" in first.stdout
+    assert "RMSE model" in first.stdout and "RMSE persist" in first.stdout
+    assert "world size 2" in first.stdout + first.stderr
+    for name in ("metrics.csv", "metrics.json", "summary.txt", "rmse_acc.png", "maps.png"):
+        assert (tmp_path / "results" / name).is_file(), name
+    assert f"plots:         {tmp_path / 'results'}/rmse_acc.png" in first.stdout
+    ckpt = tmp_path / "exp" / "tiny" / "0" / "training_checkpoints" / "ckpt.tar"
+    mtime = ckpt.stat().st_mtime
+
+    second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "reusing synthetic ERA5" in second.stdout
+    assert "nothing to do" in second.stdout + second.stderr
+    assert ckpt.stat().st_mtime == mtime
