@@ -11,7 +11,7 @@ import torch
 
 import train
 from networks.vamoe import VAMoE
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import atomic_save, load_checkpoint
 from utils.YParams import YParams
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -174,3 +174,14 @@ def test_wandb_logging_offline(synthetic_root, tmp_path, monkeypatch):
                         "log_to_wandb=true")
     runs = [d for d in os.listdir(os.path.join(run_dir, "wandb")) if d.startswith("offline-run")]
     assert len(runs) == 1
+
+
+def test_resuming_from_a_checkpoint_of_other_variables_is_refused(synthetic_root, tmp_path, capsys):
+    params = YParams(os.path.join(REPO, "config", "vamoe.yaml"), "tiny_initial")
+    path = str(tmp_path / "other.tar")
+    atomic_save({"model": VAMoE.from_params(params).state_dict(),
+                 "channel_names": params.layout.names}, path)
+    with pytest.raises(SystemExit):
+        run_train(synthetic_root, tmp_path / "exp", "max_epochs=1", extra=["--checkpoint", path])
+    err = capsys.readouterr().err
+    assert "other.tar" in err and "trained on channels" in err
