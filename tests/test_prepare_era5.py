@@ -3,10 +3,11 @@ import json
 import os
 
 import numpy as np
-import pandas as pd
 import pytest
 
+# The converter's dependencies are optional (requirements-optional.txt; CI installs them).
 xr = pytest.importorskip("xarray")
+pd = pytest.importorskip("pandas")
 pytest.importorskip("netCDF4")
 
 from conftest import make_params  # noqa: E402
