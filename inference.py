@@ -20,7 +20,6 @@ keeping forecasts in memory. Written to ``--override_dir``:
 A table of the headline variables at ``headline_days`` is printed and saved as ``summary.txt``.
 """
 import argparse
-import datetime as dt
 import logging
 import os
 import sys
@@ -32,10 +31,12 @@ from networks.vamoe import VAMoE
 from utils.checkpoint import load_checkpoint
 from utils.climatology import Climatology, default_climatology_path
 from utils.data_loader_npyfiles import get_data_loader
+from utils.era5_layout import from_hours
 from utils.grid import latitudes, longitudes
 from utils.logging_utils import setup_logging
 from utils.plots import nearest_leads, plot_maps, plot_rmse_acc
-from utils.results import atomic_save_npy, atomic_write_text, format_headline_table, save_results
+from utils.atomic_io import atomic_save_npy, atomic_write_text
+from utils.results import format_headline_table, save_results
 from utils.rollout import evaluate_rollout
 from utils.YParams import ConfigError, YParams
 
@@ -74,7 +75,7 @@ def load_model(params, weights: str, device) -> VAMoE:
 
 
 def _init_time_name(time_hours: int) -> str:
-    return (dt.datetime(1970, 1, 1) + dt.timedelta(hours=int(time_hours))).strftime("%Y-%m-%dT%H")
+    return from_hours(int(time_hours)).strftime("%Y-%m-%dT%H")
 
 
 def evaluate(params, weights: str, out_dir: str, enable_amp: bool = False,
@@ -97,25 +98,22 @@ def evaluate(params, weights: str, out_dir: str, enable_amp: bool = False,
     log.info("evaluating %s on %d initial conditions x %d steps of %d h (%s)", weights,
              len(dataset), params.t_out_test, params.lead_time, device)
 
-    map_names = [n for n in MAP_VARIABLES if n in layout.names or n in layout.surface_features]
-    writer = None
-    if params.save_raw_forecasts:
-        raw_dir = os.path.join(out_dir, "forecasts")
-        os.makedirs(raw_dir, exist_ok=True)
+    map_names = [n for n in MAP_VARIABLES if n in layout.names]
+    raw_dir = os.path.join(out_dir, "forecasts")
 
-        def writer(time_hours, forecast):
-            atomic_save_npy(os.path.join(raw_dir, _init_time_name(time_hours) + ".npy"),
-                            forecast.astype(np.float32))
+    def write_raw(time_hours, forecast):
+        atomic_save_npy(os.path.join(raw_dir, _init_time_name(time_hours) + ".npy"),
+                        forecast.astype(np.float32))
 
     results = evaluate_rollout(
         lambda x: model(x).forecast, loader, params.t_out_test, dataset.mean, dataset.std,
         latitudes(params.h_size), climatology, device,
-        amp_dtype=params.amp_dtype if enable_amp else None, raw_forecast_writer=writer,
+        amp_dtype=params.amp_dtype if enable_amp else None,
+        raw_forecast_writer=write_raw if params.save_raw_forecasts else None,
         lead_time=params.lead_time, channels=layout, capture_ic=0,
         capture_channels=[layout.index_of_name(n) for n in map_names], max_batches=max_batches)
     written = save_results(results, out_dir, params.config_name)
-    headline = [n for n in params.headline_variables
-                if n in layout.names or n in layout.surface_features]
+    headline = [n for n in params.headline_variables if n in layout.names]
     written["rmse_acc"] = plot_rmse_acc(results, headline, os.path.join(out_dir, "rmse_acc.png"))
     if results.sample is not None and map_names:
         leads = nearest_leads(results.lead_hours, [24 * d for d in MAP_DAYS])
@@ -145,7 +143,7 @@ def main(argv=None):
         params = YParams(args.yaml_config, args.config, args.overrides)
         os.makedirs(args.override_dir, exist_ok=True)
         evaluate(params, args.weights, args.override_dir, args.enable_amp, args.max_batches, log)
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as err:
+    except (ConfigError, FileNotFoundError, ValueError, LookupError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
 

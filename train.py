@@ -34,6 +34,7 @@ from utils.freezing import freeze_from_params
 from utils.grid import latitudes
 from utils.incremental import load_initial_stage
 from utils.logging_utils import setup_logging
+from utils.rollout import MetricAccumulator
 from utils.weighted_acc_rmse import weighted_mse_torch_channels
 from utils.YParams import ConfigError, YParams
 
@@ -94,10 +95,10 @@ class Trainer:
             params, info.distributed, "train")
         self.valid_loader, self.valid_set, _ = get_data_loader(params, info.distributed, "valid")
         self.layout = params.layout
-        self.std2 = torch.as_tensor(self.train_set.std, dtype=torch.float64) ** 2
-        self.lat = torch.as_tensor(latitudes(params.h_size))
-        self.headline = [n for n in params.headline_variables if n in self.layout.names
-                         or n in self.layout.surface_features]
+        self.std2 = torch.as_tensor(self.train_set.std, dtype=torch.float64,
+                                    device=self.device) ** 2
+        self.lat = torch.as_tensor(latitudes(params.h_size), device=self.device)
+        self.headline = [n for n in params.headline_variables if n in self.layout.names]
 
         model = VAMoE.from_params(params).to(self.device)
         self.start_epoch, self.start_step, self.global_step = 0, 0, 0
@@ -141,9 +142,9 @@ class Trainer:
         # The fused kernel (CPU and CUDA) is several times faster than the per-tensor loop.
         self.optimizer = torch.optim.AdamW(_optimizer_groups(model, params.weight_decay),
                                            lr=params.lr, betas=tuple(params.betas), fused=True)
-        total_steps = max(1, params.max_epochs * self.steps_per_epoch)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.optimizer, T_max=total_steps, eta_min=params.min_lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, _cosine_factor(params.lr, params.min_lr,
+                                           max(1, params.max_epochs * self.steps_per_epoch)))
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype is torch.float16 else None
         if resume is not None:
             self._restore(resume, resume_path)
@@ -168,6 +169,13 @@ class Trainer:
                           config=self.params.to_dict(), resume="allow")
 
     def _restore(self, ckpt, path):
+        missing = [k for k in ("optimizer", "scheduler", "epoch", "step_in_epoch", "global_step",
+                               "rng") if k not in ckpt]
+        if missing:
+            raise ConfigError(f"checkpoint {path!r} holds no training state ({missing}): it is a "
+                              "weights-only file such as best_ckpt.tar. Resume from "
+                              "training_checkpoints/ckpt.tar, or start a new stage from it with "
+                              "--set cl_ckpt_path=...")
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.scaler is not None and ckpt.get("scaler"):
@@ -211,7 +219,7 @@ class Trainer:
             atomic_save(state, os.path.join(self.ckpt_dir, f"ckpt_epoch{epoch + 1}.tar"))
             snapshots = sorted(glob.glob(os.path.join(self.ckpt_dir, "ckpt_epoch*.tar")),
                                key=lambda p: int(re.findall(r"ckpt_epoch(\d+)", p)[-1]))
-            for old in snapshots[:-self.params.keep_snapshots or None]:
+            for old in snapshots[:-self.params.keep_snapshots]:
                 os.remove(old)
 
     # ------------------------------------------------------------------ steps
@@ -261,7 +269,9 @@ class Trainer:
             torch.manual_seed(params.seed + 1_000_003 * self.global_step + info.rank)
             with self._autocast():
                 loss, terms, _ = self._rollout_loss(inp, tar)
-            loss_value = float(loss.detach())
+            # One small all-reduce: the logged loss is the global mean, and every rank sees a
+            # non-finite loss together (no rank left waiting in a collective).
+            loss_value = float(dist_utils.all_reduce_sum(loss.detach().clone())) / info.world_size
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"non-finite training loss {loss_value} at epoch "
                                          f"{epoch + 1}, step {step}; lower lr or disable fp16")
@@ -298,12 +308,14 @@ class Trainer:
             batches.close()
         self.train_sampler.start = 0
         elapsed = time.perf_counter() - t_start
-        sums = torch.tensor([self.epoch_sums.get(k, 0.0) for k in ("loss", "forecast", "recons",
-                                                                  "steps")], dtype=torch.float64)
-        sums = dist_utils.all_reduce_sum(sums) / info.world_size
-        steps = max(sums[3].item(), 1)
-        return {"train_loss": sums[0].item() / steps, "train_loss_forecast": sums[1].item() / steps,
-                "train_loss_recons": sums[2].item() / steps,
+        keys = ("loss", "forecast", "recons", "aux", "grad_norm")
+        sums = torch.tensor([self.epoch_sums.get(k, 0.0) for k in keys + ("steps",)],
+                            dtype=torch.float64)
+        sums = (dist_utils.all_reduce_sum(sums) / info.world_size).tolist()
+        means = {k: v / max(sums[-1], 1) for k, v in zip(keys, sums)}
+        return {"train_loss": means["loss"], "train_loss_forecast": means["forecast"],
+                "train_loss_recons": means["recons"], "train_loss_aux": means["aux"],
+                "train_grad_norm": means["grad_norm"],
                 "samples_per_s": samples / elapsed if elapsed > 0 else 0.0,
                 "epoch_time_s": elapsed}
 
@@ -317,9 +329,8 @@ class Trainer:
         model = unwrap(self.model)
         model.eval()
         n_lead = self.params.t_out_valid
-        sq_err = torch.zeros(n_lead, self.layout.n_channels, dtype=torch.float64)
-        totals = torch.zeros(2, dtype=torch.float64)   # loss sum, batches
-        count = torch.zeros(1, dtype=torch.float64)
+        scores = MetricAccumulator(self.layout.n_channels, n_lead, self.lat, self.device)
+        loss_sum = torch.zeros(2, dtype=torch.float64, device=self.device)   # loss sum, batches
         cap = self.params.max_valid_steps
         for i, (inp, tar, _) in enumerate(self.valid_loader):
             if cap and i >= cap:
@@ -330,20 +341,18 @@ class Trainer:
             tar = tar.unsqueeze(1) if tar.ndim == 4 else tar
             for k in range(n_lead):
                 mse = weighted_mse_torch_channels(forecasts[:, k].float(), tar[:, k].float(),
-                                                  self.lat.to(self.device))
-                sq_err[k] += mse.double().sum(0).cpu()
-            totals += torch.tensor([float(loss), 1.0], dtype=torch.float64)
-            count += inp.shape[0]
-        reduced = dist_utils.all_reduce_sum(torch.cat([sq_err.flatten(), totals, count]))
-        sq_err = reduced[:sq_err.numel()].view_as(sq_err)
-        totals, count = reduced[sq_err.numel():-1], reduced[-1]
-        rmse = torch.sqrt(sq_err / count.clamp(min=1) * self.std2)      # (T, C) physical units
-        result = {"valid_loss": (totals[0] / totals[1].clamp(min=1)).item(),
-                  "valid_samples": int(count.item())}
+                                                  self.lat)
+                scores.update_mse(k, mse * self.std2)          # physical units
+            loss_sum += torch.stack([loss.detach().double(), loss_sum.new_ones(())])
+        scores.all_reduce()
+        loss_sum = dist_utils.all_reduce_sum(loss_sum)
+        rmse = scores.rmse()                                   # (C, T)
+        result = {"valid_loss": (loss_sum[0] / loss_sum[1].clamp(min=1)).item(),
+                  "valid_samples": int(scores.count[0, 0].item())}
         for k in range(n_lead):
             suffix = "" if k == 0 else f"_{(k + 1) * self.params.lead_time}h"
             result[f"valid_rmse{suffix}"] = {
-                n: rmse[k, self.layout.index_of_name(n)].item() for n in self.headline}
+                n: float(rmse[self.layout.index_of_name(n), k]) for n in self.headline}
         return result
 
     def train(self):
@@ -378,6 +387,19 @@ class Trainer:
             self.wandb.finish()
 
 
+def _cosine_factor(lr, min_lr, total_steps):
+    """LR multiplier of a cosine annealing from ``lr`` to ``min_lr`` over ``total_steps`` steps.
+
+    Closed form in the step count (held at ``min_lr`` past the end): a run resumed with a larger
+    ``max_epochs`` follows the longer schedule instead of climbing back up as the recursive
+    ``CosineAnnealingLR`` would past its end.
+    """
+    def factor(step):
+        progress = min(step, total_steps) / total_steps
+        return (min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))) / lr
+    return factor
+
+
 def _flatten(record, prefix=""):
     flat = {}
     for key, value in record.items():
@@ -400,7 +422,7 @@ def main(argv=None):
     try:
         params = YParams(args.yaml_config, args.config, args.overrides)
         Trainer(params, args, info).train()
-    except (ValueError, FileNotFoundError, FloatingPointError) as err:
+    except (ValueError, LookupError, FileNotFoundError, FloatingPointError) as err:
         # Configuration, data and checkpoint errors: their messages name the key or file at
         # fault; the traceback goes to out.log only.
         logging.getLogger("vamoe").debug("error: %s", err, exc_info=True)

@@ -42,7 +42,7 @@ def _params(args, root, levels):
     from utils.YParams import YParams
     from utils.era5_layout import from_hours
     from utils.make_synthetic_era5 import SURFACE_VARIABLES, UPPER_VARIABLES
-    overrides = [f"root_dir={root}", f"num_data_workers=0", f"batch_size={args.batch_size}"]
+    overrides = [f"root_dir={root}", "num_data_workers=0", f"batch_size={args.batch_size}"]
     if not args.root_dir:
         end = from_hours(_start_hours(args) + 24 * args.days - 1).date().isoformat()
         overrides += [f"h_size={args.h_size}", f"w_size={args.w_size}",

@@ -162,7 +162,7 @@ def build_model(params, device: torch.device):
     return model, compiled
 
 
-def make_optimizer(model, params, device):
+def make_optimizer(model, params):
     kwargs = dict(lr=params.lr, betas=tuple(params.betas), weight_decay=params.weight_decay)
     try:     # fused AdamW: one kernel per step (CUDA, and CPU since torch 2.4)
         return torch.optim.AdamW(model.parameters(), fused=True, **kwargs)
@@ -175,7 +175,7 @@ def bench_train(params, batch: int, device: torch.device, bf16: bool, steps: int
     torch.manual_seed(0)
     model, run_model = build_model(params, device)
     model.train()
-    opt = make_optimizer(model, params, device)
+    opt = make_optimizer(model, params)
     c = params.layout.n_channels
     x = torch.randn(batch, c, params.h_size, params.w_size, device=device)
     y = torch.randn_like(x)

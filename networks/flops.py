@@ -52,10 +52,6 @@ from collections import OrderedDict
 from typing import Dict
 
 
-def _get(params, key):
-    return params[key]
-
-
 def forward_flops_by_component(params, batch_size: int = 1, training: bool = True) -> Dict[str, int]:
     """Forward FLOPs of one batch, by component (summed over blocks), as an ordered dict.
 
@@ -65,21 +61,21 @@ def forward_flops_by_component(params, batch_size: int = 1, training: bool = Tru
         training: counts the token-MoE noise linear, which only runs in training.
     """
     b = int(batch_size)
-    h, w, p = _get(params, "h_size"), _get(params, "w_size"), _get(params, "patch_size")
-    d = _get(params, "embed_dim")
-    depth = _get(params, "depth")
-    c = _get(params, "layout").n_channels
+    h, w, p = params["h_size"], params["w_size"], params["patch_size"]
+    d = params["embed_dim"]
+    depth = params["depth"]
+    c = params["layout"].n_channels
     hg, wg = h // p, w // p
     n = hg * wg
     t = b * n
-    use_moe = _get(params, "use_moe")
-    wh, ww = _get(params, "window_size")
-    every = _get(params, "global_attn_every")
+    use_moe = params["use_moe"]
+    wh, ww = params["window_size"]
+    every = params["global_attn_every"]
 
     f: Dict[str, int] = OrderedDict()
     f["patch_embed"] = 2 * t * (c * p * p) * d
     if use_moe == "channelmoe":
-        e = _get(params, "num_experts")
+        e = params["num_experts"]
         f["var_embed"] = 2 * e * c * d + 2 * e * d * d
     f["head"] = 2 * (2 * t * d * (c * p * p))
 
@@ -95,21 +91,21 @@ def forward_flops_by_component(params, batch_size: int = 1, training: bool = Tru
             f["attn.core_windowed"] += 4 * b * n_windows * (wh * ww) ** 2 * d
 
     if use_moe == "channelmoe":
-        e = _get(params, "num_experts")
-        k = d // _get(params, "topk")
+        e = params["num_experts"]
+        k = d // params["topk"]
         f["moe.pos_proj"] = depth * 2 * e * d * d
         f["moe.gate"] = depth * 2 * t * e * d * d
         f["moe.shared_expert"] = depth * 2 * t * 3 * d * (2 * d)
         f["moe.experts"] = depth * 2 * t * e * (2 * k * d + d * d)
         f["moe.out_mlp"] = depth * 2 * t * 2 * d * d
     elif use_moe is False:
-        hidden = int(d * _get(params, "mlp_ratio"))
+        hidden = int(d * params["mlp_ratio"])
         f["mlp"] = depth * 2 * t * 2 * d * hidden
     else:  # token-routed MoE
-        e = _get(params, "num_experts")
-        hidden = int(d * _get(params, "mlp_ratio"))
+        e = params["num_experts"]
+        hidden = int(d * params["mlp_ratio"])
         f["token_moe.router"] = depth * 2 * t * d * e * (2 if training else 1)
-        f["token_moe.experts"] = depth * 2 * t * _get(params, "moe_topk_tokens") * 2 * d * hidden
+        f["token_moe.experts"] = depth * 2 * t * params["moe_topk_tokens"] * 2 * d * hidden
     return f
 
 

@@ -147,3 +147,19 @@ def test_climatology_nearest_hour_and_time_mean_only(tmp_path):
         Climatology(str(tmp_path / "m"), ChannelLayout([], [], ["msl"]))
     with pytest.raises(FileExistsError):
         ClimatologyWriter(str(tmp_path / "m"), (2, 3))
+
+
+def test_climatology_rewrite_keeps_the_old_one_until_complete(tmp_path):
+    layout = ChannelLayout([], [], ["t2m"])
+    out = str(tmp_path / "climatology")
+    first = ClimatologyWriter(out, (2, 3), overwrite=False)
+    first.add("t2m", np.full((2, 3), 1.0))
+    first.close()
+    second = ClimatologyWriter(out, (2, 3), overwrite=True)
+    second.add("t2m", np.full((2, 3), 2.0))
+    assert Climatology(out, layout).mean_field()[0, 0, 0] == 1.0      # old one intact meanwhile
+    second.close()
+    assert Climatology(out, layout).mean_field()[0, 0, 0] == 2.0
+    assert sorted(os.listdir(tmp_path)) == ["climatology"]           # no .partial / .old left
+    with pytest.raises(FileExistsError, match="overwrite"):
+        ClimatologyWriter(out, (2, 3))

@@ -130,7 +130,7 @@ def test_torchrun_two_ranks_trains_validates_and_checkpoints(synthetic_root, tmp
     assert [r["epoch"] for r in records] == [1, 2]
     assert "world size 2" in open(os.path.join(run_dir, "out.log")).read()
     assert os.path.isfile(os.path.join(run_dir, "training_checkpoints", "best_ckpt.tar"))
-    # Each rank sees half of the global batch: 96 training samples // 8 = 12 steps either way.
+    # Each rank sees half of the global batch: 95 training samples // 8 = 11 steps either way.
     assert records[-1]["global_step"] == 2 * 11
 
 
@@ -185,3 +185,26 @@ def test_resuming_from_a_checkpoint_of_other_variables_is_refused(synthetic_root
         run_train(synthetic_root, tmp_path / "exp", "max_epochs=1", extra=["--checkpoint", path])
     err = capsys.readouterr().err
     assert "other.tar" in err and "trained on channels" in err
+
+
+def test_cosine_schedule_is_closed_form_and_holds_at_the_end():
+    factor = train._cosine_factor(1e-3, 1e-5, 100)
+    values = [factor(s) * 1e-3 for s in range(0, 130)]
+    assert values[0] == pytest.approx(1e-3) and values[50] == pytest.approx((1e-3 + 1e-5) / 2)
+    assert all(a >= b for a, b in zip(values, values[1:]))           # never climbs back up
+    assert values[100] == values[129] == pytest.approx(1e-5)
+
+
+def test_resuming_from_a_weights_only_checkpoint_is_explained(synthetic_root, tmp_path, capsys):
+    run_dir = run_train(synthetic_root, tmp_path, "max_epochs=1", "max_steps_per_epoch=1")
+    best = os.path.join(run_dir, "training_checkpoints", "best_ckpt.tar")
+    assert oct(os.stat(best).st_mode & 0o777) == oct(0o666 & ~_umask())
+    with pytest.raises(SystemExit):
+        run_train(synthetic_root, tmp_path / "other", "max_epochs=2", extra=["--checkpoint", best])
+    assert "weights-only" in capsys.readouterr().err
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

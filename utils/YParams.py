@@ -17,6 +17,7 @@ from typing import Any, Iterable, Optional
 
 from ruamel.yaml import YAML
 
+from utils.atomic_io import atomic_write_text
 from utils.channels import ERA5_LEVELS, ChannelLayout
 
 
@@ -38,7 +39,10 @@ _CHOICES = {
 _POSITIVE_INTS = ("h_size", "w_size", "patch_size", "embed_dim", "depth", "num_blocks", "topk",
                   "batch_size", "valid_batch_size", "eval_batch_size", "max_epochs", "t_in",
                   "t_out_train", "t_out_valid", "t_out_test", "lead_time", "train_interval",
-                  "valid_interval", "test_interval", "global_attn_every")
+                  "valid_interval", "test_interval", "global_attn_every", "keep_snapshots",
+                  "prefetch_factor")
+_NON_NEGATIVE_INTS = ("num_data_workers", "checkpoint_every_steps", "snapshot_every_epochs",
+                      "log_every_steps")
 
 
 def _plain(value: Any) -> Any:
@@ -155,10 +159,12 @@ class YParams:
         return {k: v for k, v in self.params.items() if k not in DERIVED_KEYS}
 
     def dump(self, path: str) -> None:
+        """Write the resolved section as YAML (atomically)."""
         yaml = YAML()
         yaml.default_flow_style = None
-        with open(path, "w") as f:
-            yaml.dump({self._config_name: self.to_dict()}, f)
+        text = io.StringIO()
+        yaml.dump({self._config_name: self.to_dict()}, text)
+        atomic_write_text(path, text.getvalue())
 
 
 def validate(params: dict, section: str = "") -> None:
@@ -172,6 +178,10 @@ def validate(params: dict, section: str = "") -> None:
         if key in params and not (isinstance(params[key], int) and not isinstance(params[key], bool)
                                   and params[key] > 0):
             problems.append(f"'{key}' must be a positive integer, got {params[key]!r}")
+    for key in _NON_NEGATIVE_INTS:
+        if key in params and not (isinstance(params[key], int) and not isinstance(params[key], bool)
+                                  and params[key] >= 0):
+            problems.append(f"'{key}' must be an integer >= 0, got {params[key]!r}")
     if problems:
         raise ConfigError("invalid config" + where + ": " + "; ".join(problems))
 

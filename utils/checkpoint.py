@@ -7,12 +7,13 @@ tensors and plain containers, and a file from elsewhere cannot run code when loa
 """
 import os
 import random
-import tempfile
 from typing import Any, Dict
 
 import numpy as np
 import torch
 from torch import nn
+
+from utils.atomic_io import atomic_write
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -39,19 +40,7 @@ def clean_state_dict(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
 
 def atomic_save(obj: Any, path: str) -> None:
     """``torch.save`` to ``path`` through a temporary file and an atomic rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tar", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
@@ -84,8 +73,10 @@ def rng_state() -> Dict[str, Any]:
 
 def set_rng_state(state: Dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available() and state.get("cuda"):
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved_cuda = state.get("cuda") or []
+    if torch.cuda.is_available() and saved_cuda:     # possibly fewer GPUs than when saved
+        for device, cuda_state in enumerate(saved_cuda[:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, device)
     name, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     version, internal, gauss_next = state["python"]

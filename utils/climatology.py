@@ -15,6 +15,7 @@ day of year is not stored (or channels without a per-day file) fall back to the 
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -106,19 +107,22 @@ class Climatology:
         return row, int(np.argmin(distance))
 
     def field(self, time_hours: int) -> np.ndarray:
-        """Climatology at a valid time (hours since epoch), float32 ``(C, H, W)``."""
-        slot = self._slot(int(time_hours))
-        out = self._mean.copy()
-        if slot is None:
-            return out
-        for c in range(self.layout.n_channels):
-            if self._has_file[c]:
-                out[c] = self._channel(c)[slot]
-        return out
+        """Climatology at a valid time (hours since epoch), read-only float32 ``(C, H, W)``.
 
-    def fields(self, times: Sequence[int]) -> np.ndarray:
-        """Climatology at several times, float32 ``(N, C, H, W)``."""
-        return np.stack([self.field(int(t)) for t in times])
+        The fields of the last 32 (day of year, hour) slots are cached: a rollout asks for the
+        same valid times from several initial conditions.
+        """
+        return self._slot_field(self._slot(int(time_hours)))
+
+    @functools.lru_cache(maxsize=32)
+    def _slot_field(self, slot) -> np.ndarray:
+        out = self._mean.copy()
+        if slot is not None:
+            for c in range(self.layout.n_channels):
+                if self._has_file[c]:
+                    out[c] = self._channel(c)[slot]
+        out.setflags(write=False)
+        return out
 
 
 class ClimatologyWriter:
@@ -134,12 +138,14 @@ class ClimatologyWriter:
 
     def __init__(self, out_dir: str, shape: Sequence[int], hours: Sequence[int] = (),
                  doys: Sequence[int] = (), overwrite: bool = False, **meta):
-        if os.path.exists(out_dir):
-            if not overwrite:
-                raise FileExistsError(f"climatology {out_dir} exists; pass overwrite to replace it")
-            shutil.rmtree(out_dir)
-        os.makedirs(out_dir)
-        self.out_dir = out_dir
+        if os.path.exists(out_dir) and not overwrite:
+            raise FileExistsError(f"climatology {out_dir} exists; pass overwrite to replace it")
+        # Built in a sibling folder and moved into place by close(): an existing climatology
+        # stays intact until the new one is complete.
+        self.final_dir = out_dir
+        self.out_dir = out_dir.rstrip(os.sep) + ".partial"
+        shutil.rmtree(self.out_dir, ignore_errors=True)
+        os.makedirs(self.out_dir)
         self.shape = tuple(int(s) for s in shape)
         self.hours = [int(h) for h in hours]
         self.doys = [int(d) for d in doys]
@@ -169,4 +175,12 @@ class ClimatologyWriter:
         meta.update(self.meta)
         with open(os.path.join(self.out_dir, "meta.json"), "w") as f:
             json.dump(meta, f, indent=1)
-        return self.out_dir
+        if os.path.exists(self.final_dir):
+            old = self.final_dir.rstrip(os.sep) + ".old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(self.final_dir, old)
+            os.replace(self.out_dir, self.final_dir)
+            shutil.rmtree(old)
+        else:
+            os.replace(self.out_dir, self.final_dir)
+        return self.final_dir

@@ -29,7 +29,7 @@ import math
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -197,6 +197,9 @@ class ERA5NpyDataset(Dataset):
             if normalise:
                 np.subtract(out, self.mean[c], out=out)
                 np.multiply(out, self._inv_std[c], out=out)
+                if not math.isfinite(float(out.sum())):        # still in cache: cheap
+                    raise DataFileError(f"NaN/inf values in {path} "
+                                        f"({from_hours(time_hours):%Y-%m-%d %H:%M})")
 
     def _load(self, indices: Sequence[int], pin_memory: bool = False):
         b = len(indices)
@@ -217,21 +220,7 @@ class ERA5NpyDataset(Dataset):
             for k, offset in enumerate(self._offsets):
                 dst = inp[j, k] if k < self.t_in else tar[j, k - self.t_in]
                 self._read_state(t + int(offset), dst, scratch, normalise=True)
-        if not (math.isfinite(float(inp.sum())) and math.isfinite(float(tar.sum()))):
-            self._raise_non_finite(indices, inp, tar)
         return inp_t, tar_t, times
-
-    def _raise_non_finite(self, indices, inp, tar) -> None:
-        bad = []
-        for j, i in enumerate(indices):
-            for k, offset in enumerate(self._offsets):
-                state = inp[j, k] if k < self.t_in else tar[j, k - self.t_in]
-                finite = np.isfinite(state).reshape(state.shape[0], -1).all(axis=1)
-                paths = self.paths(int(self.times[int(i)] + offset))
-                bad += [paths[c] for c in np.flatnonzero(~finite)]
-        if bad:
-            bad = sorted(set(bad))
-            raise DataFileError(f"NaN/inf values in {len(bad)} file(s): " + ", ".join(bad[:20]))
 
     def __getitem__(self, i: int):
         inp, tar, times = self._load([i])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -179,10 +179,6 @@ def npy_header(shape: tuple, dtype=np.float32) -> bytes:
         buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
               "shape": tuple(int(s) for s in shape)})
     return buf.getvalue()
-
-
-def optional_int(value) -> Optional[int]:
-    return None if value is None else int(value)
 
 
 def scan_missing(root: str, channels: Sequence, times: Iterable[int]) -> list[tuple[int, str]]:

@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from utils.results import atomic_write_bytes  # noqa: E402
+from utils.atomic_io import atomic_write_bytes  # noqa: E402
 
 __all__ = ["plot_rmse_acc", "plot_maps", "nearest_leads"]
 

@@ -107,12 +107,12 @@ class _Plan:
     squeeze: dict
 
 
-def _hours(values) -> np.ndarray:
+def _minutes(values) -> np.ndarray:
+    """Decoded datetimes as minutes since 1970-01-01."""
     v = np.asarray(values)
     if not np.issubdtype(v.dtype, np.datetime64):
         raise ValueError("time coordinate is not decoded to datetimes")
-    minutes = v.astype("datetime64[m]").astype(np.int64)
-    return minutes
+    return v.astype("datetime64[m]").astype(np.int64)
 
 
 def plan_file(path: str, levels: Optional[Sequence[int]], variables: Optional[Sequence[str]],
@@ -132,7 +132,7 @@ def plan_file(path: str, levels: Optional[Sequence[int]], variables: Optional[Se
             if ds.sizes[d] != 1:
                 raise ValueError(f"{path}: unsupported extra dimension {d!r} of size {ds.sizes[d]}")
             squeeze[d] = 0
-        minutes = _hours(ds[time_dim].values)
+        minutes = _minutes(ds[time_dim].values)
         keep = (minutes % 60 == 0)
         hours = minutes // 60
         keep &= (hours % 24) % hour_step == 0
@@ -202,7 +202,7 @@ def _scalar_level(ds, da, path: str, override: Optional[int]) -> int:
                      "coordinate or '<name>_<level>hPa' file name); pass --level")
 
 
-def _planned_outputs(root: str, plan: _Plan):
+def _planned_outputs(plan: _Plan):
     for t in plan.times:
         dt = from_hours(int(t))
         for item in plan.items:
@@ -251,7 +251,7 @@ def convert(inputs: Sequence[str], root_dir: str, levels: Optional[Sequence[int]
     if not overwrite:
         existing, listing = [], {}
         for plan in plans:
-            for dt, surface, name in _planned_outputs(root_dir, plan):
+            for dt, surface, name in _planned_outputs(plan):
                 key = (dt.date(), surface)
                 if key not in listing:
                     listing[key] = list_day(root_dir, dt.date(), surface)
@@ -296,7 +296,7 @@ def convert(inputs: Sequence[str], root_dir: str, levels: Optional[Sequence[int]
                         os.makedirs(out_dir, exist_ok=True)
                         made.add(out_dir)
                     if item.upper:
-                        for j, (p, li) in enumerate(zip(item.levels, item.level_index)):
+                        for p, li in zip(item.levels, item.level_index):
                             field_ = data[li] if li is not None else data[0]
                             np.save(os.path.join(out_dir, upper_name(dt.hour, item.var, p)),
                                     np.ascontiguousarray(field_))

@@ -33,64 +33,20 @@ import io
 import json
 import math
 import os
-import tempfile
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
+from utils.atomic_io import atomic_save_npy, atomic_write_text
 from utils.rollout import FORECASTERS, RolloutResults
 
 MODEL_RMSE_FILE = "denormalized_lat_weight_rmse.npy"
 MODEL_ACC_FILE = "lat_weight_acc.npy"
 CSV_COLUMNS = ("forecaster", "variable", "level", "lead_hours", "rmse", "acc")
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_save_npy", "result_file_names",
+__all__ = ["result_file_names",
            "save_results", "load_results", "format_headline_table", "MODEL_RMSE_FILE",
            "MODEL_ACC_FILE", "CSV_COLUMNS"]
-
-
-# ------------------------------------------------------------------------------------ atomic io
-def _file_mode(path: str) -> int:
-    """Mode for the new file: the existing file's, else 0o666 minus the process umask."""
-    try:
-        return os.stat(path).st_mode & 0o7777
-    except FileNotFoundError:
-        mask = os.umask(0)
-        os.umask(mask)
-        return 0o666 & ~mask
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and ``os.replace``
-    (readers see the old file or the new one, never a partial one; no temporary file is left
-    behind on failure)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
-                               suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _file_mode(path))   # mkstemp creates 0o600
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_save_npy(path: str, array) -> None:
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(array), allow_pickle=False)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 # ------------------------------------------------------------------------------------ writing

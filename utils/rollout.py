@@ -38,7 +38,7 @@ from utils.weighted_acc_rmse import (accumulation_dtype, acc_from_terms, lat_wei
 FORECASTERS = ("model", "persistence", "climatology")
 
 __all__ = ["FORECASTERS", "MetricAccumulator", "RolloutResults", "evaluate_rollout",
-           "headline_rmse", "resolve_amp_dtype", "channel_meta"]
+           "resolve_amp_dtype", "channel_meta"]
 
 
 # ------------------------------------------------------------------------------------ accumulator
@@ -103,21 +103,11 @@ class MetricAccumulator:
             terms = weighted_acc_terms_torch_channels(pred, target, clim, self.lat)
             self.update_acc(lead, acc_from_terms(*terms))
 
-    def merge(self, other: "MetricAccumulator") -> "MetricAccumulator":
-        """Add another accumulator's sums (same shape) into this one."""
-        for mine, theirs in zip(self._buffers(), other._buffers()):
-            mine += theirs.to(mine)
-        return self
-
     def all_reduce(self) -> None:
         """Sum the buffers over ranks (no-op unless torch.distributed is initialised)."""
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             for buf in self._buffers():
                 torch.distributed.all_reduce(buf)
-
-    def reset(self) -> None:
-        for buf in self._buffers():
-            buf.zero_()
 
     def mse(self) -> np.ndarray:
         s, n = self.mse_sum.cpu().numpy(), self.count.cpu().numpy()
@@ -449,33 +439,3 @@ def evaluate_rollout(step_fn: Optional[Callable[[torch.Tensor], torch.Tensor]],
     if climatology is None:
         warnings.warn(notes[0], stacklevel=2)
     return results
-
-
-# ------------------------------------------------------------------------------------ validation
-def headline_rmse(pred_norm: torch.Tensor, tar_norm: torch.Tensor, mean, std, lat, layout,
-                  names: Sequence[str]) -> Dict[str, float]:
-    """Latitude-weighted RMSE in physical units of some channels over one batch.
-
-    ``pred_norm``, ``tar_norm``: ``(B, C, H, W)`` normalised; ``layout``: a ChannelLayout (names
-    missing from it are skipped). The batch value is ``sqrt(mean_b MSE_b)``. To aggregate over a
-    whole validation period use ``MetricAccumulator(C, 1, lat, device)`` with ``update(0, ...)``
-    on de-normalised fields per batch, then ``.rmse()[:, 0]``.
-    """
-    dtype = accumulation_dtype(pred_norm.device)
-    C = pred_norm.shape[1]
-    m = _stats(mean, C, pred_norm.device, dtype)
-    s = _stats(std, C, pred_norm.device, dtype)
-    idx, keep = [], []
-    for n in names:
-        try:
-            idx.append(layout.index_of_name(n))
-            keep.append(n)
-        except KeyError:
-            continue
-    if not idx:
-        return {}
-    with torch.no_grad():
-        p = pred_norm[:, idx].to(dtype) * s[:, idx] + m[:, idx]
-        t = tar_norm[:, idx].to(dtype) * s[:, idx] + m[:, idx]
-        rmse = weighted_mse_torch_channels(p, t, lat).mean(0).sqrt().cpu().tolist()
-    return dict(zip(keep, rmse))

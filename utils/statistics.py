@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from utils.atomic_io import atomic_write_text
 from utils.channels import ERA5_LEVELS, Channel
 from utils.era5_layout import (CLIMATOLOGY_DIR, MEAN_STD_FILE, MEAN_STD_SINGLE_FILE,
                                STATISTIC_DIR, day_of_year_index, discover_variables, from_hours,
@@ -109,8 +110,7 @@ def write_mean_std(root_dir: str, upper_mean: dict, upper_std: dict, surface_mea
     single = {"mean": {v: float(x) for v, x in surface_mean.items()},
               "std": {v: float(x) for v, x in surface_std.items()}}
     for path, data in zip(paths, (upper, single)):
-        with open(path, "w") as f:
-            json.dump(data, f, indent=1)
+        atomic_write_text(path, json.dumps(data, indent=1) + "\n")
     return paths
 
 
