@@ -114,10 +114,16 @@ def statistic_path(root: str, name: str = MEAN_STD_FILE) -> str:
     return os.path.join(root, STATISTIC_DIR, name)
 
 
+def file_names(channels: Sequence, hour: int) -> list[tuple[bool, str]]:
+    """``(is_surface, file name)`` of each channel (``.variable``, ``.level``; level None for a
+    surface variable) at hour of day ``hour``."""
+    return [(c.level is None, surface_name(hour, c.variable) if c.level is None
+             else upper_name(hour, c.variable, c.level)) for c in channels]
+
+
 def channel_file_names(layout, hour: int) -> list[tuple[bool, str]]:
     """``(is_surface, file name)`` of every channel of ``layout`` at hour of day ``hour``."""
-    return [(c.level is None, surface_name(hour, c.variable) if c.level is None
-             else upper_name(hour, c.variable, c.level)) for c in layout.channels]
+    return file_names(layout.channels, hour)
 
 
 def channel_paths(root: str, layout, hours: int) -> list[str]:
@@ -200,9 +206,7 @@ def scan_missing(root: str, channels: Sequence, times: Iterable[int]) -> list[tu
         for t, hour in entries:
             names = name_cache.get(hour)
             if names is None:
-                names = name_cache[hour] = [
-                    (c.level is None, surface_name(hour, c.variable) if c.level is None
-                     else upper_name(hour, c.variable, c.level)) for c in channels]
+                names = name_cache[hour] = file_names(channels, hour)
             for surface, name in names:
                 if surface:
                     if surface_files is None:
