@@ -125,6 +125,17 @@ class Climatology:
         return out
 
 
+def climatology_slots(times) -> tuple[list, list, list]:
+    """``(doys, hours, slots)`` of times (hours since epoch): the sorted distinct days of year
+    (0-based, leap-year calendar) and hours of day they cover, and each time's ``(row, column)``
+    in a ``(len(doys), len(hours))`` table."""
+    hours = sorted({from_hours(int(t)).hour for t in times})
+    doys = sorted({day_of_year_index(int(t)) for t in times})
+    row, col = {d: i for i, d in enumerate(doys)}, {h: i for i, h in enumerate(hours)}
+    slots = [(row[day_of_year_index(int(t))], col[from_hours(int(t)).hour]) for t in times]
+    return doys, hours, slots
+
+
 class ClimatologyWriter:
     """Write a climatology directory one channel at a time (see the module docstring).
 

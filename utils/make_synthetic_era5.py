@@ -31,7 +31,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from utils.channels import ERA5_LEVELS
-from utils.era5_layout import (CLIMATOLOGY_DIR, STATISTIC_DIR, day_dir, day_of_year_index,
+from utils.era5_layout import (CLIMATOLOGY_DIR, STATISTIC_DIR, day_dir,
                                from_hours, parse_date, surface_name, to_hours, upper_name)
 from utils.grid import latitudes, longitudes
 
@@ -235,19 +235,15 @@ def generate(root_dir: str, start, days: int, h_size: int = 32, w_size: int = 64
 
 def write_analytic_climatology(generator: SyntheticERA5, root_dir: str, times) -> str:
     """The background state (no waves) by day of year and hour, for the days of ``times``."""
-    from utils.climatology import ClimatologyWriter
+    from utils.climatology import ClimatologyWriter, climatology_slots
 
-    hours = sorted({from_hours(t).hour for t in times})
-    doys = sorted({day_of_year_index(t) for t in times})
-    doy_row = {d: i for i, d in enumerate(doys)}
-    hour_col = {h: i for i, h in enumerate(hours)}
+    doys, hours, slots = climatology_slots(times)
     names = list(generator.fields(int(times[0]), waves=False))
     shape = (generator.h, generator.w)
     cube = {n: np.zeros((len(doys), len(hours)) + shape, dtype=np.float32) for n in names}
     total = {n: np.zeros(shape, dtype=np.float64) for n in names}
-    for t in times:
+    for t, slot in zip(times, slots):
         fields = generator.fields(int(t), waves=False)
-        slot = doy_row[day_of_year_index(t)], hour_col[from_hours(t).hour]
         for n in names:
             cube[n][slot] = fields[n]
             total[n] += fields[n]

@@ -22,7 +22,7 @@ import numpy as np
 from utils.atomic_io import atomic_write_text
 from utils.channels import ERA5_LEVELS, Channel
 from utils.era5_layout import (CLIMATOLOGY_DIR, MEAN_STD_FILE, MEAN_STD_SINGLE_FILE,
-                               STATISTIC_DIR, day_of_year_index, discover_variables, from_hours,
+                               STATISTIC_DIR, discover_variables, from_hours,
                                missing_files_message, period_times, scan_missing, statistic_path,
                                surface_path, upper_path)
 
@@ -175,7 +175,7 @@ def compute_statistics(root_dir: str, start, end, hour_step: int = 6,
     Every file is read once; only one channel's accumulators are in memory at a time.
     """
     from tqdm import tqdm
-    from utils.climatology import ClimatologyWriter
+    from utils.climatology import ClimatologyWriter, climatology_slots
 
     times = period_times(start, end, hour_step)
     if upper is None or surface is None:
@@ -202,11 +202,7 @@ def compute_statistics(root_dir: str, start, end, hour_step: int = 6,
     first_path = (surface_path(root_dir, int(times[0]), first.variable) if first.level is None
                   else upper_path(root_dir, int(times[0]), first.variable, first.level))
     shape = read_field(first_path).shape
-    hours = sorted({from_hours(t).hour for t in times})
-    doys = sorted({day_of_year_index(t) for t in times})
-    hour_col = {h: i for i, h in enumerate(hours)}
-    doy_row = {d: i for i, d in enumerate(doys)}
-    slots = [(doy_row[day_of_year_index(t)], hour_col[from_hours(t).hour]) for t in times]
+    doys, hours, slots = climatology_slots(times)
     writer = ClimatologyWriter(clim_dir, shape, hours, doys, overwrite=overwrite, source="data",
                                period=[str(start), str(end)], hour_step=int(hour_step)) \
         if climatology else None
