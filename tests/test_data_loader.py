@@ -199,6 +199,11 @@ def test_sampler_order_is_a_function_of_seed_and_epoch_and_resumable():
     assert [len(s) for s in shards] == [3, 3, 3] and len(set(sum(shards, []))) == 9
     evals = [list(ShardedEpochSampler(11, world=3, rank=r)) for r in range(3)]
     assert sorted(sum(evals, [])) == list(range(11))   # evaluation: every sample exactly once
+    for n, world, shuffle, start in [(0, 1, True, 0), (11, 3, True, 2), (11, 3, False, 9), (7, 2, False, 1)]:
+        for rank in range(world):
+            s = ShardedEpochSampler(n, world, rank, shuffle=shuffle, seed=1)
+            s.start = start
+            assert len(s) == len(list(s))
 
 
 # ------------------------------------------------------------------------------ errors

@@ -316,7 +316,8 @@ class ShardedEpochSampler(Sampler):
         return iter(self._indices())
 
     def __len__(self) -> int:
-        return len(self._indices())
+        n = self.n_samples // self.world * self.world if self.shuffle else self.n_samples
+        return max(0, len(range(self.rank, n, self.world)) - self.start)
 
 
 class ThreadedBatchLoader:
