@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from networks.vamoe import VAMoE
 from utils import distributed as dist_utils
+from utils.atomic_io import atomic_write_text
 from utils.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state, unwrap
 from utils.data_loader_npyfiles import get_data_loader
 from utils.freezing import freeze_from_params
@@ -373,8 +374,12 @@ class Trainer:
                       **valid_stats, "lr": self.scheduler.get_last_lr()[0],
                       "best_valid_loss": self.best_valid}
             if self.info.is_main:
-                with open(self.metrics_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                previous = ""
+                if os.path.isfile(self.metrics_path):
+                    with open(self.metrics_path) as f:
+                        previous = f.read()
+                # Rewritten whole (a few kB) so a crash never leaves a torn line.
+                atomic_write_text(self.metrics_path, previous + json.dumps(record) + "\n")
                 if self.wandb is not None:
                     self.wandb.log(_flatten(record), step=self.global_step)
             rmse = ", ".join(f"{k} {v:.4g}" for k, v in valid_stats["valid_rmse"].items())
