@@ -66,8 +66,9 @@ class ChannelLayout:
                 raise ValueError(f"config key '{key}' has repeated entries: {values}")
         if self.higher_features and not self.pressure_level:
             raise ValueError("config key 'pressure_level' is empty but 'higher_features' is not")
-        self.channels = [Channel(v, p) for v in self.higher_features for p in self.pressure_level]
-        self.channels += [Channel(s) for s in self.surface_features]
+        self.channels = tuple([Channel(v, p) for v in self.higher_features
+                               for p in self.pressure_level]
+                              + [Channel(s) for s in self.surface_features])
         if not self.channels:
             raise ValueError("config keys 'higher_features' and 'surface_features' are both empty")
         self._index = {c: i for i, c in enumerate(self.channels)}

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from utils.era5_layout import (channel_file_names, dates_of, day_dir, from_hours,
+from utils.era5_layout import (channel_paths, dates_of, from_hours,
                                missing_files_message, npy_header, period_bounds, scan_missing)
 from utils.statistics import load_mean_std
 
@@ -133,7 +133,6 @@ class ERA5NpyDataset(Dataset):
 
         self._header = npy_header((self.h, self.w), np.float32)
         self._nbytes = self.h * self.w * 4
-        self._names: dict = {}
         if params.get("check_data_values", False):
             self.check_values()
         else:  # at least the first sample's files (shape, dtype, values) before training starts
@@ -150,12 +149,7 @@ class ERA5NpyDataset(Dataset):
 
     def paths(self, time_hours: int) -> list[str]:
         """Files of the state at ``time_hours``, in channel order."""
-        dt = from_hours(int(time_hours))
-        names = self._names.get(dt.hour)
-        if names is None:
-            names = self._names[dt.hour] = channel_file_names(self.layout, dt.hour)
-        upper, single = day_dir(self.root, dt), day_dir(self.root, dt, surface=True)
-        return [os.path.join(single if surface else upper, name) for surface, name in names]
+        return channel_paths(self.root, self.layout, int(time_hours))
 
     # ----------------------------------------------------------------------------- reading
     def _read_slow(self, path: str, dst: np.ndarray) -> None:

@@ -14,6 +14,7 @@ Times are integers: hours since 1970-01-01T00:00 UTC ("time_hours").
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import os
 from typing import Iterable, Sequence
 
@@ -114,16 +115,12 @@ def statistic_path(root: str, name: str = MEAN_STD_FILE) -> str:
     return os.path.join(root, STATISTIC_DIR, name)
 
 
-def file_names(channels: Sequence, hour: int) -> list[tuple[bool, str]]:
+@functools.lru_cache(maxsize=256)
+def file_names(channels: tuple, hour: int) -> tuple[tuple[bool, str], ...]:
     """``(is_surface, file name)`` of each channel (``.variable``, ``.level``; level None for a
-    surface variable) at hour of day ``hour``."""
-    return [(c.level is None, surface_name(hour, c.variable) if c.level is None
-             else upper_name(hour, c.variable, c.level)) for c in channels]
-
-
-def channel_file_names(layout, hour: int) -> list[tuple[bool, str]]:
-    """``(is_surface, file name)`` of every channel of ``layout`` at hour of day ``hour``."""
-    return file_names(layout.channels, hour)
+    surface variable) at hour of day ``hour``; cached, as the loader asks for every sample."""
+    return tuple((c.level is None, surface_name(hour, c.variable) if c.level is None
+                  else upper_name(hour, c.variable, c.level)) for c in channels)
 
 
 def channel_paths(root: str, layout, hours: int) -> list[str]:
@@ -131,7 +128,7 @@ def channel_paths(root: str, layout, hours: int) -> list[str]:
     dt = from_hours(hours)
     upper_dir, single_dir = day_dir(root, dt), day_dir(root, dt, surface=True)
     return [os.path.join(single_dir if surface else upper_dir, name)
-            for surface, name in channel_file_names(layout, dt.hour)]
+            for surface, name in file_names(layout.channels, dt.hour)]
 
 
 def list_day(root: str, date, surface: bool = False) -> set:
@@ -198,16 +195,13 @@ def scan_missing(root: str, channels: Sequence, times: Iterable[int]) -> list[tu
     for t in sorted({int(t) for t in times}):
         dt = from_hours(t)
         by_day.setdefault(dt.date(), []).append((t, dt.hour))
-    name_cache: dict = {}
+    channels = tuple(channels)
     missing = []
     for date, entries in by_day.items():
         upper_files = surface_files = None
         upper_dir, single_dir = day_dir(root, date), day_dir(root, date, surface=True)
         for t, hour in entries:
-            names = name_cache.get(hour)
-            if names is None:
-                names = name_cache[hour] = file_names(channels, hour)
-            for surface, name in names:
+            for surface, name in file_names(channels, hour):
                 if surface:
                     if surface_files is None:
                         surface_files = list_day(root, date, surface=True)
