@@ -35,22 +35,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from utils.era5_layout import (channel_paths, dates_of, from_hours,
-                               missing_files_message, npy_header, period_bounds, scan_missing)
+from utils.era5_layout import (DataFileError, MissingDataError, channel_paths, dates_of,
+                               from_hours, missing_files_message, npy_header, period_bounds,
+                               read_field, scan_missing)
 from utils.statistics import load_mean_std
 
 logger = logging.getLogger(__name__)
 
 MODES = ("train", "valid", "test")
 _HAS_PREADV = hasattr(os, "preadv")
-
-
-class MissingDataError(FileNotFoundError):
-    """Files of the requested period are missing; the message lists them and their dates."""
-
-
-class DataFileError(ValueError):
-    """A data file has the wrong shape or dtype, is unreadable or holds NaN/inf; names the file."""
 
 
 class _Batch(list):
@@ -153,16 +146,7 @@ class ERA5NpyDataset(Dataset):
 
     # ----------------------------------------------------------------------------- reading
     def _read_slow(self, path: str, dst: np.ndarray) -> None:
-        try:
-            arr = np.load(path, mmap_mode="r")
-        except FileNotFoundError:
-            raise MissingDataError(f"missing data file {path}") from None
-        except Exception as err:
-            raise DataFileError(f"cannot read {path} as .npy: {err}") from None
-        if arr.dtype != np.float32 or arr.shape != (self.h, self.w):
-            raise DataFileError(f"{path}: array is {arr.dtype} {arr.shape}, expected float32 "
-                                f"{(self.h, self.w)} (h_size, w_size)")
-        dst[...] = arr
+        dst[...] = read_field(path, (self.h, self.w), check_finite=False)  # checked once normalised
 
     def _read_state(self, time_hours: int, dst: np.ndarray, scratch: bytearray,
                     normalise: bool = False) -> None:

@@ -28,6 +28,14 @@ MEAN_STD_SINGLE_FILE = "mean_std_single.json"
 CLIMATOLOGY_DIR = "climatology"
 
 
+class MissingDataError(FileNotFoundError):
+    """Files of the requested period are missing; the message lists them and their dates."""
+
+
+class DataFileError(ValueError):
+    """A data file has the wrong shape or dtype, is unreadable or holds NaN/inf; names the file."""
+
+
 # ------------------------------------------------------------------------------------------ time
 def parse_date(value) -> _dt.date:
     """``'YYYY-MM-DD'`` (or a date/datetime) to a :class:`datetime.date`."""
@@ -129,6 +137,24 @@ def channel_paths(root: str, layout, hours: int) -> list[str]:
     upper_dir, single_dir = day_dir(root, dt), day_dir(root, dt, surface=True)
     return [os.path.join(single_dir if surface else upper_dir, name)
             for surface, name in file_names(layout.channels, dt.hour)]
+
+
+def read_field(path: str, shape=None, check_finite: bool = True) -> np.ndarray:
+    """One field of the layout: float32 ``(H, W)`` (``shape`` when given), finite unless
+    ``check_finite`` is False. Errors name the file."""
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except FileNotFoundError:
+        raise MissingDataError(f"missing data file {path}") from None
+    except Exception as err:
+        raise DataFileError(f"cannot read {path} as .npy: {err}") from None
+    if arr.dtype != np.float32 or arr.ndim != 2 or (shape is not None and arr.shape != tuple(shape)):
+        raise DataFileError(f"{path}: array is {arr.dtype} {arr.shape}, expected float32 "
+                            f"{tuple(shape) if shape else '(H, W)'} (h_size, w_size)")
+    arr = np.asarray(arr)
+    if check_finite and not np.isfinite(arr).all():
+        raise DataFileError(f"{path}: {int((~np.isfinite(arr)).sum())} NaN/inf value(s)")
+    return arr
 
 
 def list_day(root: str, date, surface: bool = False) -> set:

@@ -24,7 +24,7 @@ from utils.channels import ERA5_LEVELS, Channel
 from utils.era5_layout import (CLIMATOLOGY_DIR, MEAN_STD_FILE, MEAN_STD_SINGLE_FILE,
                                STATISTIC_DIR, discover_variables, from_hours,
                                missing_files_message, period_times, scan_missing, statistic_path,
-                               surface_path, upper_path)
+                               read_field, surface_path, upper_path)
 
 
 class StatisticsError(KeyError):
@@ -143,22 +143,6 @@ class RunningMoments:
     @property
     def std(self) -> float:
         return math.sqrt(self.var)
-
-
-def read_field(path: str, shape: Optional[tuple] = None) -> np.ndarray:
-    """``np.load`` one field, checking dtype float32, shape and finiteness; errors name the file."""
-    try:
-        arr = np.load(path)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"missing data file {path}") from None
-    except Exception as err:
-        raise ValueError(f"cannot read {path}: {err}") from None
-    if arr.dtype != np.float32 or arr.ndim != 2 or (shape is not None and arr.shape != tuple(shape)):
-        raise ValueError(f"{path}: array is {arr.dtype} {arr.shape}, expected float32 "
-                         f"{tuple(shape) if shape else '(H, W)'}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{path}: {int((~np.isfinite(arr)).sum())} NaN/inf value(s)")
-    return arr
 
 
 def compute_statistics(root_dir: str, start, end, hour_step: int = 6,
