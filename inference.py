@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from networks.vamoe import VAMoE
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import check_channel_names, load_checkpoint
 from utils.climatology import Climatology, default_climatology_path
 from utils.data_loader_npyfiles import get_data_loader
 from utils.era5_layout import from_hours
@@ -61,10 +61,8 @@ def parse_args(argv=None):
 def load_model(params, weights: str, device) -> VAMoE:
     """The model of ``params`` with the weights of a checkpoint written by one process or DDP."""
     ckpt = load_checkpoint(weights)
-    saved = ckpt.get("channel_names")
-    if saved is not None and list(saved) != params.layout.names:
-        raise ConfigError(f"checkpoint {weights!r} was trained on channels {list(saved)}, but "
-                          f"config section {params.config_name!r} has {params.layout.names}")
+    check_channel_names(ckpt, weights, params.layout.names,
+                        f"config section {params.config_name!r}")
     model = VAMoE.from_params(params)
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
     if missing or unexpected:

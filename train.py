@@ -29,7 +29,8 @@ from tqdm import tqdm
 from networks.vamoe import VAMoE
 from utils import distributed as dist_utils
 from utils.atomic_io import atomic_write_text
-from utils.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state, unwrap
+from utils.checkpoint import (atomic_save, check_channel_names, load_checkpoint, rng_state,
+                              set_rng_state, unwrap)
 from utils.data_loader_npyfiles import get_data_loader
 from utils.freezing import freeze_from_params
 from utils.grid import latitudes
@@ -109,11 +110,8 @@ class Trainer:
         resume = load_checkpoint(resume_path) if resume_path else None
         report = None
         if resume is not None:
-            saved = resume.get("channel_names")
-            if saved is not None and list(saved) != self.layout.names:
-                raise ConfigError(f"checkpoint {resume_path!r} was trained on channels "
-                                  f"{list(saved)}, but config section {params.config_name!r} "
-                                  f"has {self.layout.names}")
+            check_channel_names(resume, resume_path, self.layout.names,
+                                f"config section {params.config_name!r}")
             model.load_state_dict(resume["model"])
         elif params.cl_ckpt_path:
             report = load_initial_stage(model, params)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from utils.atomic_io import atomic_write
+from utils.YParams import ConfigError
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -57,6 +58,14 @@ def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
                            f"{sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__}")
     ckpt["model"] = clean_state_dict(ckpt["model"])
     return ckpt
+
+
+def check_channel_names(ckpt: Dict[str, Any], path: str, names, where: str) -> None:
+    """Refuse a checkpoint trained on other channels than ``names`` (``where`` says whose)."""
+    saved = ckpt.get("channel_names")
+    if saved is not None and list(saved) != list(names):
+        raise ConfigError(f"checkpoint {path!r} was trained on channels {list(saved)}, but "
+                          f"{where} gives {list(names)}")
 
 
 def rng_state() -> Dict[str, Any]:

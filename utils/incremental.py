@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from utils.channels import ChannelLayout
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import check_channel_names, load_checkpoint
 
 _EXPERT = re.compile(r"^(blocks\.\d+\.ffn\.experts\.)(\d+)(\..+)$")
 
@@ -118,11 +118,8 @@ def load_initial_stage(model: nn.Module, params) -> LoadReport:
     path = params["cl_ckpt_path"]
     ckpt = load_checkpoint(path)
     old = ChannelLayout.from_params(params, prefix="old_")
-    saved = ckpt.get("channel_names")
-    if saved is not None and list(saved) != old.names:
-        raise ValueError(f"checkpoint {path!r} was trained on channels {list(saved)}, but the "
-                         f"config's old variable set (old_higher_features, old_pressure_level, "
-                         f"old_surface_features) gives {old.names}")
+    check_channel_names(ckpt, path, old.names, "the config's old variable set "
+                        "(old_higher_features, old_pressure_level, old_surface_features)")
     state, report = grow_state_dict(ckpt["model"], model, old, params["layout"],
                                     params["patch_size"])
     model.load_state_dict(state)
