@@ -36,11 +36,9 @@ from utils.freezing import freeze_from_params
 from utils.grid import latitudes
 from utils.incremental import load_initial_stage
 from utils.logging_utils import setup_logging
-from utils.rollout import MetricAccumulator
+from utils.rollout import MetricAccumulator, resolve_amp_dtype
 from utils.weighted_acc_rmse import weighted_mse_torch_channels
 from utils.YParams import ConfigError, YParams
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def parse_args(argv=None):
@@ -87,9 +85,8 @@ class Trainer:
         dist_utils.barrier()
         self.log = setup_logging(os.path.join(self.run_dir, "out.log") if info.is_main else None,
                                  info.rank)
-        self.amp_dtype = AMP_DTYPES[params.amp_dtype] if args.enable_amp else None
-        if self.amp_dtype is torch.float16 and self.device.type != "cuda":
-            raise ConfigError("amp_dtype 'fp16' needs a GPU; use 'bf16' on the CPU")
+        self.amp_dtype = resolve_amp_dtype(params.amp_dtype if args.enable_amp else None,
+                                           self.device)
 
         torch.manual_seed(params.seed)
         np.random.seed(params.seed)
