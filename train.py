@@ -286,8 +286,11 @@ class Trainer:
             self.scheduler.step()
             self.global_step += 1
             samples += inp.shape[0] * info.world_size
-            for name, value in (("loss", loss_value), *terms.items(), ("grad_norm", grad_norm)):
-                self.epoch_sums[name] = self.epoch_sums.get(name, 0.0) + float(value)
+            # The other per-step scalars reach the host together: one device sync, not five.
+            names = [*terms, "grad_norm"]
+            values = torch.stack([*terms.values(), grad_norm.float()]).tolist()
+            for name, value in (("loss", loss_value), *zip(names, values)):
+                self.epoch_sums[name] = self.epoch_sums.get(name, 0.0) + value
             self.epoch_sums["steps"] = self.epoch_sums.get("steps", 0) + 1
             rate = samples / (time.perf_counter() - t_start)
             bar.set_postfix(loss=f"{loss_value:.4f}", samples_per_s=f"{rate:.1f}",
@@ -295,7 +298,7 @@ class Trainer:
             bar.update()
             if params.log_every_steps and self.global_step % params.log_every_steps == 0:
                 self.log.debug("step %d loss %.5f grad_norm %.3f", self.global_step, loss_value,
-                               float(grad_norm))
+                               values[-1])
             every = params.checkpoint_every_steps
             if every and self.global_step % every == 0 and step + 1 < n_steps:
                 self.save_checkpoint(epoch, step + 1)
