@@ -5,7 +5,10 @@
 One run measures, on one device:
 
 1. ``moe``: the fast channel MoE against the per-expert loop (same weights, same input), forward +
-   backward, timings interleaved (loop, fast, loop, fast, ...), medians and their ratio;
+   backward, timings interleaved (loop, fast, loop, fast, ...), medians and their ratio. Next to
+   it, the ceiling of that ratio on this device: the loop's time over the time that any
+   implementation must spend, namely the layer's matmul FLOPs at the peak matmul rate of this run
+   plus the sorted top-k of the ``(T, E, D)`` gate logits (timed in the same interleaved loop);
 2. ``train_step``: a full training step (forward with target, backward, AdamW step): step time,
    tokens/s, achieved model FLOP/s (``networks/flops.py``: 3 x the analytic forward count) and
    MFU = achieved / peak, the peak being a large square matmul timed in the same run on the same
@@ -43,7 +46,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from networks.channel_moe import ChannelMoE  # noqa: E402
+from networks.channel_moe import ChannelMoE, sorted_topk_indices  # noqa: E402
 from networks.flops import channel_moe_flops, forward_flops, training_step_flops  # noqa: E402
 from networks.vamoe import VAMoE  # noqa: E402
 from utils.YParams import YParams  # noqa: E402
@@ -118,8 +121,12 @@ def process_peak_rss_bytes() -> int:
 
 
 # ---------------------------------------------------------------------------------- (1) MoE
-def bench_moe(params, batch: int, device: torch.device, bf16: bool, reps: int) -> dict:
-    """Fast vs loop channel MoE, forward + backward, on the model's token count and width."""
+def bench_moe(params, batch: int, device: torch.device, bf16: bool, reps: int,
+              peak_flops: float) -> dict:
+    """Fast vs loop channel MoE, forward + backward, on the model's token count and width.
+
+    ``speedup_ceiling`` = loop time / (matmul FLOPs / ``peak_flops`` + sorted top-k time).
+    """
     d, e, topk = params.embed_dim, params.num_experts, params.topk
     n = (params.h_size // params.patch_size) * (params.w_size // params.patch_size)
     torch.manual_seed(0)
@@ -129,6 +136,8 @@ def bench_moe(params, batch: int, device: torch.device, bf16: bool, reps: int) -
     h = torch.randn(batch, n, d, device=device)
     var_embed = torch.randn(e, d, device=device)
     grad = torch.randn(batch, n, d, device=device)
+    logits = torch.randn(batch * n, e, d, device=device,
+                         dtype=torch.bfloat16 if bf16 else torch.float32)
     timer = Timer(device)
 
     def step(moe):
@@ -141,18 +150,24 @@ def bench_moe(params, batch: int, device: torch.device, bf16: bool, reps: int) -
     # Same function: check once that both give the same output here.
     with torch.no_grad(), autocast_for(device, bf16):
         diff = (fast(h, var_embed).float() - loop(h, var_embed).float()).abs().max().item()
-    times = {"loop": [], "fast": []}
+    runs = {"loop": lambda: step(loop), "fast": lambda: step(fast),
+            "topk": lambda: sorted_topk_indices(logits, d // topk)}
+    times = {name: [] for name in runs}
     for _ in range(2):
-        step(loop), step(fast)
+        for run in runs.values():
+            run()
     for _ in range(reps):
-        for name, moe in (("loop", loop), ("fast", fast)):
-            times[name].append(timer(lambda: step(moe)))
-    t_loop, t_fast = statistics.median(times["loop"]), statistics.median(times["fast"])
+        for name, run in runs.items():
+            times[name].append(timer(run))
+    t_loop, t_fast, t_topk = (statistics.median(times[name]) for name in ("loop", "fast", "topk"))
     flops = 3 * channel_moe_flops(batch * n, d, e, topk)
+    t_floor = flops / peak_flops + t_topk
     return {"measurement": "moe", "tokens": batch * n, "embed_dim": d, "experts": e, "topk": topk,
             "reps": reps, "loop_ms": 1e3 * t_loop, "fast_ms": 1e3 * t_fast,
             "speedup": t_loop / t_fast, "fast_gflops": flops / t_fast / 1e9,
-            "loop_gflops": flops / t_loop / 1e9, "max_abs_output_diff": diff}
+            "loop_gflops": flops / t_loop / 1e9, "topk_ms": 1e3 * t_topk,
+            "matmul_floor_ms": 1e3 * flops / peak_flops, "speedup_ceiling": t_loop / t_floor,
+            "max_abs_output_diff": diff}
 
 
 # ---------------------------------------------------------------------------------- (2, 3) train
@@ -264,6 +279,8 @@ def print_table(rows: list[dict]) -> None:
             print(f"[1] channel MoE fwd+bwd ({row['tokens']} tokens, D={row['embed_dim']}, "
                   f"E={row['experts']}): loop {row['loop_ms']:.1f} ms, fast {row['fast_ms']:.1f} ms"
                   f" -> speedup {row['speedup']:.2f}x  (fast {row['fast_gflops']:.1f} GFLOP/s)")
+            print(f"    ceiling on this device: {row['speedup_ceiling']:.2f}x = loop / (matmuls at "
+                  f"peak {row['matmul_floor_ms']:.1f} ms + sorted top-k {row['topk_ms']:.1f} ms)")
         elif kind == "peak_matmul":
             print(f"    peak matmul {row['size']}^2 {row['dtype']}: best {row['peak_gflops']:.1f} "
                   f"GFLOP/s, median {row['median_gflops']:.1f} over {row['trials']} trials")
@@ -349,7 +366,7 @@ def main(argv=None) -> None:
         emit(row)
     params["checkpoint_blocks"] = False
     # (1) fast vs loop MoE; (4) rollout.
-    emit(bench_moe(params, batch, device, bf16, args.moe_reps))
+    emit(bench_moe(params, batch, device, bf16, args.moe_reps, peak.peak))
     emit(bench_rollout(params, batch, device, bf16, rollout_steps))
     # Other processes on the machine distort every timing; the load average tells how much.
     emit({"measurement": "total", "seconds": time.perf_counter() - t0,

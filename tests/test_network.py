@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from networks.attention import Attention
-from networks.channel_moe import ChannelMoE
+from networks.channel_moe import ChannelMoE, sorted_topk_indices, sortable_int32_keys
 from networks.losses import L2Loss, TrainL2Loss
 from networks.summary import summarize
 from networks.vamoe import VAMoE
@@ -131,6 +131,29 @@ def test_fast_and_loop_moe_agree_on_outputs_and_gradients(dim, experts, topk):
     torch.testing.assert_close(h2.grad, h1.grad)
     for (name, p_loop), p_fast in zip(loop.named_parameters(), fast.parameters()):
         torch.testing.assert_close(p_fast.grad, p_loop.grad, msg=name)
+
+
+def test_sortable_int32_keys_order_like_the_floats():
+    values = torch.tensor([-float("inf"), -3e38, -2.5, -1.0, -1e-30, -1e-45, 0.0, 1e-45, 1e-30,
+                           1.0, 2.5, 3e38, float("inf")])
+    keys = sortable_int32_keys(values)
+    assert torch.all(keys[1:] > keys[:-1])
+    shuffled = values[torch.randperm(len(values), generator=torch.Generator().manual_seed(0))]
+    assert torch.equal(sortable_int32_keys(shuffled).argsort(), shuffled.argsort())
+    with pytest.raises(TypeError, match="float32"):
+        sortable_int32_keys(values.double())
+
+
+@pytest.mark.parametrize("k", [1, 8, 16, 31])
+def test_sorted_topk_indices_equal_float_topk(k):
+    torch.manual_seed(k)
+    logits = torch.randn(5, 3, 32) * torch.logspace(-20, 20, 32)        # mixed signs and scales
+    expected = logits.topk(k, dim=-1).indices
+    assert torch.equal(sorted_topk_indices(logits, k), expected)
+    # A strided view (a slice of a wider matrix), as the MoE's logits can be.
+    wide = torch.randn(15, 40)
+    view = wide[:, 4:36].view(5, 3, 32)
+    assert torch.equal(sorted_topk_indices(view, k), view.topk(k, dim=-1).indices)
 
 
 def test_variable_index_matrix_default_lists():
