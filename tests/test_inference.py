@@ -51,7 +51,10 @@ def test_test_sh_writes_results_and_model_beats_persistence(trained_tiny, synthe
         assert rmse[c, 1] < persistence[c, 1], name      # skill at 6 h
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["forecaster", "variable", "level", "lead_hours", "rmse", "acc"]
+    assert list(rows[0]) == ["forecaster", "variable", "level", "lead_hours", "rmse", "acc",
+                             "rmse_ic_mean"]
+    assert all(float(r["rmse_ic_mean"]) <= float(r["rmse"]) * (1 + 1e-9) for r in rows
+               if r["rmse"] != "nan")
     assert {r["forecaster"] for r in rows} == {"model", "persistence", "climatology"}
     assert len([r for r in rows if r["forecaster"] == "model"]) == n_ch * n_lead
     metrics = json.loads((out / "metrics.json").read_text())

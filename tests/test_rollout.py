@@ -169,6 +169,8 @@ def test_accumulator_aggregates_batches_as_sqrt_of_mean_mse():
     err = (pred.double() - tar.double()).numpy() * STD[None, :, None, None]
     mse = (err ** 2 * w[None, None, :, None]).mean(axis=(2, 3))        # (N, C)
     np.testing.assert_allclose(acc.rmse()[:, 0], np.sqrt(mse.mean(0)), rtol=1e-9)
+    np.testing.assert_allclose(acc.rmse_ic_mean()[:, 0], np.sqrt(mse).mean(0), rtol=1e-9)
+    assert np.all(acc.rmse_ic_mean()[:, 0] < acc.rmse()[:, 0])     # Jensen, unequal per-IC errors
     assert np.isnan(acc.acc()).all() and (acc.acc_undefined() == 4).all()
 
 
@@ -195,12 +197,13 @@ def test_result_files(tmp_path, results):
     with open(tmp_path / "metrics.csv") as f:
         rows = list(csv.reader(f))
     assert tuple(rows[0]) == CSV_COLUMNS == ("forecaster", "variable", "level", "lead_hours",
-                                             "rmse", "acc")
+                                             "rmse", "acc", "rmse_ic_mean")
     assert len(rows) == 1 + 3 * C * 5
     t2m = [r for r in rows[1:] if r[0] == "model" and r[1] == "t2m"]
     assert len(t2m) == 5 and all(r[2] == "" for r in t2m)
     z500 = [r for r in rows[1:] if r[0] == "model" and r[1] == "z" and r[2] == "500"]
     assert float(z500[2][4]) == pytest.approx(results.rmse["model"][0, 2])
+    assert float(z500[2][6]) == pytest.approx(results.rmse_ic_mean["model"][0, 2])
     assert all(r[5] == "nan" for r in rows[1:] if r[0] == "climatology")
     doc = json.loads((tmp_path / "metrics.json").read_text())
     assert doc["config"] == "tiny" and doc["n_ics"] == 4
@@ -210,7 +213,15 @@ def test_result_files(tmp_path, results):
     assert doc["forecasters"]["climatology"]["acc"]["z500"][1] is None
     back = load_results(str(tmp_path))
     np.testing.assert_array_equal(back.rmse["persistence"], results.rmse["persistence"])
+    np.testing.assert_array_equal(back.rmse_ic_mean["model"], results.rmse_ic_mean["model"])
     assert back.channels == results.channels
+    # A metrics.json written before rmse_ic_mean existed still loads, with NaN in its place.
+    for block in doc["forecasters"].values():
+        del block["rmse_ic_mean"]
+    (tmp_path / "metrics.json").write_text(json.dumps(doc))
+    old = load_results(str(tmp_path))
+    assert np.isnan(old.rmse_ic_mean["model"]).all()
+    np.testing.assert_array_equal(old.rmse["model"], results.rmse["model"])
 
 
 def test_atomic_write_failure_leaves_old_file_and_no_temp(tmp_path, monkeypatch):

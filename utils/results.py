@@ -9,19 +9,24 @@ the same directory, then ``os.replace``, so a crash never leaves a half-written 
 ``<baseline>_lat_weight_rmse.npy``             same for ``persistence`` / ``climatology``
 ``<baseline>_lat_weight_acc.npy``
 ``lead_hours.npy``                             ``(L,)`` int64, the columns' lead times
-``metrics.csv``                                ``forecaster,variable,level,lead_hours,rmse,acc``
+``metrics.csv``                                ``forecaster,variable,level,lead_hours,rmse,acc,rmse_ic_mean``
 ``metrics.json``                               everything above, structured (see below)
 ============================================  =============================================
 
 ``C`` channels in layout order, ``L = T + 1`` lead columns with column 0 the initial state (lead 0
 h) and column k the k-th autoregressive step. In ``metrics.csv`` the level is empty for surface
-variables and an undefined ACC is ``nan``. ``metrics.json``::
+variables and an undefined ACC is ``nan``.
+
+``rmse`` is the square root of the mean latitude-weighted MSE over initial conditions
+(WeatherBench 2's definition, the headline everywhere here). ``rmse_ic_mean`` is the mean of the
+per-IC RMSEs, which FourCastNet-derived code (the paper's included) reports; it is never larger,
+so compare a paper figure with this column. ``metrics.json``::
 
     {"config": str | null, "n_ics": int, "lead_time_hours": int, "lead_hours": [int],
      "acc_available": bool, "notes": [str],
      "channels": [{"name": "z500", "variable": "z", "level": 500}, ...],
-     "forecasters": {"model": {"rmse": {"z500": [float, ...]}, "acc": {...},
-                               "acc_undefined": {"z500": [int, ...]}}, ...}}
+     "forecasters": {"model": {"rmse": {"z500": [float, ...]}, "rmse_ic_mean": {...},
+                               "acc": {...}, "acc_undefined": {"z500": [int, ...]}}, ...}}
 
 (NaN is written as JSON ``null``.) :func:`load_results` reads it back into a
 :class:`utils.rollout.RolloutResults`.
@@ -42,7 +47,7 @@ from utils.rollout import FORECASTERS, RolloutResults
 
 MODEL_RMSE_FILE = "denormalized_lat_weight_rmse.npy"
 MODEL_ACC_FILE = "lat_weight_acc.npy"
-CSV_COLUMNS = ("forecaster", "variable", "level", "lead_hours", "rmse", "acc")
+CSV_COLUMNS = ("forecaster", "variable", "level", "lead_hours", "rmse", "acc", "rmse_ic_mean")
 
 __all__ = ["result_file_names",
            "save_results", "load_results", "format_headline_table", "MODEL_RMSE_FILE",
@@ -73,8 +78,8 @@ def _to_json(results: RolloutResults, config_name: Optional[str]) -> dict:
         forecasters[f] = {
             key: {name: [(int(v) if key == "acc_undefined" else _num(v)) for v in row]
                   for name, row in zip(results.channel_names, arrays[f])}
-            for key, arrays in (("rmse", results.rmse), ("acc", results.acc),
-                                ("acc_undefined", results.acc_undefined))}
+            for key, arrays in (("rmse", results.rmse), ("rmse_ic_mean", results.rmse_ic_mean),
+                                ("acc", results.acc), ("acc_undefined", results.acc_undefined))}
     return {
         "config": config_name,
         "n_ics": int(results.n_ics),
@@ -96,7 +101,8 @@ def _to_csv(results: RolloutResults) -> str:
         for c, (variable, level) in enumerate(results.channels):
             for k, hours in enumerate(results.lead_hours):
                 writer.writerow([f, variable, "" if level is None else level, int(hours),
-                                 _csv_num(results.rmse[f][c, k]), _csv_num(results.acc[f][c, k])])
+                                 _csv_num(results.rmse[f][c, k]), _csv_num(results.acc[f][c, k]),
+                                 _csv_num(results.rmse_ic_mean[f][c, k])])
     return out.getvalue()
 
 
@@ -140,6 +146,9 @@ def load_results(path: str) -> RolloutResults:
                                 dtype=np.float64)
     for f, block in doc["forecasters"].items():
         res.rmse[f] = nan(block["rmse"])
+        # NaN for files written before the column existed.
+        res.rmse_ic_mean[f] = (nan(block["rmse_ic_mean"]) if "rmse_ic_mean" in block
+                               else np.full_like(res.rmse[f], np.nan))
         res.acc[f] = nan(block["acc"])
         res.acc_undefined[f] = np.array([block["acc_undefined"][n] for n in names], dtype=np.int64)
     return res

@@ -52,8 +52,10 @@ class MetricAccumulator:
         device: where the sums live (the fields' device; no host sync per update).
 
     ``update(lead, pred, target, clim)`` adds a batch of ``(B, C, H, W)`` physical-unit fields;
-    ``rmse()`` gives ``sqrt(mean_ic MSE)`` and ``acc()`` the nan-aware mean of per-IC ACCs, both
-    ``(C, n_leads)`` float64 numpy arrays (NaN where nothing was accumulated).
+    ``rmse()`` gives ``sqrt(mean_ic MSE)`` (WeatherBench 2), ``rmse_ic_mean()`` the mean of per-IC
+    RMSEs (FourCastNet-style code, the paper's; never larger than ``rmse()``) and ``acc()`` the
+    nan-aware mean of per-IC ACCs, all ``(C, n_leads)`` float64 numpy arrays (NaN where nothing was
+    accumulated).
     ``acc_undefined()`` counts per-IC ACC values that were NaN (zero anomaly or non-finite fields).
     For data-parallel validation call :meth:`all_reduce` before reading the scores.
     """
@@ -66,13 +68,14 @@ class MetricAccumulator:
         dtype = accumulation_dtype(self.device)
         z = lambda: torch.zeros(self.n_channels, self.n_leads, dtype=dtype, device=self.device)
         self.mse_sum = z()
+        self.rmse_sum = z()         # per-IC RMSEs, for rmse_ic_mean
         self.count = z()            # samples per (channel, lead) contributing to mse_sum
         self.acc_sum = z()
         self.acc_count = z()        # defined per-IC ACC values
         self.acc_nan = z()          # undefined per-IC ACC values
 
     def _buffers(self) -> List[torch.Tensor]:
-        return [self.mse_sum, self.count, self.acc_sum, self.acc_count, self.acc_nan]
+        return [self.mse_sum, self.rmse_sum, self.count, self.acc_sum, self.acc_count, self.acc_nan]
 
     def _check_lead(self, lead: int) -> None:
         if not 0 <= lead < self.n_leads:
@@ -83,6 +86,7 @@ class MetricAccumulator:
         self._check_lead(lead)
         mse = mse.to(self.mse_sum)
         self.mse_sum[:, lead] += mse.sum(0)
+        self.rmse_sum[:, lead] += mse.sqrt().sum(0)
         self.count[:, lead] += mse.shape[0]
 
     def update_acc(self, lead: int, acc: torch.Tensor) -> None:
@@ -109,18 +113,23 @@ class MetricAccumulator:
             for buf in self._buffers():
                 torch.distributed.all_reduce(buf)
 
-    def mse(self) -> np.ndarray:
-        s, n = self.mse_sum.cpu().numpy(), self.count.cpu().numpy()
+    @staticmethod
+    def _mean(total: torch.Tensor, count: torch.Tensor) -> np.ndarray:
+        s, n = total.cpu().numpy(), count.cpu().numpy()
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(n > 0, s / np.maximum(n, 1), np.nan)
+
+    def mse(self) -> np.ndarray:
+        return self._mean(self.mse_sum, self.count)
+
+    def rmse_ic_mean(self) -> np.ndarray:
+        return self._mean(self.rmse_sum, self.count)
 
     def rmse(self) -> np.ndarray:
         return np.sqrt(self.mse())
 
     def acc(self) -> np.ndarray:
-        s, n = self.acc_sum.cpu().numpy(), self.acc_count.cpu().numpy()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(n > 0, s / np.maximum(n, 1), np.nan)
+        return self._mean(self.acc_sum, self.acc_count)
 
     def acc_undefined(self) -> np.ndarray:
         return self.acc_nan.cpu().numpy().astype(np.int64)
@@ -131,7 +140,7 @@ class MetricAccumulator:
 class RolloutResults:
     """Scores of an evaluation run; arrays are ``(C, L)``, L = ``len(lead_hours)``.
 
-    ``rmse[f]``, ``acc[f]``, ``acc_undefined[f]`` for each scored forecaster ``f`` (keys of
+    ``rmse[f]``, ``rmse_ic_mean[f]``, ``acc[f]``, ``acc_undefined[f]`` for each scored forecaster ``f`` (keys of
     ``rmse``, in :data:`FORECASTERS` order). ``channels`` holds ``(variable, level)`` pairs
     (level None for a surface variable). ``sample``, when captured, holds one IC's model forecast
     and truth: ``{"time_hours": int, "channels": [indices], "forecast": (L, c, H, W),
@@ -144,6 +153,7 @@ class RolloutResults:
     n_ics: int
     lead_time: int
     rmse: Dict[str, np.ndarray] = field(default_factory=dict)
+    rmse_ic_mean: Dict[str, np.ndarray] = field(default_factory=dict)
     acc: Dict[str, np.ndarray] = field(default_factory=dict)
     acc_undefined: Dict[str, np.ndarray] = field(default_factory=dict)
     acc_available: bool = True
@@ -425,6 +435,7 @@ def evaluate_rollout(step_fn: Optional[Callable[[torch.Tensor], torch.Tensor]],
                              notes=notes, sample=sample)
     for f, acc in accs.items():
         results.rmse[f] = acc.rmse()
+        results.rmse_ic_mean[f] = acc.rmse_ic_mean()
         results.acc[f] = acc.acc()
         results.acc_undefined[f] = acc.acc_undefined()
         undefined = int(results.acc_undefined[f].sum())
