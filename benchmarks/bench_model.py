@@ -46,7 +46,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from networks.channel_moe import ChannelMoE, sorted_topk_indices  # noqa: E402
+from networks.channel_moe import ChannelMoE, sorted_topk  # noqa: E402
 from networks.flops import channel_moe_flops, forward_flops, training_step_flops  # noqa: E402
 from networks.vamoe import VAMoE  # noqa: E402
 from utils.YParams import YParams  # noqa: E402
@@ -151,7 +151,7 @@ def bench_moe(params, batch: int, device: torch.device, bf16: bool, reps: int,
     with torch.no_grad(), autocast_for(device, bf16):
         diff = (fast(h, var_embed).float() - loop(h, var_embed).float()).abs().max().item()
     runs = {"loop": lambda: step(loop), "fast": lambda: step(fast),
-            "topk": lambda: sorted_topk_indices(logits, d // topk)}
+            "topk": lambda: sorted_topk(logits, d // topk)}
     times = {name: [] for name in runs}
     for _ in range(2):
         for run in runs.values():

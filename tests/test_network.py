@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from networks.attention import Attention
-from networks.channel_moe import ChannelMoE, sorted_topk_indices, sortable_int32_keys
+from networks.channel_moe import ChannelMoE, sorted_topk, sortable_int32_keys
 from networks.losses import L2Loss, TrainL2Loss
 from networks.summary import summarize
 from networks.vamoe import VAMoE
@@ -145,15 +145,16 @@ def test_sortable_int32_keys_order_like_the_floats():
 
 
 @pytest.mark.parametrize("k", [1, 8, 16, 31])
-def test_sorted_topk_indices_equal_float_topk(k):
+def test_sorted_topk_equals_float_topk(k):
     torch.manual_seed(k)
     logits = torch.randn(5, 3, 32) * torch.logspace(-20, 20, 32)        # mixed signs and scales
-    expected = logits.topk(k, dim=-1).indices
-    assert torch.equal(sorted_topk_indices(logits, k), expected)
+    expected = logits.topk(k, dim=-1)
+    values, indices = sorted_topk(logits, k)
+    assert torch.equal(indices, expected.indices) and torch.equal(values, expected.values)
     # A strided view (a slice of a wider matrix), as the MoE's logits can be.
     wide = torch.randn(15, 40)
     view = wide[:, 4:36].view(5, 3, 32)
-    assert torch.equal(sorted_topk_indices(view, k), view.topk(k, dim=-1).indices)
+    assert torch.equal(sorted_topk(view, k)[1], view.topk(k, dim=-1).indices)
 
 
 def test_variable_index_matrix_default_lists():
