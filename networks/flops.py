@@ -91,13 +91,9 @@ def forward_flops_by_component(params, batch_size: int = 1, training: bool = Tru
             f["attn.core_windowed"] += 4 * b * n_windows * (wh * ww) ** 2 * d
 
     if use_moe == "channelmoe":
-        e = params["num_experts"]
-        k = d // params["topk"]
-        f["moe.pos_proj"] = depth * 2 * e * d * d
-        f["moe.gate"] = depth * 2 * t * e * d * d
-        f["moe.shared_expert"] = depth * 2 * t * 3 * d * (2 * d)
-        f["moe.experts"] = depth * 2 * t * e * (2 * k * d + d * d)
-        f["moe.out_mlp"] = depth * 2 * t * 2 * d * d
+        for key, value in channel_moe_flops_by_component(t, d, params["num_experts"],
+                                                         params["topk"]).items():
+            f[f"moe.{key}"] = depth * value
     elif use_moe is False:
         hidden = int(d * params["mlp_ratio"])
         f["mlp"] = depth * 2 * t * 2 * d * hidden
@@ -119,12 +115,20 @@ def training_step_flops(params, batch_size: int = 1) -> int:
     return 3 * forward_flops(params, batch_size, training=True)
 
 
+def channel_moe_flops_by_component(tokens: int, dim: int, num_experts: int,
+                                   topk: int) -> Dict[str, int]:
+    """Forward FLOPs of one channel-MoE layer on ``tokens`` tokens, by component."""
+    t, d, e, k = tokens, dim, num_experts, dim // topk
+    return OrderedDict([("pos_proj", 2 * e * d * d),
+                        ("gate", 2 * t * e * d * d),
+                        ("shared_expert", 2 * t * 3 * d * (2 * d)),
+                        ("experts", 2 * t * e * (2 * k * d + d * d)),
+                        ("out_mlp", 2 * t * 2 * d * d)])
+
+
 def channel_moe_flops(tokens: int, dim: int, num_experts: int, topk: int) -> int:
     """Forward FLOPs of one channel-MoE layer on ``tokens`` tokens (pos_proj included)."""
-    k = dim // topk
-    e = num_experts
-    return (2 * e * dim * dim + 2 * tokens * e * dim * dim + 2 * tokens * 3 * dim * 2 * dim
-            + 2 * tokens * e * (2 * k * dim + dim * dim) + 2 * tokens * 2 * dim * dim)
+    return sum(channel_moe_flops_by_component(tokens, dim, num_experts, topk).values())
 
 
 if __name__ == "__main__":  # python -m networks.flops --config vamoe [--batch 1]
@@ -142,4 +146,4 @@ if __name__ == "__main__":  # python -m networks.flops --config vamoe [--batch 1
     cfg = YParams(args.yaml_config, args.config, args.set)
     parts = forward_flops_by_component(cfg, args.batch)
     print(json.dumps({"config": args.config, "batch": args.batch, "forward_flops": sum(parts.values()),
-                      "train_step_flops": 3 * sum(parts.values()), "components": parts}, indent=1))
+                      "train_step_flops": training_step_flops(cfg, args.batch), "components": parts}, indent=1))
