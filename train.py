@@ -19,7 +19,6 @@ import os
 import re
 import sys
 import time
-from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -36,7 +35,7 @@ from utils.freezing import freeze_from_params
 from utils.grid import latitudes
 from utils.incremental import load_initial_stage
 from utils.logging_utils import setup_logging
-from utils.rollout import MetricAccumulator, resolve_amp_dtype
+from utils.rollout import MetricAccumulator, autocast_context, resolve_amp_dtype
 from utils.weighted_acc_rmse import weighted_mse_torch_channels
 from utils.YParams import ConfigError, YParams
 
@@ -56,16 +55,17 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def _optimizer_groups(model, weight_decay):
-    """Trainable parameters; matrices decay, vectors (biases, norms, log-variances) and the
-    position embedding do not."""
+def build_optimizer(model, params) -> torch.optim.AdamW:
+    """Fused AdamW (one kernel per step, CUDA and CPU) over the trainable parameters; matrices
+    decay, vectors (biases, norms, log-variances) and the position embedding do not."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         (no_decay if p.ndim < 2 or name.endswith("pos_embed") else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": params.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=params.lr, betas=tuple(params.betas), fused=True)
 
 
 class Trainer:
@@ -135,9 +135,7 @@ class Trainer:
                 find_unused_parameters=params.use_moe == "moe", broadcast_buffers=False)
         if params.compile:
             self.model = torch.compile(self.model)
-        # The fused kernel (CPU and CUDA) is several times faster than the per-tensor loop.
-        self.optimizer = torch.optim.AdamW(_optimizer_groups(model, params.weight_decay),
-                                           lr=params.lr, betas=tuple(params.betas), fused=True)
+        self.optimizer = build_optimizer(model, params)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, _cosine_factor(params.lr, params.min_lr,
                                            max(1, params.max_epochs * self.steps_per_epoch)))
@@ -220,9 +218,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ steps
     def _autocast(self):
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        return autocast_context(self.device, self.amp_dtype)
 
     def _rollout_loss(self, inp, tar, model=None):
         """Mean loss over the target's lead times, feeding forecasts back; returns the loss, the

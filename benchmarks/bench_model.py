@@ -40,7 +40,6 @@ import resource
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 
 import torch
 
@@ -49,6 +48,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from networks.channel_moe import ChannelMoE, sorted_topk  # noqa: E402
 from networks.flops import channel_moe_flops, forward_flops, training_step_flops  # noqa: E402
 from networks.vamoe import VAMoE  # noqa: E402
+from train import build_optimizer  # noqa: E402
+from utils.rollout import autocast_context  # noqa: E402
 from utils.YParams import YParams  # noqa: E402
 
 CPU_DEFAULT_CONFIG = "tiny"
@@ -78,9 +79,7 @@ class Timer:
 
 
 def autocast_for(device: torch.device, bf16: bool):
-    if bf16:
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return nullcontext()
+    return autocast_context(device, torch.bfloat16 if bf16 else None)
 
 
 class PeakMatmul:
@@ -177,20 +176,12 @@ def build_model(params, device: torch.device):
     return model, compiled
 
 
-def make_optimizer(model, params):
-    kwargs = dict(lr=params.lr, betas=tuple(params.betas), weight_decay=params.weight_decay)
-    try:     # fused AdamW: one kernel per step (CUDA, and CPU since torch 2.4)
-        return torch.optim.AdamW(model.parameters(), fused=True, **kwargs)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.AdamW(model.parameters(), **kwargs)
-
-
 def bench_train(params, batch: int, device: torch.device, bf16: bool, steps: int,
                 peak: PeakMatmul, label: str) -> list[dict]:
     torch.manual_seed(0)
     model, run_model = build_model(params, device)
     model.train()
-    opt = make_optimizer(model, params)
+    opt = build_optimizer(model, params)            # the trainer's optimizer
     c = params.layout.n_channels
     x = torch.randn(batch, c, params.h_size, params.w_size, device=device)
     y = torch.randn_like(x)
@@ -214,7 +205,6 @@ def bench_train(params, batch: int, device: torch.device, bf16: bool, steps: int
     t_step = statistics.median(times)
     tokens = batch * (params.h_size // params.patch_size) * (params.w_size // params.patch_size)
     flops = training_step_flops(params, batch)
-    achieved = flops / t_step
     n_params = sum(p.numel() for p in model.parameters())
     train = {"measurement": "train_step", "label": label, "params": n_params, "batch": batch,
              "tokens": tokens, "bf16": bf16,
@@ -222,8 +212,7 @@ def bench_train(params, batch: int, device: torch.device, bf16: bool, steps: int
              "compile": bool(params.get("compile", False)), "steps": steps,
              "step_ms": 1e3 * t_step, "step_ms_min": 1e3 * min(times),
              "tokens_per_s": tokens / t_step, "model_tflop_per_step": flops / 1e12,
-             "achieved_gflops": achieved / 1e9, "peak_gflops": peak.peak / 1e9,
-             "mfu": achieved / peak.peak}
+             "achieved_gflops": flops / t_step / 1e9}    # peak and MFU: added by main()
     if device.type == "cuda":
         mem = {"measurement": "memory", "label": label, "device": "cuda",
                "max_allocated_gib": torch.cuda.max_memory_allocated(device) / 2 ** 30,
@@ -364,8 +353,7 @@ def main(argv=None) -> None:
         if row["measurement"] == "train_step":
             row["mfu"] = row["achieved_gflops"] * 1e9 / peak.peak
         emit(row)
-    params["checkpoint_blocks"] = False
-    # (1) fast vs loop MoE; (4) rollout.
+    # (1) fast vs loop MoE; (4) rollout (eval mode: checkpoint_blocks plays no part).
     emit(bench_moe(params, batch, device, bf16, args.moe_reps, peak.peak))
     emit(bench_rollout(params, batch, device, bf16, rollout_steps))
     # Other processes on the machine distort every timing; the load average tells how much.

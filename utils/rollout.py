@@ -25,6 +25,7 @@ targets for leads 1..T (``(B, C, H, W)`` when T == 1), ``time_hours`` ``(B,)`` i
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -38,7 +39,7 @@ from utils.weighted_acc_rmse import (accumulation_dtype, acc_from_terms, lat_wei
 FORECASTERS = ("model", "persistence", "climatology")
 
 __all__ = ["FORECASTERS", "MetricAccumulator", "RolloutResults", "evaluate_rollout",
-           "resolve_amp_dtype", "channel_meta"]
+           "resolve_amp_dtype", "autocast_context", "channel_meta"]
 
 
 # ------------------------------------------------------------------------------------ accumulator
@@ -210,6 +211,14 @@ def resolve_amp_dtype(amp_dtype, device) -> Optional[torch.dtype]:
     return dtype
 
 
+def autocast_context(device, dtype: Optional[torch.dtype]):
+    """``torch.autocast`` to ``dtype`` on ``device`` (from :func:`resolve_amp_dtype`); a no-op
+    context for ``None``."""
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
 def _stats(values, n_channels: int, device, dtype) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor)
                                    else values, dtype=np.float64), dtype=dtype, device=device)
@@ -372,10 +381,7 @@ def evaluate_rollout(step_fn: Optional[Callable[[torch.Tensor], torch.Tensor]],
                 else:
                     truth = phys(tar[:, k - 1])
                     if want_model:
-                        if autocast_dtype is not None:
-                            with torch.autocast(device.type, dtype=autocast_dtype):
-                                out = step_fn(x)
-                        else:
+                        with autocast_context(device, autocast_dtype):
                             out = step_fn(x)
                         if not isinstance(out, torch.Tensor):
                             raise TypeError("step_fn must return a tensor (B, C, H, W), got "
