@@ -32,9 +32,11 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from utils.distributed import all_reduce_sum
 from utils.weighted_acc_rmse import (accumulation_dtype, acc_from_terms, lat_weights_torch,
+                                     latitudes_numpy, weighted_acc_terms,
                                      weighted_acc_terms_torch_channels, weighted_mean_hw,
-                                     weighted_mse_torch_channels)
+                                     weighted_mse, weighted_mse_torch_channels)
 
 FORECASTERS = ("model", "persistence", "climatology")
 
@@ -64,8 +66,7 @@ class MetricAccumulator:
     def __init__(self, n_channels: int, n_leads: int, lat, device="cpu"):
         self.n_channels, self.n_leads = int(n_channels), int(n_leads)
         self.device = torch.device(device)
-        self.lat = np.asarray(lat.detach().cpu() if isinstance(lat, torch.Tensor) else lat,
-                              dtype=np.float64)
+        self.lat = latitudes_numpy(lat)
         dtype = accumulation_dtype(self.device)
         z = lambda: torch.zeros(self.n_channels, self.n_leads, dtype=dtype, device=self.device)
         self.mse_sum = z()
@@ -110,9 +111,8 @@ class MetricAccumulator:
 
     def all_reduce(self) -> None:
         """Sum the buffers over ranks (no-op unless torch.distributed is initialised)."""
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            for buf in self._buffers():
-                torch.distributed.all_reduce(buf)
+        for buf in self._buffers():
+            all_reduce_sum(buf)
 
     @staticmethod
     def _mean(total: torch.Tensor, count: torch.Tensor) -> np.ndarray:
@@ -321,7 +321,7 @@ def evaluate_rollout(step_fn: Optional[Callable[[torch.Tensor], torch.Tensor]],
             if not forecasters:
                 raise ValueError("no forecaster left to score without a climatology")
     autocast_dtype = resolve_amp_dtype(amp_dtype, device)
-    lat = np.asarray(lat.detach().cpu() if isinstance(lat, torch.Tensor) else lat, np.float64)
+    lat = latitudes_numpy(lat)
     want_model = "model" in forecasters
 
     from tqdm import tqdm
@@ -396,20 +396,16 @@ def evaluate_rollout(step_fn: Optional[Callable[[torch.Tensor], torch.Tensor]],
                     b = truth - clim
                     var_b = weighted_mean_hw(b * b, w)
                 for f, acc in accs.items():
-                    if f == "climatology":           # pred - truth = -b, zero anomaly
+                    if f == "climatology":           # pred - truth = -b; zero anomaly: no ACC
                         mse = var_b
-                        zero = torch.zeros_like(var_b)
-                        corr = acc_from_terms(zero, zero, var_b)
+                        corr = torch.full_like(var_b, float("nan"))
                     else:
                         pred = model_phys if f == "model" else init_phys
-                        d = pred - truth
-                        mse = weighted_mean_hw(d * d, w)
+                        mse = weighted_mse(pred, truth, w)
                         if clim is None:
                             corr = torch.full_like(mse, float("nan"))
                         else:
-                            a = pred - clim
-                            corr = acc_from_terms(weighted_mean_hw(a * b, w),
-                                                  weighted_mean_hw(a * a, w), var_b)
+                            corr = acc_from_terms(*weighted_acc_terms(pred - clim, b, w, var_b))
                     acc.update_mse(k, mse)
                     acc.update_acc(k, corr)
                 if want_model and raw_forecast_writer is not None and k > 0:

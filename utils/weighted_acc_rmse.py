@@ -24,7 +24,7 @@ All per-field functions take ``(N, C, H, W)`` tensors (CPU or CUDA), ``lat`` in 
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -33,8 +33,11 @@ from utils.grid import latitude_weights
 
 __all__ = [
     "accumulation_dtype",
+    "latitudes_numpy",
     "lat_weights_torch",
     "weighted_mean_hw",
+    "weighted_mse",
+    "weighted_acc_terms",
     "weighted_mse_torch_channels",
     "weighted_rmse_torch_channels",
     "weighted_acc_terms_torch_channels",
@@ -50,7 +53,8 @@ def accumulation_dtype(device) -> torch.dtype:
     return torch.float32 if torch.device(device).type == "mps" else torch.float64
 
 
-def _lat_numpy(lat) -> np.ndarray:
+def latitudes_numpy(lat) -> np.ndarray:
+    """Latitudes (tensor, array or list) as a 1-D float64 numpy array."""
     if isinstance(lat, torch.Tensor):
         lat = lat.detach().to("cpu", torch.float64).numpy()
     lat = np.asarray(lat, dtype=np.float64)
@@ -71,7 +75,7 @@ def lat_weights_torch(lat, device=None, dtype=torch.float64) -> torch.Tensor:
         w = torch.cos(torch.deg2rad(lat.to(device=device if device is not None else lat.device,
                                            dtype=dtype)))
         return (w / w.mean()).reshape(-1, 1)
-    w = latitude_weights(_lat_numpy(lat))
+    w = latitude_weights(latitudes_numpy(lat))
     return torch.as_tensor(w, dtype=dtype, device=device).reshape(-1, 1)
 
 
@@ -93,11 +97,26 @@ def _check(pred: torch.Tensor, target: torch.Tensor, lat) -> Tuple[torch.Tensor,
     return w, dtype
 
 
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``mean_{h,w}(w_h (pred - target)^2)``, ``(..., H, W) -> (...)``, for fields already in the
+    accumulation dtype and weights ``(H, 1)`` from :func:`lat_weights_torch`."""
+    diff = pred - target
+    return weighted_mean_hw(diff * diff, w)
+
+
+def weighted_acc_terms(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor,
+                       var_b: Optional[torch.Tensor] = None):
+    """``(mean w a b, mean w a^2, mean w b^2)`` of the anomalies ``a`` (forecast) and ``b``
+    (truth), ``(..., H, W) -> (...)`` each; ``var_b`` when already known (shared truth)."""
+    if var_b is None:
+        var_b = weighted_mean_hw(b * b, w)
+    return weighted_mean_hw(a * b, w), weighted_mean_hw(a * a, w), var_b
+
+
 def weighted_mse_torch_channels(pred: torch.Tensor, target: torch.Tensor, lat) -> torch.Tensor:
     """Latitude-weighted mean squared error per sample and channel, ``(N, C)``."""
     w, dtype = _check(pred, target, lat)
-    diff = pred.to(dtype) - target.to(dtype)
-    return weighted_mean_hw(diff.square(), w)
+    return weighted_mse(pred.to(dtype), target.to(dtype), w)
 
 
 def weighted_rmse_torch_channels(pred: torch.Tensor, target: torch.Tensor, lat) -> torch.Tensor:
@@ -114,12 +133,7 @@ def weighted_acc_terms_torch_channels(pred: torch.Tensor, target: torch.Tensor, 
     """
     w, dtype = _check(pred, target, lat)
     clim = torch.as_tensor(clim, device=pred.device).to(dtype)
-    a = pred.to(dtype) - clim
-    b = target.to(dtype) - clim
-    cov = weighted_mean_hw(a * b, w)
-    var_a = weighted_mean_hw(a.square(), w)
-    var_b = weighted_mean_hw(b.square(), w)
-    return cov, var_a, var_b
+    return weighted_acc_terms(pred.to(dtype) - clim, target.to(dtype) - clim, w)
 
 
 def acc_from_terms(cov: torch.Tensor, var_a: torch.Tensor, var_b: torch.Tensor) -> torch.Tensor:
