@@ -77,6 +77,8 @@ class Climatology:
         self._mean = np.ascontiguousarray(time_mean[self._stored_index], dtype=np.float32)
         self._files: list = [None] * layout.n_channels
         self._has_file = [os.path.isfile(os.path.join(self.path, f"{n}.npy")) for n in layout.names]
+        # Per instance (a class-level cache would keep every instance and its memory maps alive).
+        self._slot_field = functools.lru_cache(maxsize=32)(self._read_slot)
 
     @property
     def by_day_of_year(self) -> bool:
@@ -114,8 +116,7 @@ class Climatology:
         """
         return self._slot_field(self._slot(int(time_hours)))
 
-    @functools.lru_cache(maxsize=32)
-    def _slot_field(self, slot) -> np.ndarray:
+    def _read_slot(self, slot) -> np.ndarray:
         out = self._mean.copy()
         if slot is not None:
             for c in range(self.layout.n_channels):

@@ -342,6 +342,7 @@ def evaluate_rollout(step_fn: Optional[Callable[[torch.Tensor], torch.Tensor]],
     n_ics = 0
     sample = None
     work_dtype = accumulation_dtype(device)
+    clim_cache: Dict[int, torch.Tensor] = {}       # valid time (hours) -> (C, H, W) on device
 
     with torch.inference_mode():
         for b_idx, batch in enumerate(bar):
@@ -361,11 +362,20 @@ def evaluate_rollout(step_fn: Optional[Callable[[torch.Tensor], torch.Tensor]],
             tar = tar.to(device, torch.float32, non_blocking=True)
             phys = lambda x: x.to(work_dtype) * std_t + mean_t
 
+            # Consecutive initial conditions share most valid times: each climatology field is
+            # read and moved to the device once, and dropped once it is older than this batch.
+            for t in [t for t in clim_cache if t < min(times)]:
+                del clim_cache[t]
+
             def clim_at(k: int):
                 if climatology is None:
                     return None
-                fields = [np.asarray(climatology.field(t + k * lead_time)) for t in times]
-                return torch.as_tensor(np.stack(fields), device=device).to(work_dtype)
+                valid = [int(t) + k * lead_time for t in times]
+                for t in valid:
+                    if t not in clim_cache:
+                        clim_cache[t] = torch.tensor(np.asarray(climatology.field(t)),
+                                                     dtype=work_dtype, device=device)
+                return torch.stack([clim_cache[t] for t in valid])
 
             capture_here = capture_ic is not None and n_ics <= capture_ic < n_ics + B
             cap_row = capture_ic - n_ics if capture_here else None
