@@ -101,7 +101,7 @@ def evaluate(params, weights: str, out_dir: str, enable_amp: bool = False,
 
     def write_raw(time_hours, forecast):
         atomic_save_npy(os.path.join(raw_dir, _init_time_name(time_hours) + ".npy"),
-                        forecast.astype(np.float32))
+                        forecast.astype(np.float32, copy=False))
 
     results = evaluate_rollout(
         lambda x: model(x).forecast, loader, params.t_out_test, dataset.mean, dataset.std,

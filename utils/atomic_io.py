@@ -3,7 +3,6 @@ over the target with ``os.replace``. Readers see the old file or the new one, ne
 one, and a failed write leaves no temporary file behind. New files get the usual permissions
 (0o666 less the umask); an existing file keeps its mode.
 """
-import io
 import os
 import tempfile
 from typing import BinaryIO, Callable
@@ -51,6 +50,5 @@ def atomic_write_text(path: str, text: str) -> None:
 
 
 def atomic_save_npy(path: str, array) -> None:
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(array), allow_pickle=False)
-    atomic_write_bytes(path, buf.getvalue())
+    """``np.save`` streamed into the temporary file (no in-memory copy of the array)."""
+    atomic_write(path, lambda f: np.save(f, np.asarray(array), allow_pickle=False))

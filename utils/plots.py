@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import io
 import math
 from typing import List, Optional, Sequence
 
@@ -18,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from utils.atomic_io import atomic_write_bytes  # noqa: E402
+from utils.atomic_io import atomic_write  # noqa: E402
 
 __all__ = ["plot_rmse_acc", "plot_maps", "nearest_leads"]
 
@@ -29,12 +28,10 @@ _STYLE = {"model": dict(color="C0", lw=2.0, marker="o", ms=3),
 
 def _save(fig, path: str, dpi: int) -> str:
     """Render to PNG and write it atomically (temporary file, then os.replace)."""
-    buf = io.BytesIO()
     try:
-        fig.savefig(buf, dpi=dpi, bbox_inches="tight", format="png")
+        atomic_write(path, lambda f: fig.savefig(f, dpi=dpi, bbox_inches="tight", format="png"))
     finally:
         plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
     return path
 
 

@@ -381,7 +381,8 @@ def evaluate_rollout(step_fn: Optional[Callable[[torch.Tensor], torch.Tensor]],
             cap_row = capture_ic - n_ics if capture_here else None
             cap_ch = list(range(C)) if capture_channels is None else list(capture_channels)
             cap_fc, cap_truth = [], []
-            raw: List[torch.Tensor] = []
+            raw = (torch.empty((B, n_steps) + tuple(inp.shape[1:]), dtype=torch.float32)
+                   if want_model and raw_forecast_writer is not None else None)  # (B, T, C, H, W)
 
             x = inp
             init_phys = phys(inp)
@@ -418,16 +419,15 @@ def evaluate_rollout(step_fn: Optional[Callable[[torch.Tensor], torch.Tensor]],
                             corr = acc_from_terms(*weighted_acc_terms(pred - clim, b, w, var_b))
                     acc.update_mse(k, mse)
                     acc.update_acc(k, corr)
-                if want_model and raw_forecast_writer is not None and k > 0:
-                    raw.append(model_phys.float().cpu())
+                if raw is not None and k > 0:
+                    raw[:, k - 1].copy_(model_phys)
                 if capture_here and want_model:
                     cap_fc.append(model_phys[cap_row, cap_ch].float().cpu())
                     cap_truth.append(truth[cap_row, cap_ch].float().cpu())
 
-            if raw:
-                stacked = torch.stack(raw, dim=1).numpy()   # (B, T, C, H, W)
+            if raw is not None:
                 for i, t in enumerate(times):
-                    raw_forecast_writer(t, stacked[i])
+                    raw_forecast_writer(t, raw[i].numpy())
             if cap_fc:
                 sample = {"time_hours": times[cap_row], "channels": cap_ch,
                           "forecast": torch.stack(cap_fc).numpy(),
