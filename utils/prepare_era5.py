@@ -89,7 +89,7 @@ class _Item:
     var: str                       # project name
     upper: bool
     levels: list = field(default_factory=list)        # hPa levels written (upper-air)
-    level_index: list = field(default_factory=list)   # their indices along the level dim (or None)
+    level_index: list = field(default_factory=list)   # their indices along the level dim, if any
 
 
 @dataclass
@@ -164,7 +164,7 @@ def plan_file(path: str, levels: Optional[Sequence[int]], variables: Optional[Se
                     level = _scalar_level(ds, da, path, level_override)
                     if levels is not None and level not in levels:
                         continue
-                    item.levels, item.level_index = [level], [None]
+                    item.levels = [level]
                 bad = [p for p in item.levels if p not in ERA5_LEVELS]
                 if bad:
                     raise ValueError(f"{path}: variable {name!r} has levels {bad} that are not "
@@ -275,8 +275,11 @@ def convert(inputs: Sequence[str], root_dir: str, levels: Optional[Sequence[int]
                 dt = from_hours(int(t))
                 all_times.add(int(t))
                 for item in plan.items:
-                    da = ds[item.name].isel({plan.time_dim: int(ti), **{
-                        d: 0 for d in plan.squeeze if d in ds[item.name].dims}})
+                    dims = ds[item.name].dims
+                    index = {plan.time_dim: int(ti), **{d: 0 for d in plan.squeeze if d in dims}}
+                    if plan.level_dim in dims:       # read only the levels that are written
+                        index[plan.level_dim] = item.level_index
+                    da = ds[item.name].isel(index)
                     order = ([plan.level_dim] if plan.level_dim in da.dims else []) + \
                         [plan.lat_dim, plan.lon_dim]
                     data = np.asarray(da.transpose(*order).values, dtype=np.float32)
@@ -296,8 +299,7 @@ def convert(inputs: Sequence[str], root_dir: str, levels: Optional[Sequence[int]
                         os.makedirs(out_dir, exist_ok=True)
                         made.add(out_dir)
                     if item.upper:
-                        for p, li in zip(item.levels, item.level_index):
-                            field_ = data[li] if li is not None else data[0]
+                        for field_, p in zip(data, item.levels):
                             np.save(os.path.join(out_dir, upper_name(dt.hour, item.var, p)),
                                     np.ascontiguousarray(field_))
                             written.setdefault(item.var, set()).add(p)
