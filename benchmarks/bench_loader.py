@@ -93,7 +93,7 @@ def main(argv=None):
         tmp = tempfile.TemporaryDirectory(prefix="bench_loader_")
         root = os.path.join(tmp.name, "era5")
         t = time.perf_counter()
-        generate(root, args.start, args.days, args.h_size, args.w_size, levels)
+        generate(root, args.start, args.days, args.h_size, args.w_size, levels, climatology=False)
         if not args.json:
             print(f"generated {args.days} days at {args.h_size}x{args.w_size} in "
                   f"{time.perf_counter() - t:.1f} s under {root}")

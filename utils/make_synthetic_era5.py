@@ -137,7 +137,7 @@ class SyntheticERA5:
         return dz_dlat, dz_dlon
 
     def level_fields(self, t: float, p: float, waves: bool = True) -> dict:
-        """Upper-air fields at level ``p`` (hPa): z, t, u, v, q."""
+        """Upper-air fields at level ``p`` (hPa): z, t, u, v, q, and the wave term ``psi`` of z."""
         a = self.amplification(p)
         season, diurnal = self.season(t), self.diurnal(t)
         s2 = self._sinlat ** 2
@@ -155,7 +155,7 @@ class SyntheticERA5:
         e_sat = 611.2 * np.exp(17.67 * (temp - 273.15) / (temp - 29.65))
         q_sat = 0.622 * e_sat / (p * 100.0 - 0.378 * e_sat)
         rh = 0.5 + 0.35 * np.tanh(v / 12.0) + 0.1 * self._coslat ** 4
-        return {"z": z, "t": temp, "u": u, "v": v, "q": rh * q_sat}
+        return {"z": z, "t": temp, "u": u, "v": v, "q": rh * q_sat, "psi": psi}
 
     def fields(self, t: float, waves: bool = True) -> dict:
         """All channels at time ``t`` (hours since epoch): ``{"z500": ..., "t2m": ...}`` float32."""
@@ -169,7 +169,7 @@ class SyntheticERA5:
                 out[f"{v}{p}"] = f[v]
         if self.surface:
             p_low, f = lowest
-            psi_low = self.wave(t, p_low) if waves else 0.0
+            psi_low = f["psi"]
             t2m = (f["t"] * (1013.25 / p_low) ** 0.19 - 0.0065 * self.orography
                    + 4.0 * (0.5 + 0.5 * self._coslat) * self.diurnal(t))
             msl = (101000.0 + 1.1 * psi_low * (1000.0 / p_low) ** 0.5
