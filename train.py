@@ -261,12 +261,6 @@ class Trainer:
             torch.manual_seed(params.seed + 1_000_003 * self.global_step + info.rank)
             with self._autocast():
                 loss, terms, _ = self._rollout_loss(inp, tar)
-            # One small all-reduce: the logged loss is the global mean, and every rank sees a
-            # non-finite loss together (no rank left waiting in a collective).
-            loss_value = float(dist_utils.all_reduce_sum(loss.detach().clone())) / info.world_size
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"non-finite training loss {loss_value} at epoch "
-                                         f"{epoch + 1}, step {step}; lower lr or disable fp16")
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
@@ -282,10 +276,17 @@ class Trainer:
             self.scheduler.step()
             self.global_step += 1
             samples += inp.shape[0] * info.world_size
-            # The other per-step scalars reach the host together: one device sync, not five.
-            names = [*terms, "grad_norm"]
-            values = torch.stack([*terms.values(), grad_norm.float()]).tolist()
-            for name, value in (("loss", loss_value), *zip(names, values)):
+            # The step's scalars as global means in one small all-reduce and one device sync,
+            # after the step was queued: every rank sees a non-finite loss together (none is
+            # left waiting in a collective), and nothing has been written for this step yet.
+            names = ["loss", *terms, "grad_norm"]
+            scalars = torch.stack([loss.detach().float(), *terms.values(), grad_norm.float()])
+            values = (dist_utils.all_reduce_sum(scalars) / info.world_size).tolist()
+            loss_value = values[0]
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"non-finite training loss {loss_value} at epoch "
+                                         f"{epoch + 1}, step {step}; lower lr or disable fp16")
+            for name, value in zip(names, values):
                 self.epoch_sums[name] = self.epoch_sums.get(name, 0.0) + value
             self.epoch_sums["steps"] = self.epoch_sums.get("steps", 0) + 1
             rate = samples / (time.perf_counter() - t_start)
@@ -304,10 +305,8 @@ class Trainer:
         self.train_sampler.start = 0
         elapsed = time.perf_counter() - t_start
         keys = ("loss", "forecast", "recons", "aux", "grad_norm")
-        sums = torch.tensor([self.epoch_sums.get(k, 0.0) for k in keys + ("steps",)],
-                            dtype=torch.float64)
-        sums = (dist_utils.all_reduce_sum(sums) / info.world_size).tolist()
-        means = {k: v / max(sums[-1], 1) for k, v in zip(keys, sums)}
+        steps = max(self.epoch_sums.get("steps", 0), 1)      # the sums are of global means
+        means = {k: self.epoch_sums.get(k, 0.0) / steps for k in keys}
         return {"train_loss": means["loss"], "train_loss_forecast": means["forecast"],
                 "train_loss_recons": means["recons"], "train_loss_aux": means["aux"],
                 "train_grad_norm": means["grad_norm"],

@@ -99,6 +99,29 @@ def test_kill_and_resume_equals_uninterrupted_run(synthetic_root, tmp_path, monk
         [r["train_loss"] for r in read_metrics(resumed)], rel=1e-6)
 
 
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(
+        synthetic_root, tmp_path, monkeypatch, capsys):
+    settings = ("max_epochs=2", "checkpoint_every_steps=4")
+    run_train(synthetic_root, tmp_path, "max_epochs=1", "checkpoint_every_steps=4")
+    ckpt_path = os.path.join(tmp_path, "tiny", "0", "training_checkpoints", "ckpt.tar")
+    before = load_checkpoint(ckpt_path)
+    original = train.Trainer._rollout_loss
+
+    def nan_loss(self, inp, tar, model=None):
+        loss, terms, forecasts = original(self, inp, tar, model)
+        return loss * float("nan"), terms, forecasts
+
+    monkeypatch.setattr(train.Trainer, "_rollout_loss", nan_loss)
+    with pytest.raises(SystemExit) as exit_info:
+        run_train(synthetic_root, tmp_path, *settings)
+    assert exit_info.value.code == 2
+    assert "non-finite training loss nan at epoch 2, step 0" in capsys.readouterr().err
+    after = load_checkpoint(ckpt_path)
+    assert after["global_step"] == before["global_step"]
+    for name, value in before["model"].items():
+        assert torch.equal(after["model"][name], value), name
+
+
 def test_ddp_gradients_equal_single_process_gradients(tmp_path):
     torch.manual_seed(1)
     batch = {"x": torch.randn(4, 20, 32, 64), "y": torch.randn(4, 20, 32, 64)}
