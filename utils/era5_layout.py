@@ -119,6 +119,13 @@ def surface_path(root: str, hours: int, var: str) -> str:
     return os.path.join(day_dir(root, dt, surface=True), surface_name(dt.hour, var))
 
 
+def channel_path(root: str, hours: int, channel) -> str:
+    """File of one channel (``.variable``, ``.level``; level None: surface) at time ``hours``."""
+    if channel.level is None:
+        return surface_path(root, hours, channel.variable)
+    return upper_path(root, hours, channel.variable, channel.level)
+
+
 def statistic_path(root: str, name: str = MEAN_STD_FILE) -> str:
     return os.path.join(root, STATISTIC_DIR, name)
 

@@ -22,9 +22,9 @@ import numpy as np
 from utils.atomic_io import atomic_write_text
 from utils.channels import ERA5_LEVELS, Channel
 from utils.era5_layout import (CLIMATOLOGY_DIR, MEAN_STD_FILE, MEAN_STD_SINGLE_FILE,
-                               STATISTIC_DIR, discover_variables, from_hours,
+                               STATISTIC_DIR, channel_path, discover_variables, from_hours,
                                missing_files_message, period_times, scan_missing, statistic_path,
-                               read_field, surface_path, upper_path)
+                               read_field)
 
 
 class StatisticsError(KeyError):
@@ -182,10 +182,7 @@ def compute_statistics(root_dir: str, start, end, hour_step: int = 6,
         if existing:
             raise FileExistsError(f"{existing} exist; pass overwrite (--overwrite) to replace them")
 
-    first = channels[0]
-    first_path = (surface_path(root_dir, int(times[0]), first.variable) if first.level is None
-                  else upper_path(root_dir, int(times[0]), first.variable, first.level))
-    shape = read_field(first_path).shape
+    shape = read_field(channel_path(root_dir, int(times[0]), channels[0])).shape
     doys, hours, slots = climatology_slots(times)
     writer = ClimatologyWriter(clim_dir, shape, hours, doys, overwrite=overwrite, source="data",
                                period=[str(start), str(end)], hour_step=int(hour_step)) \
@@ -203,9 +200,7 @@ def compute_statistics(root_dir: str, start, end, hour_step: int = 6,
             counts = np.zeros((len(doys), len(hours)), dtype=np.int64)
             total = np.zeros(shape, dtype=np.float64)
         for t, slot in zip(times, slots):
-            path = (surface_path(root_dir, int(t), ch.variable) if ch.level is None
-                    else upper_path(root_dir, int(t), ch.variable, ch.level))
-            field = read_field(path, shape)
+            field = read_field(channel_path(root_dir, int(t), ch), shape)
             moments.update(field)
             if climatology:
                 sums[slot] += field
