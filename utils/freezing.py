@@ -18,7 +18,7 @@ OLD_EXPERTS = "{old_experts}"
 
 def old_expert_indices(params) -> List[int]:
     """Indices, in the new model, of the experts whose variable group the old model had."""
-    new_groups = ChannelLayout.from_params(params).group_names
+    new_groups = params["layout"].group_names
     old_groups = ChannelLayout.from_params(params, prefix="old_").group_names
     return [new_groups.index(g) for g in old_groups]
 
