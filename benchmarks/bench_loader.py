@@ -35,7 +35,7 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")   # read by PyTorch at import
 
 import numpy as np  # noqa: E402
 
-PAPER_LEVELS = [1000, 925, 850, 700, 600, 500, 400, 300, 250, 200, 150, 100, 50]
+CONFIG = os.path.join(REPO, "config", "vamoe.yaml")
 
 
 def _params(args, root, levels):
@@ -47,9 +47,9 @@ def _params(args, root, levels):
         end = from_hours(_start_hours(args) + 24 * args.days - 1).date().isoformat()
         overrides += [f"h_size={args.h_size}", f"w_size={args.w_size}",
                       f"pressure_level={levels}", f"higher_features={list(UPPER_VARIABLES)}",
-                      f"surface_features={list(SURFACE_VARIABLES)}", "num_experts=6",
+                      f"surface_features={list(SURFACE_VARIABLES)}", f"num_experts={len(UPPER_VARIABLES) + 1}",
                       f"train_period=['{args.start}', '{end}']", "check_data_values=false"]
-    return YParams(os.path.join(REPO, "config", "vamoe.yaml"), args.config, overrides)
+    return YParams(CONFIG, args.config, overrides)
 
 
 def _start_hours(args):
@@ -85,7 +85,11 @@ def main(argv=None):
     from utils.data_loader_npyfiles import ERA5NpyDataset, get_data_loader
 
     torch.set_num_threads(1)
-    levels = PAPER_LEVELS if args.paper_levels else args.levels
+    if args.paper_levels:
+        from utils.YParams import YParams
+        levels = list(YParams(CONFIG, "vamoe").pressure_level)
+    else:
+        levels = args.levels
     tmp = None
     root = args.root_dir
     if root is None:
