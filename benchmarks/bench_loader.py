@@ -47,7 +47,8 @@ def _params(args, root, levels):
         end = from_hours(_start_hours(args) + 24 * args.days - 1).date().isoformat()
         overrides += [f"h_size={args.h_size}", f"w_size={args.w_size}",
                       f"pressure_level={levels}", f"higher_features={list(UPPER_VARIABLES)}",
-                      f"surface_features={list(SURFACE_VARIABLES)}", f"num_experts={len(UPPER_VARIABLES) + 1}",
+                      f"surface_features={list(SURFACE_VARIABLES)}",
+                      f"num_experts={len(UPPER_VARIABLES) + 1}",
                       f"train_period=['{args.start}', '{end}']", "check_data_values=false"]
     return YParams(CONFIG, args.config, overrides)
 

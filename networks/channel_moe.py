@@ -32,7 +32,8 @@ from networks.swiglu import SwiGLU
 
 
 def sortable_int32_keys(values: torch.Tensor) -> torch.Tensor:
-    """Int32 keys ordered like the float32 ``values`` (same shape): ``a < b`` iff ``key(a) < key(b)``.
+    """Int32 keys ordered like the float32 ``values`` (same shape): ``a < b`` iff
+    ``key(a) < key(b)``.
 
     A non-negative float orders like its IEEE-754 bit pattern; for a negative one the magnitude bits
     are flipped, so that larger magnitudes give smaller keys. (``-0.0`` gets the key just below

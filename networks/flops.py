@@ -146,4 +146,5 @@ if __name__ == "__main__":  # python -m networks.flops --config vamoe [--batch 1
     cfg = YParams(args.yaml_config, args.config, args.set)
     parts = forward_flops_by_component(cfg, args.batch)
     print(json.dumps({"config": args.config, "batch": args.batch, "forward_flops": sum(parts.values()),
-                      "train_step_flops": training_step_flops(cfg, args.batch), "components": parts}, indent=1))
+                      "train_step_flops": training_step_flops(cfg, args.batch),
+                      "components": parts}, indent=1))

@@ -27,6 +27,7 @@ def test_bench_model_json_reports_every_measurement():
     assert moe["speedup_ceiling"] == pytest.approx(
         moe["loop_ms"] / (moe["matmul_floor_ms"] + moe["topk_ms"]))
     step = rows["train_stepplain"]
-    assert step["mfu"] == pytest.approx(step["achieved_gflops"] / rows["peak_matmul"]["peak_gflops"])
+    peak = rows["peak_matmul"]["peak_gflops"]
+    assert step["mfu"] == pytest.approx(step["achieved_gflops"] / peak)
     assert 0 < step["mfu"] < 1.5 and rows["memoryplain"]["peak_rss_gib"] > 0
     assert rows["rollout"]["steps"] == 1 and rows["rollout"]["steps_per_s"] > 0

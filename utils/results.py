@@ -9,7 +9,8 @@ the same directory, then ``os.replace``, so a crash never leaves a half-written 
 ``<baseline>_lat_weight_rmse.npy``             same for ``persistence`` / ``climatology``
 ``<baseline>_lat_weight_acc.npy``
 ``lead_hours.npy``                             ``(L,)`` int64, the columns' lead times
-``metrics.csv``                                ``forecaster,variable,level,lead_hours,rmse,acc,rmse_ic_mean``
+``metrics.csv``                                ``forecaster,variable,level,lead_hours,rmse,acc,``
+                                               ``rmse_ic_mean``
 ``metrics.json``                               everything above, structured (see below)
 ============================================  =============================================
 

@@ -141,10 +141,10 @@ class MetricAccumulator:
 class RolloutResults:
     """Scores of an evaluation run; arrays are ``(C, L)``, L = ``len(lead_hours)``.
 
-    ``rmse[f]``, ``rmse_ic_mean[f]``, ``acc[f]``, ``acc_undefined[f]`` for each scored forecaster ``f`` (keys of
-    ``rmse``, in :data:`FORECASTERS` order). ``channels`` holds ``(variable, level)`` pairs
-    (level None for a surface variable). ``sample``, when captured, holds one IC's model forecast
-    and truth: ``{"time_hours": int, "channels": [indices], "forecast": (L, c, H, W),
+    ``rmse[f]``, ``rmse_ic_mean[f]``, ``acc[f]``, ``acc_undefined[f]`` for each scored
+    forecaster ``f`` (keys of ``rmse``, in :data:`FORECASTERS` order). ``channels`` holds
+    ``(variable, level)`` pairs (level None for a surface variable). ``sample``, when captured,
+    holds one IC's model forecast and truth: ``{"time_hours": int, "channels": [indices], "forecast": (L, c, H, W),
     "truth": (L, c, H, W)}`` in physical units.
     """
 
