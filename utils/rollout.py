@@ -144,8 +144,8 @@ class RolloutResults:
     ``rmse[f]``, ``rmse_ic_mean[f]``, ``acc[f]``, ``acc_undefined[f]`` for each scored
     forecaster ``f`` (keys of ``rmse``, in :data:`FORECASTERS` order). ``channels`` holds
     ``(variable, level)`` pairs (level None for a surface variable). ``sample``, when captured,
-    holds one IC's model forecast and truth: ``{"time_hours": int, "channels": [indices], "forecast": (L, c, H, W),
-    "truth": (L, c, H, W)}`` in physical units.
+    holds one IC's model forecast and truth: ``{"time_hours": int, "channels": [indices],
+    "forecast": (L, c, H, W), "truth": (L, c, H, W)}`` in physical units.
     """
 
     lead_hours: np.ndarray
