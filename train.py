@@ -10,6 +10,7 @@ Writes ``<exp_dir>/<config>/<run_num>/``: ``out.log``, ``hyperparams.yaml``, ``m
 again resumes from ``ckpt.tar``; an incremental section (``cl_ckpt_path`` set) starts from the
 initial-stage checkpoint, mapped onto the new variables, with the ``freeze`` patterns frozen.
 """
+
 import argparse
 import glob
 import json
@@ -28,8 +29,14 @@ from tqdm import tqdm
 from networks.vamoe import VAMoE
 from utils import distributed as dist_utils
 from utils.atomic_io import atomic_write_text
-from utils.checkpoint import (atomic_save, check_channel_names, load_checkpoint, rng_state,
-                              set_rng_state, unwrap)
+from utils.checkpoint import (
+    atomic_save,
+    check_channel_names,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+    unwrap,
+)
 from utils.data_loader_npyfiles import get_data_loader
 from utils.freezing import freeze_from_params
 from utils.grid import latitudes
@@ -46,12 +53,24 @@ def parse_args(argv=None):
     parser.add_argument("--config", default="vamoe")
     parser.add_argument("--run_num", default="0")
     parser.add_argument("--exp_dir", default="exp")
-    parser.add_argument("--enable_amp", action="store_true",
-                        help="autocast to amp_dtype (bf16 by default; fp16 uses a GradScaler)")
-    parser.add_argument("--checkpoint", default=None,
-                        help="resume from this checkpoint instead of the run's own ckpt.tar")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="override a config value (parsed as YAML)")
+    parser.add_argument(
+        "--enable_amp",
+        action="store_true",
+        help="autocast to amp_dtype (bf16 by default; fp16 uses a GradScaler)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="resume from this checkpoint instead of the run's own ckpt.tar",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value (parsed as YAML)",
+    )
     return parser.parse_args(argv)
 
 
@@ -63,8 +82,10 @@ def build_optimizer(model, params) -> torch.optim.AdamW:
         if not p.requires_grad:
             continue
         (no_decay if p.ndim < 2 or name.endswith("pos_embed") else decay).append(p)
-    groups = [{"params": decay, "weight_decay": params.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": params.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW(groups, lr=params.lr, betas=tuple(params.betas), fused=True)
 
 
@@ -83,19 +104,23 @@ class Trainer:
         if info.is_main:
             os.makedirs(self.ckpt_dir, exist_ok=True)
         dist_utils.barrier()
-        self.log = setup_logging(os.path.join(self.run_dir, "out.log") if info.is_main else None,
-                                 info.rank)
-        self.amp_dtype = resolve_amp_dtype(params.amp_dtype if args.enable_amp else None,
-                                           self.device)
+        self.log = setup_logging(
+            os.path.join(self.run_dir, "out.log") if info.is_main else None, info.rank
+        )
+        self.amp_dtype = resolve_amp_dtype(
+            params.amp_dtype if args.enable_amp else None, self.device
+        )
 
         torch.manual_seed(params.seed)
         np.random.seed(params.seed)
         self.train_loader, self.train_set, self.train_sampler = get_data_loader(
-            params, info.distributed, "train")
+            params, info.distributed, "train"
+        )
         self.valid_loader, self.valid_set, _ = get_data_loader(params, info.distributed, "valid")
         self.layout = params.layout
-        self.std2 = torch.as_tensor(self.train_set.std, dtype=torch.float64,
-                                    device=self.device) ** 2
+        self.std2 = (
+            torch.as_tensor(self.train_set.std, dtype=torch.float64, device=self.device) ** 2
+        )
         self.lat = torch.as_tensor(latitudes(params.h_size), device=self.device)
         self.headline = [n for n in params.headline_variables if n in self.layout.names]
 
@@ -103,42 +128,71 @@ class Trainer:
         self.start_epoch, self.start_step, self.global_step = 0, 0, 0
         self.best_valid = math.inf
         self.epoch_sums = {}
-        resume_path = args.checkpoint or (self.ckpt_path if os.path.isfile(self.ckpt_path) else None)
+        resume_path = args.checkpoint or (
+            self.ckpt_path if os.path.isfile(self.ckpt_path) else None
+        )
         resume = load_checkpoint(resume_path) if resume_path else None
         report = None
         if resume is not None:
-            check_channel_names(resume, resume_path, self.layout.names,
-                                f"config section {params.config_name!r}")
+            check_channel_names(
+                resume, resume_path, self.layout.names, f"config section {params.config_name!r}"
+            )
             model.load_state_dict(resume["model"])
         elif params.cl_ckpt_path:
             report = load_initial_stage(model, params)
         frozen = freeze_from_params(model, params)
         if report is not None:
-            self.log.info("incremental stage: grew %s onto %d channels", params.cl_ckpt_path,
-                          self.layout.n_channels)
+            self.log.info(
+                "incremental stage: grew %s onto %d channels",
+                params.cl_ckpt_path,
+                self.layout.n_channels,
+            )
             for line in report.format(frozen).splitlines():
                 self.log.info(line)
         n_total = sum(p.numel() for p in model.parameters())
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        self.log.info("config %s | world size %d | device %s | amp %s", params.config_name,
-                      info.world_size, self.device, params.amp_dtype if self.amp_dtype else "off")
-        self.log.info("parameters: %s total, %s trainable (%.1f %%), %d tensors frozen",
-                      f"{n_total:,}", f"{n_train:,}", 100 * n_train / n_total, len(frozen))
-        self.log.info("data: %d training samples (%d steps/epoch), %d validation samples, "
-                      "%d channels on %dx%d", len(self.train_set), self.steps_per_epoch,
-                      len(self.valid_set), self.layout.n_channels, params.h_size, params.w_size)
+        self.log.info(
+            "config %s | world size %d | device %s | amp %s",
+            params.config_name,
+            info.world_size,
+            self.device,
+            params.amp_dtype if self.amp_dtype else "off",
+        )
+        self.log.info(
+            "parameters: %s total, %s trainable (%.1f %%), %d tensors frozen",
+            f"{n_total:,}",
+            f"{n_train:,}",
+            100 * n_train / n_total,
+            len(frozen),
+        )
+        self.log.info(
+            "data: %d training samples (%d steps/epoch), %d validation samples, "
+            "%d channels on %dx%d",
+            len(self.train_set),
+            self.steps_per_epoch,
+            len(self.valid_set),
+            self.layout.n_channels,
+            params.h_size,
+            params.w_size,
+        )
 
         self.model = model
         if info.distributed:
             self.model = DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=params.use_moe == "moe", broadcast_buffers=False)
+                model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=params.use_moe == "moe",
+                broadcast_buffers=False,
+            )
         if params.compile:
             self.model = torch.compile(self.model)
         self.optimizer = build_optimizer(model, params)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, _cosine_factor(params.lr, params.min_lr,
-                                           max(1, params.max_epochs * self.steps_per_epoch)))
+            self.optimizer,
+            _cosine_factor(
+                params.lr, params.min_lr, max(1, params.max_epochs * self.steps_per_epoch)
+            ),
+        )
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype is torch.float16 else None
         if resume is not None:
             self._restore(resume, resume_path)
@@ -156,20 +210,32 @@ class Trainer:
         try:
             import wandb
         except ImportError as err:
-            raise ConfigError("log_to_wandb is true but wandb is not installed "
-                              "(pip install -r requirements-optional.txt)") from err
-        return wandb.init(project=self.params.wandb_project, group=self.params.wandb_group,
-                          name=f"{self.params.config_name}-{args.run_num}", dir=self.run_dir,
-                          config=self.params.to_dict(), resume="allow")
+            raise ConfigError(
+                "log_to_wandb is true but wandb is not installed "
+                "(pip install -r requirements-optional.txt)"
+            ) from err
+        return wandb.init(
+            project=self.params.wandb_project,
+            group=self.params.wandb_group,
+            name=f"{self.params.config_name}-{args.run_num}",
+            dir=self.run_dir,
+            config=self.params.to_dict(),
+            resume="allow",
+        )
 
     def _restore(self, ckpt, path):
-        missing = [k for k in ("optimizer", "scheduler", "epoch", "step_in_epoch", "global_step",
-                               "rng") if k not in ckpt]
+        missing = [
+            k
+            for k in ("optimizer", "scheduler", "epoch", "step_in_epoch", "global_step", "rng")
+            if k not in ckpt
+        ]
         if missing:
-            raise ConfigError(f"checkpoint {path!r} holds no training state ({missing}): it is a "
-                              "weights-only file such as best_ckpt.tar. Resume from "
-                              "training_checkpoints/ckpt.tar, or start a new stage from it with "
-                              "--set cl_ckpt_path=...")
+            raise ConfigError(
+                f"checkpoint {path!r} holds no training state ({missing}): it is a "
+                "weights-only file such as best_ckpt.tar. Resume from "
+                "training_checkpoints/ckpt.tar, or start a new stage from it with "
+                "--set cl_ckpt_path=..."
+            )
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.scaler is not None and ckpt.get("scaler"):
@@ -180,18 +246,30 @@ class Trainer:
         self.best_valid = ckpt["best_valid_loss"]
         self.epoch_sums = dict(ckpt.get("epoch_sums", {}))
         set_rng_state(ckpt["rng"])
-        self.log.info("resumed from %s: epoch %d, step %d of the epoch, global step %d", path,
-                      self.start_epoch, self.start_step, self.global_step)
+        self.log.info(
+            "resumed from %s: epoch %d, step %d of the epoch, global step %d",
+            path,
+            self.start_epoch,
+            self.start_step,
+            self.global_step,
+        )
 
     def _state(self, epoch, step_in_epoch):
-        return {"model": unwrap(self.model).state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": self.global_step,
-                "best_valid_loss": self.best_valid, "epoch_sums": dict(self.epoch_sums),
-                "rng": rng_state(), "config_name": self.params.config_name,
-                "channel_names": self.layout.names, "params": _plain_params(self.params)}
+        return {
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "global_step": self.global_step,
+            "best_valid_loss": self.best_valid,
+            "epoch_sums": dict(self.epoch_sums),
+            "rng": rng_state(),
+            "config_name": self.params.config_name,
+            "channel_names": self.layout.names,
+            "params": _plain_params(self.params),
+        }
 
     def save_checkpoint(self, epoch, step_in_epoch):
         if self.info.is_main:
@@ -205,15 +283,29 @@ class Trainer:
         state = self._state(epoch + 1, 0)
         atomic_save(state, self.ckpt_path)
         if improved:
-            atomic_save({k: state[k] for k in ("model", "epoch", "global_step", "best_valid_loss",
-                                               "config_name", "channel_names", "params")},
-                        self.best_path)
+            atomic_save(
+                {
+                    k: state[k]
+                    for k in (
+                        "model",
+                        "epoch",
+                        "global_step",
+                        "best_valid_loss",
+                        "config_name",
+                        "channel_names",
+                        "params",
+                    )
+                },
+                self.best_path,
+            )
         every = self.params.snapshot_every_epochs
         if every and (epoch + 1) % every == 0:
             atomic_save(state, os.path.join(self.ckpt_dir, f"ckpt_epoch{epoch + 1}.tar"))
-            snapshots = sorted(glob.glob(os.path.join(self.ckpt_dir, "ckpt_epoch*.tar")),
-                               key=lambda p: int(re.findall(r"ckpt_epoch(\d+)", p)[-1]))
-            for old in snapshots[:-self.params.keep_snapshots]:
+            snapshots = sorted(
+                glob.glob(os.path.join(self.ckpt_dir, "ckpt_epoch*.tar")),
+                key=lambda p: int(re.findall(r"ckpt_epoch(\d+)", p)[-1]),
+            )
+            for old in snapshots[: -self.params.keep_snapshots]:
                 os.remove(old)
 
     # ------------------------------------------------------------------ steps
@@ -248,8 +340,14 @@ class Trainer:
         self.train_sampler.set_epoch(epoch)
         self.train_sampler.start = skip * self.train_loader.batch_size
         batches = iter(self.train_loader)
-        bar = tqdm(total=n_steps, initial=skip, desc=f"epoch {epoch + 1}/{params.max_epochs}",
-                   disable=not info.is_main, dynamic_ncols=True, file=sys.stdout)
+        bar = tqdm(
+            total=n_steps,
+            initial=skip,
+            desc=f"epoch {epoch + 1}/{params.max_epochs}",
+            disable=not info.is_main,
+            dynamic_ncols=True,
+            file=sys.stdout,
+        )
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         t_start, samples = time.perf_counter(), 0
         for step in range(skip, n_steps):
@@ -284,34 +382,44 @@ class Trainer:
             values = (dist_utils.all_reduce_sum(scalars) / info.world_size).tolist()
             loss_value = values[0]
             if not math.isfinite(loss_value):
-                raise FloatingPointError(f"non-finite training loss {loss_value} at epoch "
-                                         f"{epoch + 1}, step {step}; lower lr or disable fp16")
-            for name, value in zip(names, values):
+                raise FloatingPointError(
+                    f"non-finite training loss {loss_value} at epoch "
+                    f"{epoch + 1}, step {step}; lower lr or disable fp16"
+                )
+            for name, value in zip(names, values, strict=False):
                 self.epoch_sums[name] = self.epoch_sums.get(name, 0.0) + value
             self.epoch_sums["steps"] = self.epoch_sums.get("steps", 0) + 1
             rate = samples / (time.perf_counter() - t_start)
-            bar.set_postfix(loss=f"{loss_value:.4f}", samples_per_s=f"{rate:.1f}",
-                            lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+            bar.set_postfix(
+                loss=f"{loss_value:.4f}",
+                samples_per_s=f"{rate:.1f}",
+                lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
+            )
             bar.update()
             if params.log_every_steps and self.global_step % params.log_every_steps == 0:
-                self.log.debug("step %d loss %.5f grad_norm %.3f", self.global_step, loss_value,
-                               values[-1])
+                self.log.debug(
+                    "step %d loss %.5f grad_norm %.3f", self.global_step, loss_value, values[-1]
+                )
             every = params.checkpoint_every_steps
             if every and self.global_step % every == 0 and step + 1 < n_steps:
                 self.save_checkpoint(epoch, step + 1)
         bar.close()
-        if hasattr(batches, "close"):        # stop the reader threads of an unfinished epoch
+        if hasattr(batches, "close"):  # stop the reader threads of an unfinished epoch
             batches.close()
         self.train_sampler.start = 0
         elapsed = time.perf_counter() - t_start
         keys = ("loss", "forecast", "recons", "aux", "grad_norm")
-        steps = max(self.epoch_sums.get("steps", 0), 1)      # the sums are of global means
+        steps = max(self.epoch_sums.get("steps", 0), 1)  # the sums are of global means
         means = {k: self.epoch_sums.get(k, 0.0) / steps for k in keys}
-        return {"train_loss": means["loss"], "train_loss_forecast": means["forecast"],
-                "train_loss_recons": means["recons"], "train_loss_aux": means["aux"],
-                "train_grad_norm": means["grad_norm"],
-                "samples_per_s": samples / elapsed if elapsed > 0 else 0.0,
-                "epoch_time_s": elapsed}
+        return {
+            "train_loss": means["loss"],
+            "train_loss_forecast": means["forecast"],
+            "train_loss_recons": means["recons"],
+            "train_loss_aux": means["aux"],
+            "train_grad_norm": means["grad_norm"],
+            "samples_per_s": samples / elapsed if elapsed > 0 else 0.0,
+            "epoch_time_s": elapsed,
+        }
 
     @torch.no_grad()
     def validate(self):
@@ -324,7 +432,7 @@ class Trainer:
         model.eval()
         n_lead = self.params.t_out_valid
         scores = MetricAccumulator(self.layout.n_channels, n_lead, self.lat, self.device)
-        loss_sum = torch.zeros(2, dtype=torch.float64, device=self.device)   # loss sum, batches
+        loss_sum = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, batches
         cap = self.params.max_valid_steps
         for i, (inp, tar, _) in enumerate(self.valid_loader):
             if cap and i >= cap:
@@ -334,26 +442,33 @@ class Trainer:
                 loss, _, forecasts = self._rollout_loss(inp, tar, model)
             tar = tar.unsqueeze(1) if tar.ndim == 4 else tar
             for k in range(n_lead):
-                mse = weighted_mse_torch_channels(forecasts[:, k].float(), tar[:, k].float(),
-                                                  self.lat)
-                scores.update_mse(k, mse * self.std2)          # physical units
+                mse = weighted_mse_torch_channels(
+                    forecasts[:, k].float(), tar[:, k].float(), self.lat
+                )
+                scores.update_mse(k, mse * self.std2)  # physical units
             loss_sum += torch.stack([loss.detach().double(), loss_sum.new_ones(())])
         scores.all_reduce()
         loss_sum = dist_utils.all_reduce_sum(loss_sum)
-        rmse = scores.rmse()                                   # (C, T)
-        result = {"valid_loss": (loss_sum[0] / loss_sum[1].clamp(min=1)).item(),
-                  "valid_samples": int(scores.count[0, 0].item())}
+        rmse = scores.rmse()  # (C, T)
+        result = {
+            "valid_loss": (loss_sum[0] / loss_sum[1].clamp(min=1)).item(),
+            "valid_samples": int(scores.count[0, 0].item()),
+        }
         for k in range(n_lead):
             suffix = "" if k == 0 else f"_{(k + 1) * self.params.lead_time}h"
             result[f"valid_rmse{suffix}"] = {
-                n: float(rmse[self.layout.index_of_name(n), k]) for n in self.headline}
+                n: float(rmse[self.layout.index_of_name(n), k]) for n in self.headline
+            }
         return result
 
     def train(self):
         params = self.params
         if self.start_epoch >= params.max_epochs:
-            self.log.info("nothing to do: the run already finished its %d epochs "
-                          "(raise max_epochs with --set to continue)", params.max_epochs)
+            self.log.info(
+                "nothing to do: the run already finished its %d epochs "
+                "(raise max_epochs with --set to continue)",
+                params.max_epochs,
+            )
             return
         for epoch in range(self.start_epoch, params.max_epochs):
             train_stats = self.train_one_epoch(epoch)
@@ -363,9 +478,14 @@ class Trainer:
                 self.best_valid = valid_stats["valid_loss"]
             self._save_epoch_files(epoch, improved)
             dist_utils.barrier()
-            record = {"epoch": epoch + 1, "global_step": self.global_step, **train_stats,
-                      **valid_stats, "lr": self.scheduler.get_last_lr()[0],
-                      "best_valid_loss": self.best_valid}
+            record = {
+                "epoch": epoch + 1,
+                "global_step": self.global_step,
+                **train_stats,
+                **valid_stats,
+                "lr": self.scheduler.get_last_lr()[0],
+                "best_valid_loss": self.best_valid,
+            }
             if self.info.is_main:
                 previous = ""
                 if os.path.isfile(self.metrics_path):
@@ -376,11 +496,19 @@ class Trainer:
                 if self.wandb is not None:
                     self.wandb.log(_flatten(record), step=self.global_step)
             rmse = ", ".join(f"{k} {v:.4g}" for k, v in valid_stats["valid_rmse"].items())
-            self.log.info("epoch %d/%d | train loss %.5f | valid loss %.5f%s | %.1f samples/s | "
-                          "%.1f s | lr %.2e | rmse(6h): %s", epoch + 1, params.max_epochs,
-                          train_stats["train_loss"], valid_stats["valid_loss"],
-                          " (best)" if improved else "", train_stats["samples_per_s"],
-                          train_stats["epoch_time_s"], record["lr"], rmse)
+            self.log.info(
+                "epoch %d/%d | train loss %.5f | valid loss %.5f%s | %.1f samples/s | "
+                "%.1f s | lr %.2e | rmse(6h): %s",
+                epoch + 1,
+                params.max_epochs,
+                train_stats["train_loss"],
+                valid_stats["valid_loss"],
+                " (best)" if improved else "",
+                train_stats["samples_per_s"],
+                train_stats["epoch_time_s"],
+                record["lr"],
+                rmse,
+            )
         if self.wandb is not None:
             self.wandb.finish()
 
@@ -392,9 +520,11 @@ def _cosine_factor(lr, min_lr, total_steps):
     ``max_epochs`` follows the longer schedule instead of climbing back up as the recursive
     ``CosineAnnealingLR`` would past its end.
     """
+
     def factor(step):
         progress = min(step, total_steps) / total_steps
         return (min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))) / lr
+
     return factor
 
 

@@ -18,6 +18,7 @@ Like train.sh and test.sh, the benchmark enables transparent huge pages for PyTo
 allocations (``THP_MEM_ALLOC_ENABLE=1``): a fresh 70 MB batch buffer then costs a few dozen page
 faults instead of ~17,000.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")   # read by PyTorch at import
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # read by PyTorch at import
 
 import numpy as np  # noqa: E402
 
@@ -39,22 +40,29 @@ CONFIG = os.path.join(REPO, "config", "vamoe.yaml")
 
 
 def _params(args, root, levels):
-    from utils.YParams import YParams
     from utils.era5_layout import from_hours
     from utils.make_synthetic_era5 import SURFACE_VARIABLES, UPPER_VARIABLES
+    from utils.YParams import YParams
+
     overrides = [f"root_dir={root}", "num_data_workers=0", f"batch_size={args.batch_size}"]
     if not args.root_dir:
         end = from_hours(_start_hours(args) + 24 * args.days - 1).date().isoformat()
-        overrides += [f"h_size={args.h_size}", f"w_size={args.w_size}",
-                      f"pressure_level={levels}", f"higher_features={list(UPPER_VARIABLES)}",
-                      f"surface_features={list(SURFACE_VARIABLES)}",
-                      f"num_experts={len(UPPER_VARIABLES) + 1}",
-                      f"train_period=['{args.start}', '{end}']", "check_data_values=false"]
+        overrides += [
+            f"h_size={args.h_size}",
+            f"w_size={args.w_size}",
+            f"pressure_level={levels}",
+            f"higher_features={list(UPPER_VARIABLES)}",
+            f"surface_features={list(SURFACE_VARIABLES)}",
+            f"num_experts={len(UPPER_VARIABLES) + 1}",
+            f"train_period=['{args.start}', '{end}']",
+            "check_data_values=false",
+        ]
     return YParams(CONFIG, args.config, overrides)
 
 
 def _start_hours(args):
     from utils.era5_layout import to_hours
+
     return to_hours(args.start)
 
 
@@ -72,22 +80,33 @@ def main(argv=None):
     parser.add_argument("--paper_levels", action="store_true", help="the 13 levels (70 channels)")
     parser.add_argument("--start", default="2020-01-01")
     parser.add_argument("--days", type=int, default=17)
-    parser.add_argument("--samples", type=int, default=128,
-                        help="samples per measurement (the period is cycled if shorter)")
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=128,
+        help="samples per measurement (the period is cycled if shorter)",
+    )
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--backends", nargs="+", default=["threads", "processes"],
-                        choices=["threads", "processes"], help="loader_backend values to time")
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        default=["threads", "processes"],
+        choices=["threads", "processes"],
+        help="loader_backend values to time",
+    )
     parser.add_argument("--repeats", type=int, default=5, help="rounds of measurements")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     args = parser.parse_args(argv)
 
     import torch
+
     from utils.data_loader_npyfiles import ERA5NpyDataset, get_data_loader
 
     torch.set_num_threads(1)
     if args.paper_levels:
         from utils.YParams import YParams
+
         levels = list(YParams(CONFIG, "vamoe").pressure_level)
     else:
         levels = args.levels
@@ -95,13 +114,16 @@ def main(argv=None):
     root = args.root_dir
     if root is None:
         from utils.make_synthetic_era5 import generate
+
         tmp = tempfile.TemporaryDirectory(prefix="bench_loader_")
         root = os.path.join(tmp.name, "era5")
         t = time.perf_counter()
         generate(root, args.start, args.days, args.h_size, args.w_size, levels, climatology=False)
         if not args.json:
-            print(f"generated {args.days} days at {args.h_size}x{args.w_size} in "
-                  f"{time.perf_counter() - t:.1f} s under {root}")
+            print(
+                f"generated {args.days} days at {args.h_size}x{args.w_size} in "
+                f"{time.perf_counter() - t:.1f} s under {root}"
+            )
     params = _params(args, root, levels)
     dataset = ERA5NpyDataset(params, "train")
     n = args.samples
@@ -143,14 +165,19 @@ def main(argv=None):
     for backend in args.backends:
         for workers in args.workers:
             if backend == "processes" and workers == 0:
-                continue                                 # the same as threads with 0 readers
+                continue  # the same as threads with 0 readers
             params["num_data_workers"], params["loader_backend"] = workers, backend
             loader = get_data_loader(params, False, "train")[0]
-            readers.append((f"loader {backend}={workers}",
-                            lambda loader=loader: through_loader(loader)))
+            readers.append(
+                (f"loader {backend}={workers}", lambda loader=loader: through_loader(loader))
+            )
     # Each round times the raw loop right before every reader, so a ratio compares two rates
     # measured seconds apart; the medians over rounds are robust to this machine's noise.
-    raw_rates, rates, ratios = [], {name: [] for name, _ in readers}, {name: [] for name, _ in readers}
+    raw_rates, rates, ratios = (
+        [],
+        {name: [] for name, _ in readers},
+        {name: [] for name, _ in readers},
+    )
     for _ in range(args.repeats):
         for name, reader in readers:
             reference = raw()
@@ -159,25 +186,43 @@ def main(argv=None):
             rates[name].append(rate)
             ratios[name].append(rate / reference)
     raw_rate = float(np.median(raw_rates))
-    results = [(name, float(np.median(rates[name])), float(np.median(ratios[name])))
-               for name, _ in readers]
+    results = [
+        (name, float(np.median(rates[name])), float(np.median(ratios[name]))) for name, _ in readers
+    ]
     files_per_sample = len(files[0])
-    mb = files_per_sample * dataset.h * dataset.w * 4 / 2 ** 20
-    header = dict(grid=f"{dataset.h}x{dataset.w}", channels=dataset.layout.n_channels,
-                  files_per_sample=files_per_sample, mb_per_sample=round(mb, 2), samples=n,
-                  batch_size=args.batch_size, cpus=os.cpu_count())
+    mb = files_per_sample * dataset.h * dataset.w * 4 / 2**20
+    header = dict(
+        grid=f"{dataset.h}x{dataset.w}",
+        channels=dataset.layout.n_channels,
+        files_per_sample=files_per_sample,
+        mb_per_sample=round(mb, 2),
+        samples=n,
+        batch_size=args.batch_size,
+        cpus=os.cpu_count(),
+    )
     rows = [("raw np.load", raw_rate, 1.0)] + results
     if args.json:
         for name, rate, ratio in rows:
-            print(json.dumps(dict(header, reader=name, samples_per_s=round(rate, 2),
-                                  ratio_to_raw=round(ratio, 3), repeats=args.repeats)))
+            print(
+                json.dumps(
+                    dict(
+                        header,
+                        reader=name,
+                        samples_per_s=round(rate, 2),
+                        ratio_to_raw=round(ratio, 3),
+                        repeats=args.repeats,
+                    )
+                )
+            )
     else:
         print(", ".join(f"{k}={v}" for k, v in header.items()))
         print(f"{'reader':<24}{'samples/s':>12}{'MB/s':>10}{'x raw':>8}")
         for name, rate, ratio in rows:
             print(f"{name:<24}{rate:>12.1f}{rate * mb:>10.0f}{ratio:>8.2f}")
-        print(f"(medians over {args.repeats} rounds; x raw is the median of per-round ratios; "
-              f"raw np.load ranged {min(raw_rates):.1f}-{max(raw_rates):.1f} samples/s)")
+        print(
+            f"(medians over {args.repeats} rounds; x raw is the median of per-round ratios; "
+            f"raw np.load ranged {min(raw_rates):.1f}-{max(raw_rates):.1f} samples/s)"
+        )
     if tmp is not None:
         tmp.cleanup()
 

@@ -30,6 +30,7 @@ batch. ``compile: true`` in the config wraps the model in ``torch.compile``.
 
 ``--json`` prints one JSON object per measurement line; otherwise a readable table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,7 +54,13 @@ from utils.rollout import autocast_context  # noqa: E402
 from utils.YParams import YParams  # noqa: E402
 
 CPU_DEFAULT_CONFIG = "tiny"
-CPU_DEFAULT_SET = ["embed_dim=256", "depth=6", "num_blocks=8", "window_size=[8, 8]", "drop_path=0.0"]
+CPU_DEFAULT_SET = [
+    "embed_dim=256",
+    "depth=6",
+    "num_blocks=8",
+    "window_size=[8, 8]",
+    "drop_path=0.0",
+]
 CPU_DEFAULT_BATCH = 4
 CUDA_DEFAULT_CONFIG = "vamoe"
 CUDA_DEFAULT_BATCH = 1
@@ -92,16 +99,17 @@ class PeakMatmul:
         self.a = torch.randn(size, size, device=device, dtype=dtype, generator=gen)
         self.b = torch.randn(size, size, device=device, dtype=dtype, generator=gen)
         self.c = torch.empty(size, size, device=device, dtype=dtype)
-        self.reps = 1 if device.type == "cpu" else 50   # CPU 4096^2: ~1 s; CUDA 8192^2: ~0.1 s
-        torch.mm(self.a, self.b, out=self.c)             # warm-up
+        self.reps = 1 if device.type == "cpu" else 50  # CPU 4096^2: ~1 s; CUDA 8192^2: ~0.1 s
+        torch.mm(self.a, self.b, out=self.c)  # warm-up
         self.trials: list[float] = []
 
     def trial(self) -> float:
         def run():
             for _ in range(self.reps):
                 torch.mm(self.a, self.b, out=self.c)
+
         seconds = self.timer(run)
-        flops = 2 * self.size ** 3 * self.reps / seconds
+        flops = 2 * self.size**3 * self.reps / seconds
         self.trials.append(flops)
         return flops
 
@@ -120,8 +128,9 @@ def process_peak_rss_bytes() -> int:
 
 
 # ---------------------------------------------------------------------------------- (1) MoE
-def bench_moe(params, batch: int, device: torch.device, bf16: bool, reps: int,
-              peak_flops: float) -> dict:
+def bench_moe(
+    params, batch: int, device: torch.device, bf16: bool, reps: int, peak_flops: float
+) -> dict:
     """Fast vs loop channel MoE, forward + backward, on the model's token count and width.
 
     ``speedup_ceiling`` = loop time / (matmul FLOPs / ``peak_flops`` + sorted top-k time).
@@ -135,8 +144,9 @@ def bench_moe(params, batch: int, device: torch.device, bf16: bool, reps: int,
     h = torch.randn(batch, n, d, device=device)
     var_embed = torch.randn(e, d, device=device)
     grad = torch.randn(batch, n, d, device=device)
-    logits = torch.randn(batch * n, e, d, device=device,
-                         dtype=torch.bfloat16 if bf16 else torch.float32)
+    logits = torch.randn(
+        batch * n, e, d, device=device, dtype=torch.bfloat16 if bf16 else torch.float32
+    )
     timer = Timer(device)
 
     def step(moe):
@@ -149,8 +159,11 @@ def bench_moe(params, batch: int, device: torch.device, bf16: bool, reps: int,
     # Same function: check once that both give the same output here.
     with torch.no_grad(), autocast_for(device, bf16):
         diff = (fast(h, var_embed).float() - loop(h, var_embed).float()).abs().max().item()
-    runs = {"loop": lambda: step(loop), "fast": lambda: step(fast),
-            "topk": lambda: sorted_topk(logits, d // topk)}
+    runs = {
+        "loop": lambda: step(loop),
+        "fast": lambda: step(fast),
+        "topk": lambda: sorted_topk(logits, d // topk),
+    }
     times = {name: [] for name in runs}
     for _ in range(2):
         for run in runs.values():
@@ -161,12 +174,23 @@ def bench_moe(params, batch: int, device: torch.device, bf16: bool, reps: int,
     t_loop, t_fast, t_topk = (statistics.median(times[name]) for name in ("loop", "fast", "topk"))
     flops = 3 * channel_moe_flops(batch * n, d, e, topk)
     t_floor = flops / peak_flops + t_topk
-    return {"measurement": "moe", "tokens": batch * n, "embed_dim": d, "experts": e, "topk": topk,
-            "reps": reps, "loop_ms": 1e3 * t_loop, "fast_ms": 1e3 * t_fast,
-            "speedup": t_loop / t_fast, "fast_gflops": flops / t_fast / 1e9,
-            "loop_gflops": flops / t_loop / 1e9, "topk_ms": 1e3 * t_topk,
-            "matmul_floor_ms": 1e3 * flops / peak_flops, "speedup_ceiling": t_loop / t_floor,
-            "max_abs_output_diff": diff}
+    return {
+        "measurement": "moe",
+        "tokens": batch * n,
+        "embed_dim": d,
+        "experts": e,
+        "topk": topk,
+        "reps": reps,
+        "loop_ms": 1e3 * t_loop,
+        "fast_ms": 1e3 * t_fast,
+        "speedup": t_loop / t_fast,
+        "fast_gflops": flops / t_fast / 1e9,
+        "loop_gflops": flops / t_loop / 1e9,
+        "topk_ms": 1e3 * t_topk,
+        "matmul_floor_ms": 1e3 * flops / peak_flops,
+        "speedup_ceiling": t_loop / t_floor,
+        "max_abs_output_diff": diff,
+    }
 
 
 # ---------------------------------------------------------------------------------- (2, 3) train
@@ -176,23 +200,24 @@ def build_model(params, device: torch.device):
     return model, compiled
 
 
-def bench_train(params, batch: int, device: torch.device, bf16: bool, steps: int,
-                peak: PeakMatmul, label: str) -> list[dict]:
+def bench_train(
+    params, batch: int, device: torch.device, bf16: bool, steps: int, peak: PeakMatmul, label: str
+) -> list[dict]:
     torch.manual_seed(0)
     model, run_model = build_model(params, device)
     model.train()
-    opt = build_optimizer(model, params)            # the trainer's optimizer
+    opt = build_optimizer(model, params)  # the trainer's optimizer
     c = params.layout.n_channels
     x = torch.randn(batch, c, params.h_size, params.w_size, device=device)
     y = torch.randn_like(x)
     timer = Timer(device)
 
     def step():
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=True)  # noqa: F821
         with autocast_for(device, bf16):
-            out = run_model(x, y)
+            out = run_model(x, y)  # noqa: F821
         out.loss.backward()
-        opt.step()
+        opt.step()  # noqa: F821
 
     for _ in range(2):
         step()
@@ -201,26 +226,43 @@ def bench_train(params, batch: int, device: torch.device, bf16: bool, steps: int
     times = []
     for _ in range(steps):
         times.append(timer(step))
-        peak.trial()                 # interleaved with the steps: same machine load
+        peak.trial()  # interleaved with the steps: same machine load
     t_step = statistics.median(times)
     tokens = batch * (params.h_size // params.patch_size) * (params.w_size // params.patch_size)
     flops = training_step_flops(params, batch)
     n_params = sum(p.numel() for p in model.parameters())
-    train = {"measurement": "train_step", "label": label, "params": n_params, "batch": batch,
-             "tokens": tokens, "bf16": bf16,
-             "checkpoint_blocks": bool(params.checkpoint_blocks),
-             "compile": bool(params.get("compile", False)), "steps": steps,
-             "step_ms": 1e3 * t_step, "step_ms_min": 1e3 * min(times),
-             "tokens_per_s": tokens / t_step, "model_tflop_per_step": flops / 1e12,
-             "achieved_gflops": flops / t_step / 1e9}    # peak and MFU: added by main()
+    train = {
+        "measurement": "train_step",
+        "label": label,
+        "params": n_params,
+        "batch": batch,
+        "tokens": tokens,
+        "bf16": bf16,
+        "checkpoint_blocks": bool(params.checkpoint_blocks),
+        "compile": bool(params.get("compile", False)),
+        "steps": steps,
+        "step_ms": 1e3 * t_step,
+        "step_ms_min": 1e3 * min(times),
+        "tokens_per_s": tokens / t_step,
+        "model_tflop_per_step": flops / 1e12,
+        "achieved_gflops": flops / t_step / 1e9,
+    }  # peak and MFU: added by main()
     if device.type == "cuda":
-        mem = {"measurement": "memory", "label": label, "device": "cuda",
-               "max_allocated_gib": torch.cuda.max_memory_allocated(device) / 2 ** 30,
-               "max_reserved_gib": torch.cuda.max_memory_reserved(device) / 2 ** 30,
-               "fits_80gb": torch.cuda.max_memory_reserved(device) < 80e9}
+        mem = {
+            "measurement": "memory",
+            "label": label,
+            "device": "cuda",
+            "max_allocated_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+            "max_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30,
+            "fits_80gb": torch.cuda.max_memory_reserved(device) < 80e9,
+        }
     else:
-        mem = {"measurement": "memory", "label": label, "device": "cpu",
-               "peak_rss_gib": process_peak_rss_bytes() / 2 ** 30}
+        mem = {
+            "measurement": "memory",
+            "label": label,
+            "device": "cpu",
+            "peak_rss_gib": process_peak_rss_bytes() / 2**30,
+        }
     del model, run_model, opt, x, y
     gc.collect()
     if device.type == "cuda":
@@ -241,16 +283,22 @@ def bench_rollout(params, batch: int, device: torch.device, bf16: bool, steps: i
         with torch.inference_mode(), autocast_for(device, bf16):
             state = x0
             for _ in range(n):
-                state = run_model(state).forecast.to(x0.dtype)
+                state = run_model(state).forecast.to(x0.dtype)  # noqa: F821
         return state
 
-    rollout(1)                                               # warm-up
+    rollout(1)  # warm-up
     seconds = timer(lambda: rollout(steps))
     flops = forward_flops(params, batch, training=False)
-    out = {"measurement": "rollout", "batch": batch, "steps": steps, "bf16": bf16,
-           "seconds": seconds, "steps_per_s": steps / seconds,
-           "samples_steps_per_s": batch * steps / seconds,
-           "achieved_gflops": flops * steps / seconds / 1e9}
+    out = {
+        "measurement": "rollout",
+        "batch": batch,
+        "steps": steps,
+        "bf16": bf16,
+        "seconds": seconds,
+        "steps_per_s": steps / seconds,
+        "samples_steps_per_s": batch * steps / seconds,
+        "achieved_gflops": flops * steps / seconds / 1e9,
+    }
     del model, run_model
     gc.collect()
     return out
@@ -261,46 +309,66 @@ def print_table(rows: list[dict]) -> None:
     for row in rows:
         kind = row["measurement"]
         if kind == "env":
-            print(f"device {row['device']} | torch {row['torch']} | threads {row['threads']} | "
-                  f"config {row['config']} {' '.join(row['set'])} | batch {row['batch']} | "
-                  f"load avg {row['loadavg_1m']:.2f}")
+            print(
+                f"device {row['device']} | torch {row['torch']} | threads {row['threads']} | "
+                f"config {row['config']} {' '.join(row['set'])} | batch {row['batch']} | "
+                f"load avg {row['loadavg_1m']:.2f}"
+            )
         elif kind == "moe":
-            print(f"[1] channel MoE fwd+bwd ({row['tokens']} tokens, D={row['embed_dim']}, "
-                  f"E={row['experts']}): loop {row['loop_ms']:.1f} ms, fast {row['fast_ms']:.1f} ms"
-                  f" -> speedup {row['speedup']:.2f}x  (fast {row['fast_gflops']:.1f} GFLOP/s)")
-            print(f"    ceiling on this device: {row['speedup_ceiling']:.2f}x = loop / (matmuls at "
-                  f"peak {row['matmul_floor_ms']:.1f} ms + sorted top-k {row['topk_ms']:.1f} ms)")
+            print(
+                f"[1] channel MoE fwd+bwd ({row['tokens']} tokens, D={row['embed_dim']}, "
+                f"E={row['experts']}): loop {row['loop_ms']:.1f} ms, fast {row['fast_ms']:.1f} ms"
+                f" -> speedup {row['speedup']:.2f}x  (fast {row['fast_gflops']:.1f} GFLOP/s)"
+            )
+            print(
+                f"    ceiling on this device: {row['speedup_ceiling']:.2f}x = loop / (matmuls at "
+                f"peak {row['matmul_floor_ms']:.1f} ms + sorted top-k {row['topk_ms']:.1f} ms)"
+            )
         elif kind == "peak_matmul":
-            print(f"    peak matmul {row['size']}^2 {row['dtype']}: best {row['peak_gflops']:.1f} "
-                  f"GFLOP/s, median {row['median_gflops']:.1f} over {row['trials']} trials")
+            print(
+                f"    peak matmul {row['size']}^2 {row['dtype']}: best {row['peak_gflops']:.1f} "
+                f"GFLOP/s, median {row['median_gflops']:.1f} over {row['trials']} trials"
+            )
         elif kind == "train_step":
-            print(f"[2] train step [{row['label']}] {row['params'] / 1e6:.1f} M params: "
-                  f"{row['step_ms']:.0f} ms, {row['tokens_per_s']:.0f} tokens/s, "
-                  f"{row['achieved_gflops']:.1f} GFLOP/s of {row['peak_gflops']:.1f} peak "
-                  f"-> MFU {row['mfu']:.3f}")
+            print(
+                f"[2] train step [{row['label']}] {row['params'] / 1e6:.1f} M params: "
+                f"{row['step_ms']:.0f} ms, {row['tokens_per_s']:.0f} tokens/s, "
+                f"{row['achieved_gflops']:.1f} GFLOP/s of {row['peak_gflops']:.1f} peak "
+                f"-> MFU {row['mfu']:.3f}"
+            )
         elif kind == "memory":
-            value = (f"max allocated {row['max_allocated_gib']:.2f} GiB "
-                     f"(reserved {row['max_reserved_gib']:.2f})" if row["device"] == "cuda"
-                     else f"process peak RSS {row['peak_rss_gib']:.2f} GiB")
+            value = (
+                f"max allocated {row['max_allocated_gib']:.2f} GiB "
+                f"(reserved {row['max_reserved_gib']:.2f})"
+                if row["device"] == "cuda"
+                else f"process peak RSS {row['peak_rss_gib']:.2f} GiB"
+            )
             print(f"[3] memory [{row['label']}]: {value}")
         elif kind == "rollout":
-            print(f"[4] rollout (inference, batch {row['batch']}): {row['steps_per_s']:.2f} steps/s"
-                  f" ({row['steps']} steps in {row['seconds']:.2f} s)")
+            print(
+                f"[4] rollout (inference, batch {row['batch']}): {row['steps_per_s']:.2f} steps/s"
+                f" ({row['steps']} steps in {row['seconds']:.2f} s)"
+            )
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="VA-MoE speed and memory benchmark")
     parser.add_argument("--yaml_config", default="config/vamoe.yaml")
-    parser.add_argument("--config", default=None,
-                        help=f"section (default: {CPU_DEFAULT_CONFIG} + mid-size overrides on CPU, "
-                             f"{CUDA_DEFAULT_CONFIG} on CUDA)")
+    parser.add_argument(
+        "--config",
+        default=None,
+        help=f"section (default: {CPU_DEFAULT_CONFIG} + mid-size overrides on CPU, "
+        f"{CUDA_DEFAULT_CONFIG} on CUDA)",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None)
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--steps", type=int, default=5, help="timed training steps")
     parser.add_argument("--moe-reps", type=int, default=7)
     parser.add_argument("--rollout-steps", type=int, default=None)
-    parser.add_argument("--no-bf16", action="store_true", help="CUDA: fp32 instead of bf16 autocast")
+    parser.add_argument(
+        "--no-bf16", action="store_true", help="CUDA: fp32 instead of bf16 autocast"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
@@ -326,30 +394,49 @@ def main(argv=None) -> None:
         if args.json:
             print(json.dumps(row), flush=True)
 
-    emit({"measurement": "env", "device": torch.cuda.get_device_name(device) if cuda else "cpu",
-          "torch": torch.__version__, "threads": torch.get_num_threads(),
-          "cpu_count": os.cpu_count(), "config": config, "set": overrides, "batch": batch,
-          "bf16": bf16, "loadavg_1m": os.getloadavg()[0]})
+    emit(
+        {
+            "measurement": "env",
+            "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "config": config,
+            "set": overrides,
+            "batch": batch,
+            "bf16": bf16,
+            "loadavg_1m": os.getloadavg()[0],
+        }
+    )
     t0 = time.perf_counter()
 
     peak = PeakMatmul(device, 8192 if cuda else 4096, torch.bfloat16 if bf16 else torch.float32)
     peak.trial()
     # (2), (3): the training step; on CUDA without and with block checkpointing.
-    variants = [("plain", False), ("checkpoint_blocks", True)] if cuda \
-        and not any(s.startswith("checkpoint_blocks=") for s in overrides) \
+    variants = (
+        [("plain", False), ("checkpoint_blocks", True)]
+        if cuda and not any(s.startswith("checkpoint_blocks=") for s in overrides)
         else [("checkpoint_blocks" if params.checkpoint_blocks else "plain", None)]
+    )
     train_rows = []
     for label, ckpt in variants:
         if ckpt is not None:
             params["checkpoint_blocks"] = ckpt
         train_rows += bench_train(params, batch, device, bf16, args.steps, peak, label)
     peak.trial()
-    emit({"measurement": "peak_matmul", "size": peak.size, "dtype": str(peak.dtype).split(".")[-1],
-          "trials": len(peak.trials), "peak_gflops": peak.peak / 1e9,
-          "median_gflops": statistics.median(peak.trials) / 1e9})
+    emit(
+        {
+            "measurement": "peak_matmul",
+            "size": peak.size,
+            "dtype": str(peak.dtype).split(".")[-1],
+            "trials": len(peak.trials),
+            "peak_gflops": peak.peak / 1e9,
+            "median_gflops": statistics.median(peak.trials) / 1e9,
+        }
+    )
     peak.free()
     for row in train_rows:
-        row["peak_gflops"] = peak.peak / 1e9          # final best over all trials
+        row["peak_gflops"] = peak.peak / 1e9  # final best over all trials
         if row["measurement"] == "train_step":
             row["mfu"] = row["achieved_gflops"] * 1e9 / peak.peak
         emit(row)
@@ -357,8 +444,13 @@ def main(argv=None) -> None:
     emit(bench_moe(params, batch, device, bf16, args.moe_reps, peak.peak))
     emit(bench_rollout(params, batch, device, bf16, rollout_steps))
     # Other processes on the machine distort every timing; the load average tells how much.
-    emit({"measurement": "total", "seconds": time.perf_counter() - t0,
-          "loadavg_1m": os.getloadavg()[0]})
+    emit(
+        {
+            "measurement": "total",
+            "seconds": time.perf_counter() - t0,
+            "loadavg_1m": os.getloadavg()[0],
+        }
+    )
     if not args.json:
         print_table(rows)
         print(f"total {rows[-1]['seconds']:.0f} s, load avg {rows[-1]['loadavg_1m']:.2f}")

@@ -12,6 +12,7 @@ prints, for the old (upper-air) variables, RMSE before and after the incremental
 (forgetting), for the new (surface) variables the incremental model next to the from-scratch
 model, and the trainable fractions; everything also goes to ``<work_dir>/incremental_tiny.json``.
 """
+
 import argparse
 import json
 import os
@@ -63,51 +64,89 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     if not os.path.isfile(os.path.join(args.root_dir, "statistic", "mean_std.json")):
-        generate(args.root_dir, "2020-01-01", 32, h_size=32, w_size=64, levels=(850, 500, 250),
-                 hour_step=6, seed=0)
-    initial, steps_initial = stage("tiny_initial", args.root_dir, args.work_dir,
-                                   args.epochs_initial)
-    ckpt = os.path.join(args.work_dir, "tiny_initial", "0", "training_checkpoints",
-                        "best_ckpt.tar")
-    incremental, steps_incremental = stage("tiny_incremental", args.root_dir, args.work_dir,
-                                           args.epochs_incremental, [f"cl_ckpt_path={ckpt}"])
+        generate(
+            args.root_dir,
+            "2020-01-01",
+            32,
+            h_size=32,
+            w_size=64,
+            levels=(850, 500, 250),
+            hour_step=6,
+            seed=0,
+        )
+    initial, steps_initial = stage(
+        "tiny_initial", args.root_dir, args.work_dir, args.epochs_initial
+    )
+    ckpt = os.path.join(args.work_dir, "tiny_initial", "0", "training_checkpoints", "best_ckpt.tar")
+    incremental, steps_incremental = stage(
+        "tiny_incremental",
+        args.root_dir,
+        args.work_dir,
+        args.epochs_incremental,
+        [f"cl_ckpt_path={ckpt}"],
+    )
     half = YParams(CONFIG, "tiny_incremental").train_period
-    scratch, steps_scratch = stage("tiny", args.root_dir, args.work_dir, args.epochs_incremental,
-                                   [f"train_period=[{half[0]}, {half[1]}]"])
+    scratch, steps_scratch = stage(
+        "tiny",
+        args.root_dir,
+        args.work_dir,
+        args.epochs_incremental,
+        [f"train_period=[{half[0]}, {half[1]}]"],
+    )
 
     old_names = YParams(CONFIG, "tiny_initial").layout.names
     new_names = [n for n in YParams(CONFIG, "tiny").layout.names if n not in old_names]
-    report = {"steps": {"initial": steps_initial, "incremental": steps_incremental,
-                        "scratch": steps_scratch}, "old": {}, "new": {}}
-    print(f"\nsteps: initial {steps_initial}, incremental {steps_incremental}, "
-          f"from scratch {steps_scratch}")
+    report = {
+        "steps": {
+            "initial": steps_initial,
+            "incremental": steps_incremental,
+            "scratch": steps_scratch,
+        },
+        "old": {},
+        "new": {},
+    }
+    print(
+        f"\nsteps: initial {steps_initial}, incremental {steps_incremental}, "
+        f"from scratch {steps_scratch}"
+    )
     for hours in LEADS:
-        print(f"\nold variables, RMSE at {hours} h{'before':>12}{'after':>12}{'change':>10}"
-              f"{'persistence':>13}")
+        print(
+            f"\nold variables, RMSE at {hours} h{'before':>12}{'after':>12}{'change':>10}"
+            f"{'persistence':>13}"
+        )
         changes = []
         for name in old_names:
             before, after = rmse_at(initial, name, hours), rmse_at(incremental, name, hours)
-            persist = float(initial.rmse["persistence"][initial.channel_index(name),
-                                                        initial.lead_index(hours)])
+            persist = float(
+                initial.rmse["persistence"][initial.channel_index(name), initial.lead_index(hours)]
+            )
             changes.append(after / before - 1)
             report["old"][f"{name}@{hours}h"] = {"before": before, "after": after}
-            print(f"  {name:<25}{before:>12.4g}{after:>12.4g}{100 * changes[-1]:>+8.1f} %"
-                  f"{persist:>13.4g}")
-        print(f"  mean relative change {100 * np.mean(changes):+.1f} % "
-              f"(positive = forgetting)")
+            print(
+                f"  {name:<25}{before:>12.4g}{after:>12.4g}{100 * changes[-1]:>+8.1f} %"
+                f"{persist:>13.4g}"
+            )
+        print(f"  mean relative change {100 * np.mean(changes):+.1f} % (positive = forgetting)")
         report[f"old_mean_change_{hours}h"] = float(np.mean(changes))
-        print(f"new variables, RMSE at {hours} h{'incremental':>12}{'scratch':>12}"
-              f"{'':>10}{'persistence':>13}")
+        print(
+            f"new variables, RMSE at {hours} h{'incremental':>12}{'scratch':>12}"
+            f"{'':>10}{'persistence':>13}"
+        )
         for name in new_names:
             inc, scr = rmse_at(incremental, name, hours), rmse_at(scratch, name, hours)
-            persist = float(scratch.rmse["persistence"][scratch.channel_index(name),
-                                                        scratch.lead_index(hours)])
+            persist = float(
+                scratch.rmse["persistence"][scratch.channel_index(name), scratch.lead_index(hours)]
+            )
             report["new"][f"{name}@{hours}h"] = {"incremental": inc, "scratch": scr}
             print(f"  {name:<25}{inc:>12.4g}{scr:>12.4g}{'':>10}{persist:>13.4g}")
-    fractions = {name: summarize(YParams(CONFIG, name))["trainable_fraction"]
-                 for name in ("tiny_incremental", "vamoe_incremental")}
+    fractions = {
+        name: summarize(YParams(CONFIG, name))["trainable_fraction"]
+        for name in ("tiny_incremental", "vamoe_incremental")
+    }
     report["trainable_fraction"] = fractions
-    print("\ntrainable fraction: " + ", ".join(f"{k} {100 * v:.1f} %" for k, v in fractions.items()))
+    print(
+        "\ntrainable fraction: " + ", ".join(f"{k} {100 * v:.1f} %" for k, v in fractions.items())
+    )
     with open(os.path.join(args.work_dir, "incremental_tiny.json"), "w") as f:
         json.dump(report, f, indent=1)
 

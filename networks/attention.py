@@ -7,7 +7,8 @@ loop over windows). When the grid is not a multiple of the window, the real toke
 and their q, k, v are zero-padded at the bottom/right; padded keys are masked out, so every real
 token attends to exactly the real tokens of its window (and qkv is never computed for padding).
 """
-from typing import Optional, Sequence
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +26,13 @@ class Attention(nn.Module):
         window_size: ``(wh, ww)`` for windowed attention, or None for global attention.
     """
 
-    def __init__(self, dim: int, num_heads: int, grid_size: Sequence[int],
-                 window_size: Optional[Sequence[int]] = None):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        grid_size: Sequence[int],
+        window_size: Sequence[int] | None = None,
+    ):
         super().__init__()
         self.num_heads = num_heads
         self.grid_size = tuple(grid_size)
@@ -34,7 +40,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=True)
         self.proj = nn.Linear(dim, dim)
 
-    def _attend(self, qkv: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def _attend(self, qkv: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Attention within each row of the projected ``qkv``: ``(B', L, 3D)`` -> ``(B', L, D)``.
 
         q, k and v are strided views of ``qkv`` (no copy); the output of
@@ -61,12 +67,24 @@ class Attention(nn.Module):
             mask = self._padding_mask(hg, wg, x.device).repeat(b, 1, 1, 1)
         else:
             # Partition the D-wide tokens (cheaper to move than the 3D-wide projections).
-            windows = rearrange(x, "b (nh wh nw ww) d -> (b nh nw) (wh ww) d",
-                                nh=hg // wh, wh=wh, nw=wg // ww, ww=ww)
+            windows = rearrange(
+                x,
+                "b (nh wh nw ww) d -> (b nh nw) (wh ww) d",
+                nh=hg // wh,
+                wh=wh,
+                nw=wg // ww,
+                ww=ww,
+            )
             qkv, mask = self.qkv(windows), None
         out = self._attend(qkv, mask)
-        out = rearrange(out, "(b nh nw) (wh ww) d -> b (nh wh) (nw ww) d", b=b,
-                        nh=(hg + pad_h) // wh, wh=wh, ww=ww)
+        out = rearrange(
+            out,
+            "(b nh nw) (wh ww) d -> b (nh wh) (nw ww) d",
+            b=b,
+            nh=(hg + pad_h) // wh,
+            wh=wh,
+            ww=ww,
+        )
         return self.proj(rearrange(out[:, :hg, :wg], "b h w d -> b (h w) d"))
 
     def _padding_mask(self, hg: int, wg: int, device) -> torch.Tensor:

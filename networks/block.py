@@ -1,6 +1,7 @@
 """One pre-norm transformer block: attention, then the feed-forward layer (channel MoE, MLP or
 token MoE), each as a residual branch with stochastic depth."""
-from typing import Optional, Sequence
+
+from collections.abc import Sequence
 
 import torch
 from timm.layers import DropPath
@@ -20,10 +21,21 @@ class Block(nn.Module):
         window_size: attention window in tokens, or None for global attention.
     """
 
-    def __init__(self, dim: int, num_heads: int, grid_size: Sequence[int],
-                 window_size: Optional[Sequence[int]], ffn: str, num_experts: int, topk: int,
-                 mlp_ratio: float, moe_topk_tokens: int = 2, drop_path: float = 0.0,
-                 eps: float = 1e-6, moe_impl: str = "fast"):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        grid_size: Sequence[int],
+        window_size: Sequence[int] | None,
+        ffn: str,
+        num_experts: int,
+        topk: int,
+        mlp_ratio: float,
+        moe_topk_tokens: int = 2,
+        drop_path: float = 0.0,
+        eps: float = 1e-6,
+        moe_impl: str = "fast",
+    ):
         super().__init__()
         self.ffn_kind = ffn
         self.norm1 = nn.LayerNorm(dim, eps=eps)

@@ -24,6 +24,7 @@ implementations compute the same function from the same parameters:
   on order-preserving int32 keys (:func:`sorted_topk`), which selects the same channels in
   the same order about 1.4 x faster there.
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -70,8 +71,9 @@ class ChannelMoE(nn.Module):
         impl: ``fast`` or ``loop``.
     """
 
-    def __init__(self, dim: int, num_experts: int, topk: int, eps: float = 1e-6,
-                 impl: str = "fast"):
+    def __init__(
+        self, dim: int, num_experts: int, topk: int, eps: float = 1e-6, impl: str = "fast"
+    ):
         super().__init__()
         if dim % topk:
             raise ValueError(f"embed_dim ({dim}) must be divisible by topk ({topk})")
@@ -97,8 +99,10 @@ class ChannelMoE(nn.Module):
 
     def forward(self, h: torch.Tensor, var_embed: torch.Tensor) -> torch.Tensor:
         if var_embed.shape[0] != self.num_experts:
-            raise ValueError(f"variable embedding has {var_embed.shape[0]} groups but the MoE has "
-                             f"{self.num_experts} experts")
+            raise ValueError(
+                f"variable embedding has {var_embed.shape[0]} groups but the MoE has "
+                f"{self.num_experts} experts"
+            )
         g = self.gate_distribution(var_embed)
         y = self.shared_expert(h)
         y = y + (self._experts_fast(h, g) if self.impl == "fast" else self._experts_loop(h, g))
@@ -120,23 +124,24 @@ class ChannelMoE(nn.Module):
         Shapes: T tokens, E experts, D channels, k routed channels, F = D expert hidden size.
         """
         n_exp, k, d = self.num_experts, self.k, self.dim
-        tokens = h.reshape(-1, d)                                        # (T, D)
+        tokens = h.reshape(-1, d)  # (T, D)
         n_tok = tokens.shape[0]
         # Gate logits of all experts in one addmm: row (j, o) of the folded weight is
         # W_gate[o, :] * g[j, :], so logits[t, j, o] = W_gate (h_t * g_j) + b_gate.
         gate_w = (self.gate_proj.weight.unsqueeze(0) * g.unsqueeze(1)).reshape(n_exp * d, d)
         logits = F.linear(tokens, gate_w, self.gate_proj.bias.repeat(n_exp)).view(n_tok, n_exp, d)
-        values, idx = sorted_topk(logits, k)                             # (T, E, k), sorted
+        values, idx = sorted_topk(logits, k)  # (T, E, k), sorted
         # One gather of all experts' channels straight from the (T, D) tokens: its backward
         # scatters into (T, D), not into an (T, E, D) expanded copy.
-        routed = tokens.gather(-1, idx.view(n_tok, n_exp * k)).view(n_tok, n_exp, k) \
-            * torch.softmax(values, dim=-1)                              # (T, E, k)
+        routed = tokens.gather(-1, idx.view(n_tok, n_exp * k)).view(
+            n_tok, n_exp, k
+        ) * torch.softmax(values, dim=-1)  # (T, E, k)
         # The experts' w_gate and w_up as one (E, 2F, k) weight (one copy of the per-expert
         # parameters, so frozen experts simply get no gradient), applied by one batched matmul
         # to the (E, T, k) view of the routed channels.
         w_in = torch.cat([w for ex in self.experts for w in (ex.w_gate.weight, ex.w_up.weight)])
         gate_up = torch.bmm(routed.transpose(0, 1), w_in.view(n_exp, -1, k).transpose(1, 2))
-        a, b = gate_up.chunk(2, dim=-1)                                  # (E, T, F) each
+        a, b = gate_up.chunk(2, dim=-1)  # (E, T, F) each
         hidden = F.silu(a) * b
         # Sum over experts folded into one matmul with K = E F: (T, E F) @ (E F, D).
         w_down = torch.cat([ex.w_down.weight for ex in self.experts], 1)  # (D, E F)

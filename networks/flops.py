@@ -45,14 +45,16 @@ activation-checkpointing recomputation, the optimiser.
 The count is affine in the batch: everything scales with ``B`` except ``var_embed`` and the
 blocks' ``pos_proj`` (``2 E C D + 2 E D D + L 2 E D D``).
 """
+
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Dict
 
 
-def forward_flops_by_component(params, batch_size: int = 1, training: bool = True) -> Dict[str, int]:
+def forward_flops_by_component(
+    params, batch_size: int = 1, training: bool = True
+) -> dict[str, int]:
     """Forward FLOPs of one batch, by component (summed over blocks), as an ordered dict.
 
     Args:
@@ -72,7 +74,7 @@ def forward_flops_by_component(params, batch_size: int = 1, training: bool = Tru
     wh, ww = params["window_size"]
     every = params["global_attn_every"]
 
-    f: Dict[str, int] = OrderedDict()
+    f: dict[str, int] = OrderedDict()
     f["patch_embed"] = 2 * t * (c * p * p) * d
     if use_moe == "channelmoe":
         e = params["num_experts"]
@@ -91,8 +93,9 @@ def forward_flops_by_component(params, batch_size: int = 1, training: bool = Tru
             f["attn.core_windowed"] += 4 * b * n_windows * (wh * ww) ** 2 * d
 
     if use_moe == "channelmoe":
-        for key, value in channel_moe_flops_by_component(t, d, params["num_experts"],
-                                                         params["topk"]).items():
+        for key, value in channel_moe_flops_by_component(
+            t, d, params["num_experts"], params["topk"]
+        ).items():
             f[f"moe.{key}"] = depth * value
     elif use_moe is False:
         hidden = int(d * params["mlp_ratio"])
@@ -115,15 +118,20 @@ def training_step_flops(params, batch_size: int = 1) -> int:
     return 3 * forward_flops(params, batch_size, training=True)
 
 
-def channel_moe_flops_by_component(tokens: int, dim: int, num_experts: int,
-                                   topk: int) -> Dict[str, int]:
+def channel_moe_flops_by_component(
+    tokens: int, dim: int, num_experts: int, topk: int
+) -> dict[str, int]:
     """Forward FLOPs of one channel-MoE layer on ``tokens`` tokens, by component."""
     t, d, e, k = tokens, dim, num_experts, dim // topk
-    return OrderedDict([("pos_proj", 2 * e * d * d),
-                        ("gate", 2 * t * e * d * d),
-                        ("shared_expert", 2 * t * 3 * d * (2 * d)),
-                        ("experts", 2 * t * e * (2 * k * d + d * d)),
-                        ("out_mlp", 2 * t * 2 * d * d)])
+    return OrderedDict(
+        [
+            ("pos_proj", 2 * e * d * d),
+            ("gate", 2 * t * e * d * d),
+            ("shared_expert", 2 * t * 3 * d * (2 * d)),
+            ("experts", 2 * t * e * (2 * k * d + d * d)),
+            ("out_mlp", 2 * t * 2 * d * d),
+        ]
+    )
 
 
 def channel_moe_flops(tokens: int, dim: int, num_experts: int, topk: int) -> int:
@@ -145,6 +153,15 @@ if __name__ == "__main__":  # python -m networks.flops --config vamoe [--batch 1
     args = parser.parse_args()
     cfg = YParams(args.yaml_config, args.config, args.set)
     parts = forward_flops_by_component(cfg, args.batch)
-    print(json.dumps({"config": args.config, "batch": args.batch, "forward_flops": sum(parts.values()),
-                      "train_step_flops": training_step_flops(cfg, args.batch),
-                      "components": parts}, indent=1))
+    print(
+        json.dumps(
+            {
+                "config": args.config,
+                "batch": args.batch,
+                "forward_flops": sum(parts.values()),
+                "train_step_flops": training_step_flops(cfg, args.batch),
+                "components": parts,
+            },
+            indent=1,
+        )
+    )

@@ -7,20 +7,20 @@
 With latitude weights ``w_h`` (mean 1), ``mean_{h,w}`` becomes the weighted mean
 ``mean_{h,w}(w_h (y_hat - y)^2)``.
 """
-from typing import Optional
 
 import torch
 from torch import nn
 
 
 class _SpatialMSE(nn.Module):
-    def __init__(self, lat_weights: Optional[torch.Tensor] = None):
+    def __init__(self, lat_weights: torch.Tensor | None = None):
         super().__init__()
         if lat_weights is None:
             self.lat_weights = None
         else:
-            self.register_buffer("lat_weights", torch.as_tensor(lat_weights, dtype=torch.float32),
-                                 persistent=False)
+            self.register_buffer(
+                "lat_weights", torch.as_tensor(lat_weights, dtype=torch.float32), persistent=False
+            )
 
     def channel_mse(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` pair -> ``(B, C)`` (latitude-weighted) spatial mean squared error."""
@@ -33,7 +33,7 @@ class _SpatialMSE(nn.Module):
 class TrainL2Loss(_SpatialMSE):
     """``trainl2``: MSE per channel scaled by a learned variance, ``log_var`` of shape ``(C,)``."""
 
-    def __init__(self, n_channels: int, lat_weights: Optional[torch.Tensor] = None):
+    def __init__(self, n_channels: int, lat_weights: torch.Tensor | None = None):
         super().__init__(lat_weights)
         self.log_var = nn.Parameter(torch.zeros(n_channels))
 
@@ -44,7 +44,7 @@ class TrainL2Loss(_SpatialMSE):
 class L2Loss(_SpatialMSE):
     """``l2``: mean squared error over batch, channels and grid."""
 
-    def __init__(self, n_channels: int, lat_weights: Optional[torch.Tensor] = None):
+    def __init__(self, n_channels: int, lat_weights: torch.Tensor | None = None):
         super().__init__(lat_weights)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """Plain transformer MLP, the feed-forward layer of the ``use_moe: false`` ablation."""
+
 import torch
 from torch import nn
 

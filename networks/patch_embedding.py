@@ -1,4 +1,5 @@
 """Patch embedding of a state and the linear decoder head that maps tokens back to a state."""
+
 import torch
 from einops import rearrange
 from torch import nn
@@ -31,5 +32,11 @@ class DecoderHead(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """``(B, N, D)`` -> ``(B, C, H, W)``."""
         p = self.patch_size
-        return rearrange(self.proj(tokens), "b (h w) (p1 p2 c) -> b c (h p1) (w p2)",
-                         h=self.grid_size[0], w=self.grid_size[1], p1=p, p2=p)
+        return rearrange(
+            self.proj(tokens),
+            "b (h w) (p1 p2 c) -> b c (h p1) (w p2)",
+            h=self.grid_size[0],
+            w=self.grid_size[1],
+            p1=p,
+            p2=p,
+        )

@@ -6,6 +6,7 @@ The model is built on the meta device (no weights are allocated), so the paper-s
 summarised in seconds. ``trainable_params`` counts what remains trainable after the section's
 ``freeze`` patterns (the incremental stage).
 """
+
 import argparse
 import json
 from collections import OrderedDict
@@ -61,8 +62,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--yaml_config", default="config/vamoe.yaml")
     parser.add_argument("--config", default="vamoe")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="override a config value (parsed as YAML)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value (parsed as YAML)",
+    )
     args = parser.parse_args(argv)
     print(json.dumps(summarize(YParams(args.yaml_config, args.config, args.overrides)), indent=2))
 

@@ -1,4 +1,5 @@
 """SwiGLU feed-forward layer: ``W_down(SiLU(W_gate x) * W_up x)``, all three linears without bias."""
+
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -7,6 +7,7 @@ auxiliary loss (Switch Transformer form) is ``E * sum_i f_i P_i`` with ``f_i`` t
 token-slots routed to expert i and ``P_i`` the mean gate probability of expert i; it is 1 for a
 perfectly balanced router.
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,14 +33,15 @@ class TokenMoE(nn.Module):
         logits = self.router(tokens)
         if self.training:
             logits = logits + torch.randn_like(logits) * F.softplus(self.noise(tokens))
-        top_values, top_idx = logits.topk(self.topk, dim=-1)            # (T, k)
+        top_values, top_idx = logits.topk(self.topk, dim=-1)  # (T, k)
         weights = torch.softmax(top_values, dim=-1)
         out = torch.zeros_like(tokens)
         for j, expert in enumerate(self.experts):
             token_ids, slot = (top_idx == j).nonzero(as_tuple=True)
             if token_ids.numel():
-                out.index_add_(0, token_ids,
-                               expert(tokens[token_ids]) * weights[token_ids, slot, None])
+                out.index_add_(
+                    0, token_ids, expert(tokens[token_ids]) * weights[token_ids, slot, None]
+                )
         n_experts = len(self.experts)
         probs = torch.softmax(logits, dim=-1)
         routed_fraction = F.one_hot(top_idx, n_experts).float().sum(1).mean(0) / self.topk

@@ -14,8 +14,8 @@ Given a target, the forward also returns the loss
 (+ ``moe_aux_loss_weight`` x the load-balancing loss for the token-MoE ablation), so the trainer
 and the evaluator share one code path.
 """
+
 from dataclasses import dataclass, field
-from typing import Dict, Optional
 
 import torch
 from timm.layers import trunc_normal_
@@ -39,21 +39,38 @@ class VAMoEOutput:
 
     forecast: torch.Tensor
     recons: torch.Tensor
-    loss: Optional[torch.Tensor] = None
-    terms: Dict[str, torch.Tensor] = field(default_factory=dict)
+    loss: torch.Tensor | None = None
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class VAMoE(nn.Module):
     """VA-MoE for the channels of ``layout`` on an ``img_size`` grid (see module docstring)."""
 
-    def __init__(self, layout: ChannelLayout, img_size=(128, 256), patch_size: int = 2,
-                 embed_dim: int = 768, depth: int = 24, num_heads: int = 16,
-                 mlp_ratio: float = 2.0, window_size=(8, 8), global_attn_every: int = 3,
-                 topk: int = 2, use_moe="channelmoe", num_experts: Optional[int] = None,
-                 moe_topk_tokens: int = 2, moe_aux_loss_weight: float = 0.01,
-                 drop_path: float = 0.0, eps: float = 1e-6, moe_impl: str = "fast",
-                 loss: str = "trainl2", loss_weight: float = 0.1, recons_target: str = "input",
-                 lat_weight_loss: bool = False, checkpoint_blocks: bool = False):
+    def __init__(
+        self,
+        layout: ChannelLayout,
+        img_size=(128, 256),
+        patch_size: int = 2,
+        embed_dim: int = 768,
+        depth: int = 24,
+        num_heads: int = 16,
+        mlp_ratio: float = 2.0,
+        window_size=(8, 8),
+        global_attn_every: int = 3,
+        topk: int = 2,
+        use_moe="channelmoe",
+        num_experts: int | None = None,
+        moe_topk_tokens: int = 2,
+        moe_aux_loss_weight: float = 0.01,
+        drop_path: float = 0.0,
+        eps: float = 1e-6,
+        moe_impl: str = "fast",
+        loss: str = "trainl2",
+        loss_weight: float = 0.1,
+        recons_target: str = "input",
+        lat_weight_loss: bool = False,
+        checkpoint_blocks: bool = False,
+    ):
         super().__init__()
         if use_moe not in FFN_KINDS:
             raise ValueError(f"use_moe must be one of {list(FFN_KINDS)}, got {use_moe!r}")
@@ -68,18 +85,32 @@ class VAMoE(nn.Module):
         self.checkpoint_blocks = checkpoint_blocks
 
         self.patch_embed = PatchEmbed(n_channels, embed_dim, patch_size)
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid_size[0] * self.grid_size[1],
-                                                  embed_dim))
+        self.pos_embed = nn.Parameter(
+            torch.zeros(1, self.grid_size[0] * self.grid_size[1], embed_dim)
+        )
         self.register_buffer("index_matrix", layout.index_matrix(), persistent=False)
         # Only the channel MoE reads the variable embedding; the ablations have none.
-        self.var_embed = VariableEmbedding(n_channels, embed_dim) if use_moe == "channelmoe" else None
+        self.var_embed = (
+            VariableEmbedding(n_channels, embed_dim) if use_moe == "channelmoe" else None
+        )
         rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, self.grid_size,
-                  None if (i + 1) % global_attn_every == 0 else window_size,
-                  FFN_KINDS[use_moe], num_experts, topk, mlp_ratio, moe_topk_tokens,
-                  drop_path=rates[i], eps=eps, moe_impl=moe_impl)
-            for i in range(depth))
+            Block(
+                embed_dim,
+                num_heads,
+                self.grid_size,
+                None if (i + 1) % global_attn_every == 0 else window_size,
+                FFN_KINDS[use_moe],
+                num_experts,
+                topk,
+                mlp_ratio,
+                moe_topk_tokens,
+                drop_path=rates[i],
+                eps=eps,
+                moe_impl=moe_impl,
+            )
+            for i in range(depth)
+        )
         self.head = DecoderHead(embed_dim, n_channels, patch_size, self.grid_size)
         lat_w = latitude_weights(latitudes(img_size[0])) if lat_weight_loss else None
         self.forecast_loss = LOSSES[loss](n_channels, lat_w)
@@ -90,21 +121,34 @@ class VAMoE(nn.Module):
     def from_params(cls, params) -> "VAMoE":
         """Build from a :class:`utils.YParams.YParams` configuration."""
         if params["t_in"] != 1:
-            raise ValueError(f"config key 't_in' is {params['t_in']}; the vit network takes one "
-                             "input state (t_in: 1)")
-        return cls(params["layout"], img_size=(params["h_size"], params["w_size"]),
-                   patch_size=params["patch_size"], embed_dim=params["embed_dim"],
-                   depth=params["depth"], num_heads=params["num_blocks"],
-                   mlp_ratio=params["mlp_ratio"], window_size=params["window_size"],
-                   global_attn_every=params["global_attn_every"], topk=params["topk"],
-                   use_moe=params["use_moe"], num_experts=params["num_experts"],
-                   moe_topk_tokens=params["moe_topk_tokens"],
-                   moe_aux_loss_weight=params["moe_aux_loss_weight"],
-                   drop_path=params["drop_path"], eps=params["layer_norm_eps"],
-                   moe_impl=params["moe_impl"], loss=params["loss"],
-                   loss_weight=params["loss_weight"], recons_target=params["recons_target"],
-                   lat_weight_loss=params["lat_weight_loss"],
-                   checkpoint_blocks=params["checkpoint_blocks"])
+            raise ValueError(
+                f"config key 't_in' is {params['t_in']}; the vit network takes one "
+                "input state (t_in: 1)"
+            )
+        return cls(
+            params["layout"],
+            img_size=(params["h_size"], params["w_size"]),
+            patch_size=params["patch_size"],
+            embed_dim=params["embed_dim"],
+            depth=params["depth"],
+            num_heads=params["num_blocks"],
+            mlp_ratio=params["mlp_ratio"],
+            window_size=params["window_size"],
+            global_attn_every=params["global_attn_every"],
+            topk=params["topk"],
+            use_moe=params["use_moe"],
+            num_experts=params["num_experts"],
+            moe_topk_tokens=params["moe_topk_tokens"],
+            moe_aux_loss_weight=params["moe_aux_loss_weight"],
+            drop_path=params["drop_path"],
+            eps=params["layer_norm_eps"],
+            moe_impl=params["moe_impl"],
+            loss=params["loss"],
+            loss_weight=params["loss_weight"],
+            recons_target=params["recons_target"],
+            lat_weight_loss=params["lat_weight_loss"],
+            checkpoint_blocks=params["checkpoint_blocks"],
+        )
 
     def reset_parameters(self) -> None:
         """Linear weights ~ truncated normal (std 0.02), biases 0; LayerNorm 1 / 0; pos_embed ~
@@ -123,14 +167,17 @@ class VAMoE(nn.Module):
         """Encoder output (patch + position embedding): ``(B, C, H, W)`` -> ``(B, N, D)``."""
         return self.patch_embed(x) + self.pos_embed
 
-    def forward(self, x: torch.Tensor, target: Optional[torch.Tensor] = None) -> VAMoEOutput:
+    def forward(self, x: torch.Tensor, target: torch.Tensor | None = None) -> VAMoEOutput:
         if x.shape[1:] != (self.layout.n_channels, *self.img_size):
-            raise ValueError(f"expected input (B, {self.layout.n_channels}, {self.img_size[0]}, "
-                             f"{self.img_size[1]}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"expected input (B, {self.layout.n_channels}, {self.img_size[0]}, "
+                f"{self.img_size[1]}), got {tuple(x.shape)}"
+            )
         tokens = self.encode(x)
         recons = self.head(tokens)
-        var_embed = None if self.var_embed is None else self.var_embed(
-            self.index_matrix.to(tokens.dtype))
+        var_embed = (
+            None if self.var_embed is None else self.var_embed(self.index_matrix.to(tokens.dtype))
+        )
         aux = tokens.new_zeros((), dtype=torch.float32)
         for block in self.blocks:
             if self.checkpoint_blocks and self.training and torch.is_grad_enabled():
@@ -144,8 +191,14 @@ class VAMoE(nn.Module):
             recons_target = x if self.recons_target == "input" else target
             l_forecast = self.forecast_loss(forecast, target)
             l_recons = self.recons_loss(recons, recons_target)
-            out.loss = (1 - self.loss_weight) * l_forecast + self.loss_weight * l_recons \
+            out.loss = (
+                (1 - self.loss_weight) * l_forecast
+                + self.loss_weight * l_recons
                 + self.moe_aux_loss_weight * aux
-            out.terms = {"forecast": l_forecast.detach(), "recons": l_recons.detach(),
-                         "aux": aux.detach()}
+            )
+            out.terms = {
+                "forecast": l_forecast.detach(),
+                "recons": l_recons.detach(),
+                "aux": aux.detach(),
+            }
         return out

@@ -5,6 +5,7 @@ z q u v t + t2m u10 v10 msl sp, 2020-01-01 .. 2020-01-31 every 6 h, with statist
 made by ``utils.make_synthetic_era5``; treat it as read-only. ``make_params(root, ...)`` builds a
 ``YParams`` of a config section pointing at a root, with extra ``--set``-style overrides.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,15 +24,25 @@ SYNTHETIC_START, SYNTHETIC_DAYS = "2020-01-01", 31
 def make_params(root_dir, name: str = "tiny", overrides=()):
     """``YParams`` of section ``name`` with ``root_dir`` set and ``key=value`` overrides applied."""
     from utils.YParams import YParams
+
     return YParams(CONFIG, name, [f"root_dir={root_dir}", *overrides])
 
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> str:
     from utils.make_synthetic_era5 import generate
+
     root = str(tmp_path_factory.mktemp("synthetic") / "era5")
-    generate(root, SYNTHETIC_START, SYNTHETIC_DAYS, h_size=32, w_size=64,
-             levels=(850, 500, 250), hour_step=6, seed=0)
+    generate(
+        root,
+        SYNTHETIC_START,
+        SYNTHETIC_DAYS,
+        h_size=32,
+        w_size=64,
+        levels=(850, 500, 250),
+        hour_step=6,
+        seed=0,
+    )
     return root
 
 

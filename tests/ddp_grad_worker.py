@@ -3,6 +3,7 @@
 Each rank takes its half of the batch saved by the test, runs forward + backward through
 DistributedDataParallel (gloo), and rank 0 saves the averaged gradients.
 """
+
 import sys
 
 import torch

@@ -1,4 +1,5 @@
 """The model benchmark runs end to end on a tiny configuration and reports consistent figures."""
+
 import json
 import subprocess
 import sys
@@ -11,21 +12,42 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_bench_model_json_reports_every_measurement():
-    cmd = [sys.executable, "benchmarks/bench_model.py", "--config", "tiny", "--batch", "1",
-           "--steps", "1", "--moe-reps", "1", "--rollout-steps", "1", "--json"]
+    cmd = [
+        sys.executable,
+        "benchmarks/bench_model.py",
+        "--config",
+        "tiny",
+        "--batch",
+        "1",
+        "--steps",
+        "1",
+        "--moe-reps",
+        "1",
+        "--rollout-steps",
+        "1",
+        "--json",
+    ]
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     rows = {}
     for line in run.stdout.splitlines():
         row = json.loads(line)
         rows[row.pop("measurement") + row.pop("label", "")] = row
-    assert set(rows) == {"env", "peak_matmul", "train_stepplain", "memoryplain", "moe", "rollout",
-                         "total"}
+    assert set(rows) == {
+        "env",
+        "peak_matmul",
+        "train_stepplain",
+        "memoryplain",
+        "moe",
+        "rollout",
+        "total",
+    }
     moe = rows["moe"]
     assert moe["tokens"] == (32 // 2) * (64 // 2) and moe["max_abs_output_diff"] < 1e-4
     assert moe["speedup"] == pytest.approx(moe["loop_ms"] / moe["fast_ms"])
     assert moe["speedup_ceiling"] == pytest.approx(
-        moe["loop_ms"] / (moe["matmul_floor_ms"] + moe["topk_ms"]))
+        moe["loop_ms"] / (moe["matmul_floor_ms"] + moe["topk_ms"])
+    )
     step = rows["train_stepplain"]
     peak = rows["peak_matmul"]["peak_gflops"]
     assert step["mfu"] == pytest.approx(step["achieved_gflops"] / peak)

@@ -1,4 +1,5 @@
 """The npy-per-variable loader against a hand-made dataset whose every file holds a known constant."""
+
 import json
 import os
 import shutil
@@ -7,12 +8,17 @@ import threading
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_params
+
 from utils.channels import ERA5_LEVELS
-from utils.data_loader_npyfiles import (DataFileError, ERA5NpyDataset, MissingDataError,
-                                        ShardedEpochSampler, get_data_loader)
-from utils.era5_layout import (channel_paths, statistic_path, surface_path, to_hours, upper_path)
+from utils.data_loader_npyfiles import (
+    DataFileError,
+    ERA5NpyDataset,
+    MissingDataError,
+    ShardedEpochSampler,
+    get_data_loader,
+)
+from utils.era5_layout import channel_paths, statistic_path, surface_path, to_hours, upper_path
 from utils.statistics import StatisticsError, load_mean_std
 
 H, W = 4, 8
@@ -20,13 +26,23 @@ UPPER, LEVELS, SURFACE = ["z", "t"], [850, 500], ["t2m"]
 NAMES = ["z850", "z500", "t850", "t500", "t2m"]
 T0 = to_hours("2020-01-01")
 DAYS = 4
-HAND_OVERRIDES = [f"h_size={H}", f"w_size={W}", "higher_features=[z, t]",
-                  "pressure_level=[850, 500]", "surface_features=[t2m]", "num_experts=3",
-                  "train_period=['2020-01-01', '2020-01-02']",
-                  "valid_period=['2020-01-03', '2020-01-04']",
-                  "test_period=['2020-01-03', '2020-01-04']", "t_out_test=3",
-                  "num_data_workers=0", "check_data_values=false", "batch_size=2",
-                  "valid_batch_size=2", "eval_batch_size=1"]
+HAND_OVERRIDES = [
+    f"h_size={H}",
+    f"w_size={W}",
+    "higher_features=[z, t]",
+    "pressure_level=[850, 500]",
+    "surface_features=[t2m]",
+    "num_experts=3",
+    "train_period=['2020-01-01', '2020-01-02']",
+    "valid_period=['2020-01-03', '2020-01-04']",
+    "test_period=['2020-01-03', '2020-01-04']",
+    "t_out_test=3",
+    "num_data_workers=0",
+    "check_data_values=false",
+    "batch_size=2",
+    "valid_batch_size=2",
+    "eval_batch_size=1",
+]
 MEAN = {"z850": 10.0, "z500": 20.0, "t850": 30.0, "t500": 40.0, "t2m": 50.0}
 STD = {"z850": 2.0, "z500": 4.0, "t850": 5.0, "t500": 8.0, "t2m": 10.0}
 
@@ -96,7 +112,8 @@ def test_item_files_times_order_and_normalisation(hand_root):
         np.testing.assert_allclose(tar.numpy(), expected_state(t + 6), rtol=1e-6)
     assert ds.paths(T0 + 6)[0].endswith(os.path.join("2020", "2020-01-01", "06:00:00-z-850.0.npy"))
     assert ds.paths(T0 + 6)[-1].endswith(
-        os.path.join("single", "2020", "2020-01-01", "06:00:00-t2m.npy"))
+        os.path.join("single", "2020", "2020-01-01", "06:00:00-t2m.npy")
+    )
 
 
 def test_multi_step_targets_and_inputs(hand_root):
@@ -114,15 +131,18 @@ def test_multi_step_targets_and_inputs(hand_root):
     np.testing.assert_allclose(tar.numpy(), expected_state(T0 + 12), rtol=1e-6)
 
 
-@pytest.mark.parametrize("mode,overrides,expected", [
-    ("train", [], 7),                            # Jan 1 00 .. Jan 2 12 every 6 h (+6 h <= Jan 2 18)
-    ("train", ["train_interval=12"], 4),
-    ("train", ["t_in=2"], 6),
-    ("train", ["t_out_train=2"], 6),
-    ("valid", [], 4),                            # every 12 h over two days
-    ("test", [], 3),                             # 3 steps of 6 h must fit: Jan 3 00, 12, Jan 4 00
-    ("test", ["test_interval=6"], 5),
-])
+@pytest.mark.parametrize(
+    "mode,overrides,expected",
+    [
+        ("train", [], 7),  # Jan 1 00 .. Jan 2 12 every 6 h (+6 h <= Jan 2 18)
+        ("train", ["train_interval=12"], 4),
+        ("train", ["t_in=2"], 6),
+        ("train", ["t_out_train=2"], 6),
+        ("valid", [], 4),  # every 12 h over two days
+        ("test", [], 3),  # 3 steps of 6 h must fit: Jan 3 00, 12, Jan 4 00
+        ("test", ["test_interval=6"], 5),
+    ],
+)
 def test_lengths(hand_root, mode, overrides, expected):
     ds = ERA5NpyDataset(hand_params(hand_root, *overrides), mode)
     assert len(ds) == expected
@@ -150,7 +170,9 @@ def test_loader_batches_match_items_and_seeded_shuffle(hand_root):
     params = hand_params(hand_root)
     loader, ds, _ = get_data_loader(params, False, "train")
     order = torch.cat([t for _, _, t in loader]).tolist()
-    assert order == torch.cat([t for _, _, t in get_data_loader(params, False, "train")[0]]).tolist()
+    assert (
+        order == torch.cat([t for _, _, t in get_data_loader(params, False, "train")[0]]).tolist()
+    )
     assert len(order) == 6 and order != sorted(order)  # drop_last, shuffled
     inp, tar, t = next(iter(loader))
     for b in range(len(t)):
@@ -158,7 +180,8 @@ def test_loader_batches_match_items_and_seeded_shuffle(hand_root):
         np.testing.assert_allclose(tar[b].numpy(), expected_state(int(t[b]) + 6), rtol=1e-6)
     valid = get_data_loader(params, False, "valid")[0]
     assert torch.cat([t for _, _, t in valid]).tolist() == list(
-        get_data_loader(params, False, "valid")[1].times)
+        get_data_loader(params, False, "valid")[1].times
+    )
 
 
 def test_loader_with_worker_matches(hand_root):
@@ -183,8 +206,11 @@ def test_distributed_sampler_and_batch_divisibility(hand_root, monkeypatch):
 
 
 def test_sampler_order_is_a_function_of_seed_and_epoch_and_resumable():
-    a, b = ShardedEpochSampler(50, shuffle=True, seed=3), ShardedEpochSampler(50, shuffle=True, seed=3)
-    for epoch in (4, 0, 4):                       # any history gives the same order
+    a, b = (
+        ShardedEpochSampler(50, shuffle=True, seed=3),
+        ShardedEpochSampler(50, shuffle=True, seed=3),
+    )
+    for epoch in (4, 0, 4):  # any history gives the same order
         a.set_epoch(epoch)
     b.set_epoch(4)
     assert list(a) == list(b) and sorted(a) == list(range(50))
@@ -198,8 +224,13 @@ def test_sampler_order_is_a_function_of_seed_and_epoch_and_resumable():
     shards = [list(r) for r in ranks]
     assert [len(s) for s in shards] == [3, 3, 3] and len(set(sum(shards, []))) == 9
     evals = [list(ShardedEpochSampler(11, world=3, rank=r)) for r in range(3)]
-    assert sorted(sum(evals, [])) == list(range(11))   # evaluation: every sample exactly once
-    for n, world, shuffle, start in [(0, 1, True, 0), (11, 3, True, 2), (11, 3, False, 9), (7, 2, False, 1)]:
+    assert sorted(sum(evals, [])) == list(range(11))  # evaluation: every sample exactly once
+    for n, world, shuffle, start in [
+        (0, 1, True, 0),
+        (11, 3, True, 2),
+        (11, 3, False, 9),
+        (7, 2, False, 1),
+    ]:
         for rank in range(world):
             s = ShardedEpochSampler(n, world, rank, shuffle=shuffle, seed=1)
             s.start = start
@@ -208,8 +239,11 @@ def test_sampler_order_is_a_function_of_seed_and_epoch_and_resumable():
 
 # ------------------------------------------------------------------------------ errors
 def test_missing_files_all_listed(hand_copy):
-    gone = [upper_path(hand_copy, T0 + 6, "t", 500), surface_path(hand_copy, T0 + 24, "t2m"),
-            upper_path(hand_copy, T0 + 30, "z", 850)]
+    gone = [
+        upper_path(hand_copy, T0 + 6, "t", 500),
+        surface_path(hand_copy, T0 + 24, "t2m"),
+        upper_path(hand_copy, T0 + 30, "z", 850),
+    ]
     for p in gone:
         os.remove(p)
     with pytest.raises(MissingDataError) as err:
@@ -243,10 +277,13 @@ def test_nan_names_file(hand_copy):
     assert bad in str(err.value)
 
 
-@pytest.mark.parametrize("bad_array,match", [
-    (np.zeros((H + 1, W), np.float32), r"\(5, 8\)"),
-    (np.zeros((H, W), np.float64), "float64"),
-])
+@pytest.mark.parametrize(
+    "bad_array,match",
+    [
+        (np.zeros((H + 1, W), np.float32), r"\(5, 8\)"),
+        (np.zeros((H, W), np.float64), "float64"),
+    ],
+)
 def test_bad_shape_or_dtype_names_file(hand_copy, bad_array, match):
     bad = surface_path(hand_copy, T0 + 12, "t2m")
     np.save(bad, bad_array)
@@ -276,8 +313,9 @@ def test_missing_statistics_key_and_level(hand_copy):
     with pytest.raises(StatisticsError) as err:
         ERA5NpyDataset(params, "train")
     assert "mean_std_single.json" in str(err.value) and "t2m" in str(err.value)
-    other = hand_params(hand_copy, "pressure_level=[850, 250]", "surface_features=[]",
-                        "num_experts=2")
+    other = hand_params(
+        hand_copy, "pressure_level=[850, 250]", "surface_features=[]", "num_experts=2"
+    )
     with pytest.raises(StatisticsError) as err:
         load_mean_std(hand_copy, other.layout)
     assert "mean_std.json" in str(err.value) and "'z'" in str(err.value) and "250" in str(err.value)
@@ -296,16 +334,17 @@ def test_channel_paths_helper(hand_root):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_thread_and_process_loaders_give_the_same_batches(synthetic_root, workers):
     def batches(backend):
-        params = make_params(synthetic_root, "tiny", [f"num_data_workers={workers}",
-                                                      f"loader_backend={backend}"])
+        params = make_params(
+            synthetic_root, "tiny", [f"num_data_workers={workers}", f"loader_backend={backend}"]
+        )
         loader, _, sampler = get_data_loader(params, False, "train")
         sampler.set_epoch(3)
         return len(loader), list(loader)
 
     (n_threads, threads), (n_procs, procs) = batches("threads"), batches("processes")
     assert n_threads == n_procs == len(threads) == len(procs) == 95 // 8
-    for a, b in zip(threads, procs):
-        for x, y in zip(a, b):
+    for a, b in zip(threads, procs, strict=False):
+        for x, y in zip(a, b, strict=False):
             assert torch.equal(x, y)
 
 
@@ -314,7 +353,7 @@ def test_thread_loader_stops_cleanly_when_abandoned(synthetic_root):
     loader, _, _ = get_data_loader(params, False, "train")
     iterator = iter(loader)
     first = next(iterator)
-    iterator.close()                                # e.g. max_steps_per_epoch reached
+    iterator.close()  # e.g. max_steps_per_epoch reached
     assert first[0].shape == (8, 20, 32, 64)
     assert not [t for t in threading.enumerate() if t.name.startswith("era5-reader")]
 

@@ -1,4 +1,5 @@
 """The documentation (README.md, docs/*.md) agrees with the code it describes."""
+
 import os
 import re
 
@@ -74,7 +75,7 @@ def test_python_m_modules_exist(doc):
 
 def _repo_basenames():
     names = set()
-    for dirpath, dirnames, filenames in os.walk(ROOT):
+    for _dirpath, dirnames, filenames in os.walk(ROOT):
         dirnames[:] = [d for d in dirnames if not d.startswith(".") or d == ".ci"]
         dirnames[:] = [d for d in dirnames if d not in ("data", "exp", "results", "__pycache__")]
         names.update(filenames)
@@ -90,9 +91,10 @@ def test_script_paths_exist(doc):
     bad = []
     for path in sorted(paths):
         if "/" in path:
-            ok = any(os.path.isfile(os.path.join(base, path))
-                     for base in (ROOT, os.path.dirname(doc)))
-        else:   # a bare name, e.g. in a table of networks/ modules
+            ok = any(
+                os.path.isfile(os.path.join(base, path)) for base in (ROOT, os.path.dirname(doc))
+            )
+        else:  # a bare name, e.g. in a table of networks/ modules
             ok = os.path.isfile(os.path.join(ROOT, path)) or path in basenames
         if not ok:
             bad.append(path)
@@ -104,15 +106,16 @@ def test_config_names_are_sections(doc):
     text = read(doc)
     names = set(re.findall(r"--config[ =]([A-Za-z_]\w*)", text))
     names |= set(re.findall(r"\bCONFIG=([A-Za-z_]\w*)", text))
-    names = {n for n in names if not n.isupper()}      # NAME and the like are placeholders
+    names = {n for n in names if not n.isupper()}  # NAME and the like are placeholders
     bad = sorted(names - set(section_names()))
     assert not bad, f"--config / CONFIG= names in {doc} that are not sections: {bad}"
 
 
 def test_readme_parameter_counts_match_summary():
     """Rows of the README's model-size table: | `section` | channels | experts | total | trainable |."""
-    rows = re.findall(r"^\| `(\w+)`[^|]*\| (\d+) \| (\d+) \| ([\d,]+) \| ([^|]+) \|$",
-                      read(README), re.M)
+    rows = re.findall(
+        r"^\| `(\w+)`[^|]*\| (\d+) \| (\d+) \| ([\d,]+) \| ([^|]+) \|$", read(README), re.M
+    )
     sections = {r[0] for r in rows}
     assert {"vamoe", "vamoe_initial", "vamoe_1024", "vamoe_incremental"} <= sections, rows
     for name, channels, experts, total, trainable in rows:

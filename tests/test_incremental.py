@@ -1,4 +1,5 @@
 """Incremental stage: channel mapping, expert mapping, freezing and trainable counts."""
+
 import os
 
 import pytest
@@ -24,7 +25,9 @@ def _marked_initial_checkpoint(path, old_overrides):
     c, p = params.layout.n_channels, params.patch_size
     marks = torch.arange(1, c + 1, dtype=torch.float32)
     with torch.no_grad():
-        model.patch_embed.proj.weight.copy_(marks.view(1, c, 1, 1).expand_as(model.patch_embed.proj.weight))
+        model.patch_embed.proj.weight.copy_(
+            marks.view(1, c, 1, 1).expand_as(model.patch_embed.proj.weight)
+        )
         model.head.proj.weight.view(p, p, c, -1).copy_(marks.view(1, 1, c, 1).expand(p, p, c, 64))
         model.var_embed.mlp[0].weight.copy_(marks.view(1, c).expand(64, c))
         model.forecast_loss.log_var.copy_(marks)
@@ -38,19 +41,30 @@ def _marked_initial_checkpoint(path, old_overrides):
 
 def test_every_old_channel_lands_at_its_new_index(tmp_path):
     path = str(tmp_path / "initial.tar")
-    old = _marked_initial_checkpoint(path, ["higher_features=[z, t]", "pressure_level=[850, 250]",
-                                            "num_experts=2"])
+    old = _marked_initial_checkpoint(
+        path, ["higher_features=[z, t]", "pressure_level=[850, 250]", "num_experts=2"]
+    )
     # New set: a new upper-air variable between the old ones, a new level, and surface variables.
-    new = YParams(CONFIG, "tiny_incremental", [
-        "higher_features=[z, q, t]", "pressure_level=[850, 500, 250]",
-        "surface_features=[t2m, msl]", "num_experts=4", f"cl_ckpt_path={path}",
-        "old_higher_features=[z, t]", "old_pressure_level=[850, 250]", "old_surface_features=[]"])
+    new = YParams(
+        CONFIG,
+        "tiny_incremental",
+        [
+            "higher_features=[z, q, t]",
+            "pressure_level=[850, 500, 250]",
+            "surface_features=[t2m, msl]",
+            "num_experts=4",
+            f"cl_ckpt_path={path}",
+            "old_higher_features=[z, t]",
+            "old_pressure_level=[850, 250]",
+            "old_surface_features=[]",
+        ],
+    )
     torch.manual_seed(1)
     model = VAMoE.from_params(new)
     fresh = {k: v.clone() for k, v in model.state_dict().items()}
     report = load_initial_stage(model, new)
     layout, p = new.layout, new.patch_size
-    old_names = old.layout.names                     # z850 z250 t850 t250
+    old_names = old.layout.names  # z850 z250 t850 t250
     head = model.head.proj.weight.view(p, p, layout.n_channels, -1)
     for i, channel in enumerate(old.layout.channels):
         j = layout.index(channel.variable, channel.level)
@@ -60,9 +74,19 @@ def test_every_old_channel_lands_at_its_new_index(tmp_path):
         assert torch.all(model.var_embed.mlp[0].weight[:, j] == i + 1)
         assert model.forecast_loss.log_var[j] == i + 1 and model.recons_loss.log_var[j] == -(i + 1)
     new_only = [j for j, c in enumerate(layout.channels) if c.name not in old_names]
-    assert [layout.names[j] for j in new_only] == ["z500", "q850", "q500", "q250", "t500", "t2m", "msl"]
+    assert [layout.names[j] for j in new_only] == [
+        "z500",
+        "q850",
+        "q500",
+        "q250",
+        "t500",
+        "t2m",
+        "msl",
+    ]
     for j in new_only:
-        assert torch.equal(model.patch_embed.proj.weight[:, j], fresh["patch_embed.proj.weight"][:, j])
+        assert torch.equal(
+            model.patch_embed.proj.weight[:, j], fresh["patch_embed.proj.weight"][:, j]
+        )
         assert model.forecast_loss.log_var[j] == 0
     # Experts follow their variable group: old z (0) -> 0, old t (1) -> 2; q and surface are new.
     ffn = model.blocks[0].ffn
@@ -72,7 +96,9 @@ def test_every_old_channel_lands_at_its_new_index(tmp_path):
     assert "blocks.0.ffn.experts.3.w_up.weight" in report.new
     assert "head.proj.weight" in report.mapped and "pos_embed" in report.copied
     assert expand_freeze_patterns(["blocks.*.ffn.experts.{old_experts}.*"], new) == [
-        "blocks.*.ffn.experts.0.*", "blocks.*.ffn.experts.2.*"]
+        "blocks.*.ffn.experts.0.*",
+        "blocks.*.ffn.experts.2.*",
+    ]
     table = report.format(freeze_from_params(model, new))
     assert "mapped by channel" in table and "frozen" in table
 
@@ -103,10 +129,15 @@ def test_trainable_counts():
     assert (big["total_params"], big["trainable_params"]) == (664_741_004, 161_227_916)
     tiny = summarize(YParams(CONFIG, "tiny_incremental"))
     d, depth, old_experts = 64, 3, 5
-    frozen_per_block = (4 * d                              # norm1, norm2
-                        + 3 * d * d + 3 * d + d * d + d    # qkv, proj
-                        + 3 * d * 2 * d                    # shared SwiGLU
-                        + old_experts * (2 * (d // 2) * d + d * d))
+    frozen_per_block = (
+        4 * d  # norm1, norm2
+        + 3 * d * d
+        + 3 * d
+        + d * d
+        + d  # qkv, proj
+        + 3 * d * 2 * d  # shared SwiGLU
+        + old_experts * (2 * (d // 2) * d + d * d)
+    )
     assert tiny["frozen_params"] == depth * frozen_per_block
     assert tiny["trainable_params"] == tiny["total_params"] - depth * frozen_per_block
 
@@ -119,25 +150,57 @@ def test_freeze_pattern_typo_is_an_error():
 
 def test_frozen_tensors_unchanged_after_incremental_training(synthetic_root, tmp_path):
     initial_run = os.path.join(tmp_path, "tiny_initial", "0")
-    train.main(["--config", "tiny_initial", "--exp_dir", str(tmp_path), "--set",
-                f"root_dir={synthetic_root}", "--set", "num_data_workers=0", "--set", "max_epochs=1",
-                "--set", "max_steps_per_epoch=3"])
+    train.main(
+        [
+            "--config",
+            "tiny_initial",
+            "--exp_dir",
+            str(tmp_path),
+            "--set",
+            f"root_dir={synthetic_root}",
+            "--set",
+            "num_data_workers=0",
+            "--set",
+            "max_epochs=1",
+            "--set",
+            "max_steps_per_epoch=3",
+        ]
+    )
     initial_path = os.path.join(initial_run, "training_checkpoints", "best_ckpt.tar")
-    train.main(["--config", "tiny_incremental", "--exp_dir", str(tmp_path), "--set",
-                f"root_dir={synthetic_root}", "--set", "num_data_workers=0", "--set", "max_epochs=1",
-                "--set", "max_steps_per_epoch=4", "--set", f"cl_ckpt_path={initial_path}"])
+    train.main(
+        [
+            "--config",
+            "tiny_incremental",
+            "--exp_dir",
+            str(tmp_path),
+            "--set",
+            f"root_dir={synthetic_root}",
+            "--set",
+            "num_data_workers=0",
+            "--set",
+            "max_epochs=1",
+            "--set",
+            "max_steps_per_epoch=4",
+            "--set",
+            f"cl_ckpt_path={initial_path}",
+        ]
+    )
     before = load_checkpoint(initial_path)["model"]
-    after_ckpt = load_checkpoint(os.path.join(tmp_path, "tiny_incremental", "0",
-                                              "training_checkpoints", "ckpt.tar"))
+    after_ckpt = load_checkpoint(
+        os.path.join(tmp_path, "tiny_incremental", "0", "training_checkpoints", "ckpt.tar")
+    )
     after = after_ckpt["model"]
     params = YParams(CONFIG, "tiny_incremental")
     model = VAMoE.from_params(params)
     frozen = set(freeze_from_params(model, params))
-    assert frozen and all(".attn." in n or ".norm" in n or "shared_expert" in n or
-                          ".experts." in n for n in frozen)
+    assert frozen and all(
+        ".attn." in n or ".norm" in n or "shared_expert" in n or ".experts." in n for n in frozen
+    )
     for name in frozen:
         assert torch.equal(after[name], before[name]), name
-    assert not torch.equal(after["blocks.0.ffn.gate_proj.weight"], before["blocks.0.ffn.gate_proj.weight"])
+    assert not torch.equal(
+        after["blocks.0.ffn.gate_proj.weight"], before["blocks.0.ffn.gate_proj.weight"]
+    )
     # Frozen parameters are not in the optimiser.
     n_opt = sum(len(g["params"]) for g in after_ckpt["optimizer"]["param_groups"])
     assert n_opt == len(list(model.parameters())) - len(frozen)

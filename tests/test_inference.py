@@ -1,4 +1,5 @@
 """inference.py / test.sh: result files, baselines, checkpoint checks, and skill on synthetic data."""
+
 import csv
 import json
 import os
@@ -23,18 +24,41 @@ CONFIG = os.path.join(REPO, "config", "vamoe.yaml")
 def trained_tiny(synthetic_root, tmp_path_factory):
     """The tiny model trained with its default settings (12 epochs) on the synthetic set."""
     exp = tmp_path_factory.mktemp("exp")
-    train.main(["--config", "tiny", "--exp_dir", str(exp), "--set", f"root_dir={synthetic_root}",
-                "--set", "num_data_workers=0"])
+    train.main(
+        [
+            "--config",
+            "tiny",
+            "--exp_dir",
+            str(exp),
+            "--set",
+            f"root_dir={synthetic_root}",
+            "--set",
+            "num_data_workers=0",
+        ]
+    )
     return os.path.join(str(exp), "tiny", "0", "training_checkpoints", "best_ckpt.tar")
 
 
 def test_test_sh_writes_results_and_model_beats_persistence(trained_tiny, synthetic_root, tmp_path):
     out = tmp_path / "results"
-    env = dict(os.environ, CONFIG="tiny", WEIGHTS=trained_tiny, OUT_DIR=str(out),
-               PYTHON=sys.executable)
-    proc = subprocess.run(["bash", os.path.join(REPO, "test.sh"), "--set", f"root_dir={synthetic_root}",
-                           "--set", "save_raw_forecasts=true"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ, CONFIG="tiny", WEIGHTS=trained_tiny, OUT_DIR=str(out), PYTHON=sys.executable
+    )
+    proc = subprocess.run(
+        [
+            "bash",
+            os.path.join(REPO, "test.sh"),
+            "--set",
+            f"root_dir={synthetic_root}",
+            "--set",
+            "save_raw_forecasts=true",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "RMSE model" in proc.stdout and "z500" in proc.stdout
 
@@ -45,16 +69,26 @@ def test_test_sh_writes_results_and_model_beats_persistence(trained_tiny, synthe
     persistence = np.load(out / "persistence_lat_weight_rmse.npy")
     assert rmse.shape == acc.shape == persistence.shape == (n_ch, n_lead)
     np.testing.assert_array_equal(np.load(out / "lead_hours.npy"), np.arange(n_lead) * 6)
-    assert np.all(persistence[:, 0] == 0)              # lead 0 is the initial state itself
+    assert np.all(persistence[:, 0] == 0)  # lead 0 is the initial state itself
     for name in ("z500", "t850", "u500", "q500"):
         c = params.layout.index_of_name(name)
-        assert rmse[c, 1] < persistence[c, 1], name      # skill at 6 h
+        assert rmse[c, 1] < persistence[c, 1], name  # skill at 6 h
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["forecaster", "variable", "level", "lead_hours", "rmse", "acc",
-                             "rmse_ic_mean"]
-    assert all(float(r["rmse_ic_mean"]) <= float(r["rmse"]) * (1 + 1e-9) for r in rows
-               if r["rmse"] != "nan")
+    assert list(rows[0]) == [
+        "forecaster",
+        "variable",
+        "level",
+        "lead_hours",
+        "rmse",
+        "acc",
+        "rmse_ic_mean",
+    ]
+    assert all(
+        float(r["rmse_ic_mean"]) <= float(r["rmse"]) * (1 + 1e-9)
+        for r in rows
+        if r["rmse"] != "nan"
+    )
     assert {r["forecaster"] for r in rows} == {"model", "persistence", "climatology"}
     assert len([r for r in rows if r["forecaster"] == "model"]) == n_ch * n_lead
     metrics = json.loads((out / "metrics.json").read_text())
@@ -62,7 +96,12 @@ def test_test_sh_writes_results_and_model_beats_persistence(trained_tiny, synthe
     for name in ("rmse_acc.png", "maps.png", "summary.txt"):
         assert (out / name).stat().st_size > 0, name
     raw = sorted(os.listdir(out / "forecasts"))
-    assert raw == ["2020-01-28T00.npy", "2020-01-28T12.npy", "2020-01-29T00.npy", "2020-01-29T12.npy"]
+    assert raw == [
+        "2020-01-28T00.npy",
+        "2020-01-28T12.npy",
+        "2020-01-29T00.npy",
+        "2020-01-29T12.npy",
+    ]
     assert np.load(out / "forecasts" / raw[0]).shape == (params.t_out_test, n_ch, 32, 64)
 
 

@@ -1,4 +1,5 @@
 """Latitude-weighted RMSE / ACC against an independent float64 loop implementation."""
+
 import math
 
 import numpy as np
@@ -6,9 +7,14 @@ import pytest
 import torch
 
 from utils.grid import latitudes
-from utils.weighted_acc_rmse import (aggregate_acc, aggregate_rmse, lat_weights_torch,
-                                     weighted_acc_torch_channels, weighted_mse_torch_channels,
-                                     weighted_rmse_torch_channels)
+from utils.weighted_acc_rmse import (
+    aggregate_acc,
+    aggregate_rmse,
+    lat_weights_torch,
+    weighted_acc_torch_channels,
+    weighted_mse_torch_channels,
+    weighted_rmse_torch_channels,
+)
 
 
 def _ref_weights(lat):
@@ -56,7 +62,7 @@ def fields():
     lat = latitudes(h)
     clim = g.normal(size=(c, h, w)) * 3 + 10
     target = clim + g.normal(size=(n, c, h, w))
-    pred = target + 0.5 * g.normal(size=(n, c, h, w)) + 0.3   # biased: mean not removed
+    pred = target + 0.5 * g.normal(size=(n, c, h, w)) + 0.3  # biased: mean not removed
     return pred.astype(np.float32), target.astype(np.float32), clim.astype(np.float32), lat
 
 
@@ -71,7 +77,7 @@ def test_latitude_weights_mean_one_and_cell_centres():
     w = lat_weights_torch(lat)
     assert w.shape == (128, 1)
     assert float(w.mean()) == pytest.approx(1.0, abs=1e-12)
-    assert float(w[0, 0]) > 0   # no zero weight at a pole row
+    assert float(w[0, 0]) > 0  # no zero weight at a pole row
     np.testing.assert_allclose(w[:, 0].numpy(), _ref_weights(lat), rtol=1e-12)
 
 
@@ -80,15 +86,17 @@ def test_rmse_matches_reference(fields):
     got = weighted_rmse_torch_channels(torch.from_numpy(pred), torch.from_numpy(target), lat)
     assert got.shape == (3, 2)
     np.testing.assert_allclose(got.numpy(), _ref_rmse(pred, target, lat), rtol=1e-10)
-    mse = weighted_mse_torch_channels(torch.from_numpy(pred), torch.from_numpy(target),
-                                      torch.from_numpy(lat))
+    mse = weighted_mse_torch_channels(
+        torch.from_numpy(pred), torch.from_numpy(target), torch.from_numpy(lat)
+    )
     np.testing.assert_allclose(mse.numpy(), _ref_rmse(pred, target, lat) ** 2, rtol=1e-10)
 
 
 def test_acc_matches_reference_without_mean_removal(fields):
     pred, target, clim, lat = fields
-    got = weighted_acc_torch_channels(torch.from_numpy(pred), torch.from_numpy(target),
-                                      torch.from_numpy(clim), list(lat))
+    got = weighted_acc_torch_channels(
+        torch.from_numpy(pred), torch.from_numpy(target), torch.from_numpy(clim), list(lat)
+    )
     ref = _ref_acc(pred, target, clim, lat)
     np.testing.assert_allclose(got.numpy(), ref, rtol=1e-10)
     # A centred (mean-removed) correlation would differ noticeably for this biased forecast.
@@ -116,7 +124,8 @@ def test_climatology_forecast_acc_is_nan_not_inf(fields):
     assert not torch.isinf(acc).any()
     # Mixed: one IC undefined, others defined -> nan-aware mean with a count.
     mixed = weighted_acc_torch_channels(
-        torch.cat([pred[:1], torch.from_numpy(target[1:]) + 0.1]), torch.from_numpy(target), c, lat)
+        torch.cat([pred[:1], torch.from_numpy(target[1:]) + 0.1]), torch.from_numpy(target), c, lat
+    )
     mean, undefined = aggregate_acc(mixed)
     assert undefined.tolist() == [1, 1]
     np.testing.assert_allclose(mean, mixed[1:].mean(0).numpy(), rtol=1e-12)
@@ -129,11 +138,11 @@ def test_rmse_aggregation_is_sqrt_of_mean_mse():
     lat = latitudes(h)
     target = torch.zeros(2, 1, h, w)
     pred = torch.stack([torch.full((1, h, w), 1.0), torch.full((1, h, w), 3.0)])
-    mse = weighted_mse_torch_channels(pred, target, lat)          # 1 and 9
+    mse = weighted_mse_torch_channels(pred, target, lat)  # 1 and 9
     np.testing.assert_allclose(mse[:, 0].numpy(), [1.0, 9.0], rtol=1e-12)
     agg = aggregate_rmse(mse)
     assert agg.shape == (1,)
-    assert agg[0] == pytest.approx(math.sqrt(5.0))                # not (1 + 3) / 2 = 2
+    assert agg[0] == pytest.approx(math.sqrt(5.0))  # not (1 + 3) / 2 = 2
     assert agg[0] != pytest.approx(2.0)
 
 

@@ -1,4 +1,5 @@
 """The VA-MoE network of SPEC.md sections 1-3, checked against independent computations."""
+
 import math
 
 import pytest
@@ -6,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from networks.attention import Attention
-from networks.channel_moe import ChannelMoE, sorted_topk, sortable_int32_keys
+from networks.channel_moe import ChannelMoE, sortable_int32_keys, sorted_topk
 from networks.losses import L2Loss, TrainL2Loss
 from networks.summary import summarize
 from networks.vamoe import VAMoE
@@ -39,7 +40,7 @@ def test_reconstruction_is_head_of_encoder_output():
     x = torch.randn(2, 20, 32, 64)
     tokens = model.patch_embed.proj(x).flatten(2).transpose(1, 2) + model.pos_embed
     p, hg, wg = 2, 16, 32
-    y = tokens @ model.head.proj.weight.t()                     # (B, N, p*p*C) in (p1 p2 c)
+    y = tokens @ model.head.proj.weight.t()  # (B, N, p*p*C) in (p1 p2 c)
     y = y.view(2, hg, wg, p, p, 20).permute(0, 5, 1, 3, 2, 4).reshape(2, 20, 32, 64)
     torch.testing.assert_close(model(x).recons, y)
 
@@ -54,10 +55,14 @@ def _reference_window_attention(attn, x, grid, window):
     out = torch.zeros_like(x)
     for i0 in range(0, hg, wh):
         for j0 in range(0, wg, ww):
-            ids = [i * wg + j for i in range(i0, min(i0 + wh, hg)) for j in range(j0, min(j0 + ww, wg))]
+            ids = [
+                i * wg + j for i in range(i0, min(i0 + wh, hg)) for j in range(j0, min(j0 + ww, wg))
+            ]
             q, k, v = qkv[:, ids].view(b, len(ids), 3, heads, d // heads).unbind(2)
             scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(d // heads)
-            out[:, ids] = torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v).reshape(b, len(ids), d)
+            out[:, ids] = torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v).reshape(
+                b, len(ids), d
+            )
     return out @ attn.proj.weight.t() + attn.proj.bias
 
 
@@ -83,7 +88,9 @@ def _reference_channel_moe(moe, h, e, topk):
     g = torch.softmax(e @ moe.pos_proj.weight.t() + moe.pos_proj.bias, dim=-1)
 
     def swiglu(x, layer):
-        return (F.silu(x @ layer.w_gate.weight.t()) * (x @ layer.w_up.weight.t())) @ layer.w_down.weight.t()
+        return (
+            F.silu(x @ layer.w_gate.weight.t()) * (x @ layer.w_up.weight.t())
+        ) @ layer.w_down.weight.t()
 
     y = swiglu(h, moe.shared_expert)
     for j, expert in enumerate(moe.experts):
@@ -129,13 +136,28 @@ def test_fast_and_loop_moe_agree_on_outputs_and_gradients(dim, experts, topk):
     out_loop.backward(grad_out)
     out_fast.backward(grad_out)
     torch.testing.assert_close(h2.grad, h1.grad)
-    for (name, p_loop), p_fast in zip(loop.named_parameters(), fast.parameters()):
+    for (name, p_loop), p_fast in zip(loop.named_parameters(), fast.parameters(), strict=False):
         torch.testing.assert_close(p_fast.grad, p_loop.grad, msg=name)
 
 
 def test_sortable_int32_keys_order_like_the_floats():
-    values = torch.tensor([-float("inf"), -3e38, -2.5, -1.0, -1e-30, -1e-45, 0.0, 1e-45, 1e-30,
-                           1.0, 2.5, 3e38, float("inf")])
+    values = torch.tensor(
+        [
+            -float("inf"),
+            -3e38,
+            -2.5,
+            -1.0,
+            -1e-30,
+            -1e-45,
+            0.0,
+            1e-45,
+            1e-30,
+            1.0,
+            2.5,
+            3e38,
+            float("inf"),
+        ]
+    )
     keys = sortable_int32_keys(values)
     assert torch.all(keys[1:] > keys[:-1])
     shuffled = values[torch.randperm(len(values), generator=torch.Generator().manual_seed(0))]
@@ -147,7 +169,7 @@ def test_sortable_int32_keys_order_like_the_floats():
 @pytest.mark.parametrize("k", [1, 8, 16, 31])
 def test_sorted_topk_equals_float_topk(k):
     torch.manual_seed(k)
-    logits = torch.randn(5, 3, 32) * torch.logspace(-20, 20, 32)        # mixed signs and scales
+    logits = torch.randn(5, 3, 32) * torch.logspace(-20, 20, 32)  # mixed signs and scales
     expected = logits.topk(k, dim=-1)
     values, indices = sorted_topk(logits, k)
     assert torch.equal(indices, expected.indices) and torch.equal(values, expected.values)
@@ -163,7 +185,7 @@ def test_variable_index_matrix_default_lists():
     assert matrix.shape == (6, 70)
     expected = torch.zeros(6, 70)
     for g in range(5):
-        expected[g, g * 13:(g + 1) * 13] = 1
+        expected[g, g * 13 : (g + 1) * 13] = 1
     expected[5, 65:70] = 1
     assert torch.equal(matrix, expected)
     assert params.layout.index("t", 850) == 4 * 13 + 2
@@ -180,8 +202,14 @@ def test_trainl2_equals_formula_and_log_variances_get_gradients():
     pred, target = torch.randn(2, 4, 5, 6), torch.randn(2, 4, 5, 6)
     value = loss(pred, target)
     s = loss.log_var.detach()
-    expected = sum(((pred[b, c] - target[b, c]) ** 2).mean() / math.exp(s[c]) + s[c]
-                   for b in range(2) for c in range(4)) / 8
+    expected = (
+        sum(
+            ((pred[b, c] - target[b, c]) ** 2).mean() / math.exp(s[c]) + s[c]
+            for b in range(2)
+            for c in range(4)
+        )
+        / 8
+    )
     torch.testing.assert_close(value, expected)
     value.backward()
     assert loss.log_var.grad is not None and torch.all(loss.log_var.grad != 0)
@@ -200,15 +228,25 @@ def test_total_loss_combines_forecast_and_reconstruction():
     x, y = torch.randn(2, 20, 32, 64), torch.randn(2, 20, 32, 64)
     out = model(x, y)
     lam = params.loss_weight
-    torch.testing.assert_close(out.loss, (1 - lam) * model.forecast_loss(out.forecast, y)
-                               + lam * model.recons_loss(out.recons, x))
+    torch.testing.assert_close(
+        out.loss,
+        (1 - lam) * model.forecast_loss(out.forecast, y) + lam * model.recons_loss(out.recons, x),
+    )
     model_t, _ = tiny_model("tiny", "recons_target=target")
     out_t = model_t(x, y)
     torch.testing.assert_close(out_t.terms["recons"], model_t.recons_loss(out_t.recons, y).detach())
 
 
-@pytest.mark.parametrize("overrides", [(), ("use_moe=false",), ("use_moe=moe", "num_experts=3"),
-                                       ("moe_impl=loop",), ("checkpoint_blocks=true",)])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        (),
+        ("use_moe=false",),
+        ("use_moe=moe", "num_experts=3"),
+        ("moe_impl=loop",),
+        ("checkpoint_blocks=true",),
+    ],
+)
 def test_forward_backward_gives_finite_gradients_to_every_parameter(overrides):
     model, _ = tiny_model("tiny", *overrides)
     model.train()
@@ -217,7 +255,7 @@ def test_forward_backward_gives_finite_gradients_to_every_parameter(overrides):
     for name, p in model.named_parameters():
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name
-        if "use_moe=moe" not in overrides:     # a token-routed expert may get no token
+        if "use_moe=moe" not in overrides:  # a token-routed expert may get no token
             assert p.grad.abs().sum() > 0, name
 
 
@@ -229,7 +267,7 @@ def test_checkpointed_blocks_match_plain_blocks():
     loss_a, loss_b = plain(x, y).loss, ckpt(x, y).loss
     torch.testing.assert_close(loss_a, loss_b)
     loss_a.backward(), loss_b.backward()
-    for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
+    for (name, a), b in zip(plain.named_parameters(), ckpt.parameters(), strict=False):
         torch.testing.assert_close(a.grad, b.grad, msg=name)
 
 
@@ -238,14 +276,19 @@ def test_token_moe_adds_balancing_loss():
     model.train()
     x = torch.randn(2, 20, 32, 64)
     out = model(x, torch.randn_like(x))
-    assert out.terms["aux"].item() >= params.depth * 0.99   # E * sum f_i P_i >= 1 per block
-    expected = (1 - params.loss_weight) * out.terms["forecast"] + params.loss_weight * out.terms["recons"] \
+    assert out.terms["aux"].item() >= params.depth * 0.99  # E * sum f_i P_i >= 1 per block
+    expected = (
+        (1 - params.loss_weight) * out.terms["forecast"]
+        + params.loss_weight * out.terms["recons"]
         + params.moe_aux_loss_weight * out.terms["aux"]
+    )
     torch.testing.assert_close(out.loss.detach(), expected)
 
 
-@pytest.mark.parametrize("name,total", [("vamoe", 375_675_788), ("vamoe_initial", 347_329_666),
-                                        ("vamoe_1024", 664_741_004)])
+@pytest.mark.parametrize(
+    "name,total",
+    [("vamoe", 375_675_788), ("vamoe_initial", 347_329_666), ("vamoe_1024", 664_741_004)],
+)
 def test_paper_parameter_counts(name, total):
     summary = summarize(YParams(CONFIG, name))
     assert summary["total_params"] == total
@@ -261,15 +304,18 @@ def test_paper_component_counts():
     assert c["forecast_loss"]["params"] == c["recons_loss"]["params"] == 70
 
 
-@pytest.mark.parametrize("override,keys", [
-    ("num_experts=4", ["num_experts", "higher_features"]),
-    ("num_blocks=5", ["embed_dim", "num_blocks"]),
-    ("topk=3", ["embed_dim", "topk"]),
-    ("patch_size=3", ["h_size", "patch_size"]),
-    ("pressure_level=[500, 505]", ["pressure_level"]),
-    ("use_moe=sparse", ["use_moe"]),
-    ("loss=l1", ["loss"]),
-])
+@pytest.mark.parametrize(
+    "override,keys",
+    [
+        ("num_experts=4", ["num_experts", "higher_features"]),
+        ("num_blocks=5", ["embed_dim", "num_blocks"]),
+        ("topk=3", ["embed_dim", "topk"]),
+        ("patch_size=3", ["h_size", "patch_size"]),
+        ("pressure_level=[500, 505]", ["pressure_level"]),
+        ("use_moe=sparse", ["use_moe"]),
+        ("loss=l1", ["loss"]),
+    ],
+)
 def test_config_errors_name_the_keys(override, keys):
     with pytest.raises(ConfigError) as err:
         YParams(CONFIG, "tiny", [override])
@@ -280,7 +326,9 @@ def test_config_errors_name_the_keys(override, keys):
 def test_config_accepts_num_exports_spelling(tmp_path):
     path = tmp_path / "c.yaml"
     text = open(CONFIG).read() + "\nalias_test:\n  <<: *TINY\n  num_exports: 6\n"
-    path.write_text(text.replace("  num_experts: 6                     # channelmoe", "  num_exports: 6  #"))
+    path.write_text(
+        text.replace("  num_experts: 6                     # channelmoe", "  num_exports: 6  #")
+    )
     assert YParams(str(path), "alias_test").num_experts == 6
     with pytest.raises(ConfigError, match="'num_experts'"):
         YParams(str(path), "alias_test", ["num_exports=2"])
@@ -291,8 +339,15 @@ def test_unknown_section_and_set_key_are_errors():
         YParams(CONFIG, "nope")
     with pytest.raises(ConfigError, match="unknown config key 'max_epoch'"):
         YParams(CONFIG, "tiny", ["max_epoch=3"])
-    params = YParams(CONFIG, "tiny", ["max_epochs=3", "lr=1e-3", "betas=[0.8, 0.9]", "compile=true"])
-    assert (params.max_epochs, params.lr, params.betas, params.compile) == (3, 1e-3, [0.8, 0.9], True)
+    params = YParams(
+        CONFIG, "tiny", ["max_epochs=3", "lr=1e-3", "betas=[0.8, 0.9]", "compile=true"]
+    )
+    assert (params.max_epochs, params.lr, params.betas, params.compile) == (
+        3,
+        1e-3,
+        [0.8, 0.9],
+        True,
+    )
 
 
 def test_set_dates_stay_strings():

@@ -1,4 +1,5 @@
 """The README's first command, end to end, with a very small setting; then re-run, reusing everything."""
+
 import os
 import subprocess
 import sys
@@ -10,11 +11,22 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.slow
 def test_quickstart_runs_end_to_end_and_reuses_what_exists(tmp_path):
-    env = dict(os.environ, PYTHON=sys.executable, DATA_DIR=str(tmp_path / "data"),
-               EXP_DIR=str(tmp_path / "exp"), RESULTS_DIR=str(tmp_path / "results"),
-               MASTER_PORT="29613")
-    cmd = ["bash", os.path.join(REPO, "quickstart.sh"), "--set", "max_epochs=1",
-           "--set", "max_steps_per_epoch=2"]
+    env = dict(
+        os.environ,
+        PYTHON=sys.executable,
+        DATA_DIR=str(tmp_path / "data"),
+        EXP_DIR=str(tmp_path / "exp"),
+        RESULTS_DIR=str(tmp_path / "results"),
+        MASTER_PORT="29613",
+    )
+    cmd = [
+        "bash",
+        os.path.join(REPO, "quickstart.sh"),
+        "--set",
+        "max_epochs=1",
+        "--set",
+        "max_steps_per_epoch=2",
+    ]
     first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "writing 32 days of synthetic ERA5" in first.stdout

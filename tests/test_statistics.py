@@ -1,16 +1,23 @@
 """Statistics files, streaming moments and the climatology."""
+
 import json
 import os
 import shutil
 
 import numpy as np
 import pytest
-
 from conftest import SYNTHETIC_DAYS, SYNTHETIC_START, make_params
+
 from utils.channels import ERA5_LEVELS, ChannelLayout
 from utils.climatology import Climatology, ClimatologyWriter, default_climatology_path
-from utils.era5_layout import (day_of_year_index, period_times, statistic_path, surface_path,
-                               to_hours, upper_path)
+from utils.era5_layout import (
+    day_of_year_index,
+    period_times,
+    statistic_path,
+    surface_path,
+    to_hours,
+    upper_path,
+)
 from utils.make_synthetic_era5 import SyntheticERA5
 from utils.statistics import RunningMoments, StatisticsError, compute_statistics, load_mean_std
 
@@ -18,8 +25,14 @@ LEVELS = (850, 500, 250)
 
 
 def _all_fields(root, var, level, times):
-    return np.stack([np.load(upper_path(root, t, var, level) if level is not None
-                             else surface_path(root, t, var)) for t in times]).astype(np.float64)
+    return np.stack(
+        [
+            np.load(
+                upper_path(root, t, var, level) if level is not None else surface_path(root, t, var)
+            )
+            for t in times
+        ]
+    ).astype(np.float64)
 
 
 def test_statistics_match_numpy_on_synthetic_set(synthetic_root):
@@ -83,24 +96,42 @@ def test_load_mean_std_errors(tmp_path):
 def test_data_climatology_and_cli_refuse_overwrite(synthetic_root, tmp_path):
     root = str(tmp_path / "era5")
     shutil.copytree(synthetic_root, root, ignore=shutil.ignore_patterns("statistic"))
-    compute_statistics(root, "2020-01-02", "2020-01-04", 6, upper={"z": [500]}, surface=["t2m"],
-                       progress=False)
+    compute_statistics(
+        root, "2020-01-02", "2020-01-04", 6, upper={"z": [500]}, surface=["t2m"], progress=False
+    )
     layout = ChannelLayout(["z"], [500], ["t2m"])
     clim = Climatology(root, layout)
     assert clim.by_day_of_year and list(clim.hours) == [0, 6, 12, 18]
     t = to_hours("2020-01-03") + 12
     np.testing.assert_allclose(clim.field(t)[0], np.load(upper_path(root, t, "z", 500)), rtol=1e-6)
     times = period_times("2020-01-02", "2020-01-04", 6)
-    np.testing.assert_allclose(clim.mean_field()[1], _all_fields(root, "t2m", None, times).mean(0),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        clim.mean_field()[1], _all_fields(root, "t2m", None, times).mean(0), rtol=1e-6
+    )
     # a day of year outside the period falls back to the time mean
     np.testing.assert_array_equal(clim.field(to_hours("2020-06-01")), clim.mean_field())
     with pytest.raises(FileExistsError):
-        compute_statistics(root, "2020-01-02", "2020-01-04", 6, upper={"z": [500]},
-                           surface=["t2m"], progress=False)
+        compute_statistics(
+            root, "2020-01-02", "2020-01-04", 6, upper={"z": [500]}, surface=["t2m"], progress=False
+        )
     from utils.statistics import main
-    main(["--root_dir", root, "--start", "2020-01-02", "--end", "2020-01-02", "--variables", "z",
-          "--levels", "500", "--surface", "--overwrite"])
+
+    main(
+        [
+            "--root_dir",
+            root,
+            "--start",
+            "2020-01-02",
+            "--end",
+            "2020-01-02",
+            "--variables",
+            "z",
+            "--levels",
+            "500",
+            "--surface",
+            "--overwrite",
+        ]
+    )
     with open(statistic_path(root)) as f:
         assert list(json.load(f)["mean"]) == ["z"]
     os.remove(upper_path(root, to_hours("2020-01-02") + 6, "z", 500))
@@ -110,8 +141,9 @@ def test_data_climatology_and_cli_refuse_overwrite(synthetic_root, tmp_path):
 
 def test_synthetic_climatology_is_background_state(synthetic_root):
     params = make_params(synthetic_root)
-    assert default_climatology_path(params) == os.path.join(synthetic_root, "statistic",
-                                                            "climatology")
+    assert default_climatology_path(params) == os.path.join(
+        synthetic_root, "statistic", "climatology"
+    )
     clim = Climatology(default_climatology_path(params), params.layout)
     gen = SyntheticERA5(32, 64, LEVELS, seed=0)
     t = to_hours("2020-01-29") + 18
@@ -134,8 +166,8 @@ def test_climatology_nearest_hour_and_time_mean_only(tmp_path):
     clim = Climatology(str(tmp_path / "c"), layout)
     feb29 = to_hours("2024-02-29")
     assert day_of_year_index(feb29) == 59 and day_of_year_index(to_hours("2023-03-01")) == 60
-    np.testing.assert_array_equal(clim.field(feb29 + 14)[0], cube[1, 1])   # 14 h -> 12 h
-    np.testing.assert_array_equal(clim.field(feb29 + 22)[0], cube[1, 0])   # 22 h -> 00 h
+    np.testing.assert_array_equal(clim.field(feb29 + 14)[0], cube[1, 1])  # 14 h -> 12 h
+    np.testing.assert_array_equal(clim.field(feb29 + 22)[0], cube[1, 0])  # 22 h -> 00 h
     np.testing.assert_array_equal(clim.field(to_hours("2021-01-01") + 5)[0], cube[0, 0])
     only_mean = ClimatologyWriter(str(tmp_path / "m"), (2, 3))
     only_mean.add("t2m", np.full((2, 3), 7.0))
@@ -157,9 +189,9 @@ def test_climatology_rewrite_keeps_the_old_one_until_complete(tmp_path):
     first.close()
     second = ClimatologyWriter(out, (2, 3), overwrite=True)
     second.add("t2m", np.full((2, 3), 2.0))
-    assert Climatology(out, layout).mean_field()[0, 0, 0] == 1.0      # old one intact meanwhile
+    assert Climatology(out, layout).mean_field()[0, 0, 0] == 1.0  # old one intact meanwhile
     second.close()
     assert Climatology(out, layout).mean_field()[0, 0, 0] == 2.0
-    assert sorted(os.listdir(tmp_path)) == ["climatology"]           # no .partial / .old left
+    assert sorted(os.listdir(tmp_path)) == ["climatology"]  # no .partial / .old left
     with pytest.raises(FileExistsError, match="overwrite"):
         ClimatologyWriter(out, (2, 3))

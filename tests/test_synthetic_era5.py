@@ -1,4 +1,5 @@
 """The synthetic ERA5 generator: layout, magnitudes, determinism, learnable motion."""
+
 import json
 import os
 import subprocess
@@ -6,8 +7,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import REPO
+
 from utils.era5_layout import statistic_path, surface_path, to_hours, upper_path
 from utils.make_synthetic_era5 import SyntheticERA5, generate
 
@@ -19,9 +20,11 @@ def test_layout_and_statistics_files(synthetic_root):
     names = sorted(os.listdir(day))
     assert len(names) == 4 * 5 * 3
     assert "00:00:00-z-500.0.npy" in names and "18:00:00-q-850.0.npy" in names
-    assert sorted(os.listdir(os.path.join(synthetic_root, "single", "2020", "2020-01-05"))) == \
-        sorted(f"{h:02d}:00:00-{v}.npy" for h in (0, 6, 12, 18)
-               for v in ("t2m", "u10", "v10", "msl", "sp"))
+    assert sorted(
+        os.listdir(os.path.join(synthetic_root, "single", "2020", "2020-01-05"))
+    ) == sorted(
+        f"{h:02d}:00:00-{v}.npy" for h in (0, 6, 12, 18) for v in ("t2m", "u10", "v10", "msl", "sp")
+    )
     assert not os.path.exists(os.path.join(day, "03:00:00-z-500.0.npy"))
     arr = np.load(upper_path(synthetic_root, T, "z", 500))
     assert arr.dtype == np.float32 and arr.shape == (32, 64)
@@ -32,15 +35,30 @@ def test_layout_and_statistics_files(synthetic_root):
     assert os.path.isfile(os.path.join(synthetic_root, "statistic", "climatology", "meta.json"))
 
 
-@pytest.mark.parametrize("name,low,high", [
-    ("z500", 4.0e4, 6.0e4), ("z850", 0.5e4, 1.8e4), ("t850", 240, 310), ("t250", 195, 245),
-    ("q850", 1e-5, 3e-2), ("q250", 1e-7, 1e-3), ("u250", -60, 60), ("v500", -40, 40),
-    ("t2m", 225, 315), ("msl", 9.5e4, 1.06e5), ("sp", 6.0e4, 1.06e5), ("u10", -30, 30),
-])
+@pytest.mark.parametrize(
+    "name,low,high",
+    [
+        ("z500", 4.0e4, 6.0e4),
+        ("z850", 0.5e4, 1.8e4),
+        ("t850", 240, 310),
+        ("t250", 195, 245),
+        ("q850", 1e-5, 3e-2),
+        ("q250", 1e-7, 1e-3),
+        ("u250", -60, 60),
+        ("v500", -40, 40),
+        ("t2m", 225, 315),
+        ("msl", 9.5e4, 1.06e5),
+        ("sp", 6.0e4, 1.06e5),
+        ("u10", -30, 30),
+    ],
+)
 def test_physical_magnitudes(synthetic_root, name, low, high):
     for t in (T, T + 24 * 7 + 12):
-        path = (upper_path(synthetic_root, t, name[0], int(name[1:])) if name[0] in "zqtuv"
-                and name not in ("t2m", "u10") else surface_path(synthetic_root, t, name))
+        path = (
+            upper_path(synthetic_root, t, name[0], int(name[1:]))
+            if name[0] in "zqtuv" and name not in ("t2m", "u10")
+            else surface_path(synthetic_root, t, name)
+        )
         arr = np.load(path)
         assert np.isfinite(arr).all()
         assert low <= arr.min() and arr.max() <= high, (name, arr.min(), arr.max())
@@ -76,8 +94,10 @@ def test_waves_move_east_so_persistence_is_beatable():
 
 def test_seasonal_and_diurnal_cycles():
     gen = SyntheticERA5(32, 64)
-    jan, jul = gen.fields(to_hours("2020-01-15"), waves=False), \
-        gen.fields(to_hours("2020-07-15"), waves=False)
+    jan, jul = (
+        gen.fields(to_hours("2020-01-15"), waves=False),
+        gen.fields(to_hours("2020-07-15"), waves=False),
+    )
     assert jul["t850"][5].mean() > jan["t850"][5].mean() + 5  # northern summer warmer
     day0 = gen.fields(to_hours("2020-01-15"), waves=False)["t2m"]
     day12 = gen.fields(to_hours("2020-01-15") + 12, waves=False)["t2m"]
@@ -95,10 +115,33 @@ def test_refuses_non_empty_root(tmp_path):
 
 def test_cli(tmp_path):
     root = str(tmp_path / "cli")
-    out = subprocess.run([sys.executable, "-m", "utils.make_synthetic_era5", "--root_dir", root,
-                          "--start", "2019-12-31", "--days", "2", "--h_size", "8", "--w_size",
-                          "16", "--levels", "1000", "50", "--seed", "1", "--quiet"],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "utils.make_synthetic_era5",
+            "--root_dir",
+            root,
+            "--start",
+            "2019-12-31",
+            "--days",
+            "2",
+            "--h_size",
+            "8",
+            "--w_size",
+            "16",
+            "--levels",
+            "1000",
+            "50",
+            "--seed",
+            "1",
+            "--quiet",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1])["n_times"] == 8
     assert os.path.isfile(os.path.join(root, "2020", "2020-01-01", "18:00:00-t-50.0.npy"))

@@ -1,4 +1,5 @@
 """train.py: run files, resumption, DDP gradients and errors, on the tiny config and synthetic data."""
+
 import json
 import os
 import shutil
@@ -18,8 +19,19 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_train(root, exp_dir, *overrides, config="tiny", extra=()):
-    argv = ["--config", config, "--run_num", "0", "--exp_dir", str(exp_dir),
-            "--set", f"root_dir={root}", "--set", "num_data_workers=0", *extra]
+    argv = [
+        "--config",
+        config,
+        "--run_num",
+        "0",
+        "--exp_dir",
+        str(exp_dir),
+        "--set",
+        f"root_dir={root}",
+        "--set",
+        "num_data_workers=0",
+        *extra,
+    ]
     for item in overrides:
         argv += ["--set", item]
     train.main(argv)
@@ -32,19 +44,32 @@ def read_metrics(run_dir):
 
 
 def test_training_writes_run_files_and_loss_falls(synthetic_root, tmp_path):
-    run_dir = run_train(synthetic_root, tmp_path, "max_epochs=3", "snapshot_every_epochs=1",
-                        "keep_snapshots=2")
+    run_dir = run_train(
+        synthetic_root, tmp_path, "max_epochs=3", "snapshot_every_epochs=1", "keep_snapshots=2"
+    )
     ckpt_dir = os.path.join(run_dir, "training_checkpoints")
     for name in ("out.log", "hyperparams.yaml", "metrics.jsonl"):
         assert os.path.isfile(os.path.join(run_dir, name)), name
-    assert sorted(os.listdir(ckpt_dir)) == ["best_ckpt.tar", "ckpt.tar", "ckpt_epoch2.tar",
-                                            "ckpt_epoch3.tar"]
+    assert sorted(os.listdir(ckpt_dir)) == [
+        "best_ckpt.tar",
+        "ckpt.tar",
+        "ckpt_epoch2.tar",
+        "ckpt_epoch3.tar",
+    ]
     records = read_metrics(run_dir)
     assert [r["epoch"] for r in records] == [1, 2, 3]
     for key in ("train_loss", "valid_loss", "lr", "samples_per_s", "epoch_time_s"):
         assert all(isinstance(r[key], float) for r in records), key
-    assert set(records[0]["valid_rmse"]) == {"z500", "t850", "t2m", "u10", "q500", "u500",
-                                             "v500", "t500"}
+    assert set(records[0]["valid_rmse"]) == {
+        "z500",
+        "t850",
+        "t2m",
+        "u10",
+        "q500",
+        "u500",
+        "v500",
+        "t500",
+    }
     assert records[-1]["train_loss"] < records[0]["train_loss"]
     assert records[-1]["lr"] < records[0]["lr"]
     ckpt = load_checkpoint(os.path.join(ckpt_dir, "ckpt.tar"))
@@ -57,8 +82,9 @@ def test_training_writes_run_files_and_loss_falls(synthetic_root, tmp_path):
 
     # Running the same command again resumes: nothing left to do, files untouched.
     before = os.path.getmtime(os.path.join(ckpt_dir, "ckpt.tar"))
-    run_train(synthetic_root, tmp_path, "max_epochs=3", "snapshot_every_epochs=1",
-              "keep_snapshots=2")
+    run_train(
+        synthetic_root, tmp_path, "max_epochs=3", "snapshot_every_epochs=1", "keep_snapshots=2"
+    )
     assert os.path.getmtime(os.path.join(ckpt_dir, "ckpt.tar")) == before
     assert len(read_metrics(run_dir)) == 3
 
@@ -76,7 +102,7 @@ def test_kill_and_resume_equals_uninterrupted_run(synthetic_root, tmp_path, monk
 
     def dying(self, inp, tar, model=None):
         calls["n"] += 1
-        if calls["n"] == 19:               # epoch 2 (11 steps + 1 validation batch per epoch), after
+        if calls["n"] == 19:  # epoch 2 (11 steps + 1 validation batch per epoch), after
             # the mid-epoch checkpoint at global step 16
             raise _Killed()
         return original(self, inp, tar, model)
@@ -96,11 +122,13 @@ def test_kill_and_resume_equals_uninterrupted_run(synthetic_root, tmp_path, monk
     for name in a:
         assert torch.equal(a[name], b[name]), name
     assert [r["train_loss"] for r in read_metrics(full)] == pytest.approx(
-        [r["train_loss"] for r in read_metrics(resumed)], rel=1e-6)
+        [r["train_loss"] for r in read_metrics(resumed)], rel=1e-6
+    )
 
 
 def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(
-        synthetic_root, tmp_path, monkeypatch, capsys):
+    synthetic_root, tmp_path, monkeypatch, capsys
+):
     settings = ("max_epochs=2", "checkpoint_every_steps=4")
     run_train(synthetic_root, tmp_path, "max_epochs=1", "checkpoint_every_steps=4")
     ckpt_path = os.path.join(tmp_path, "tiny", "0", "training_checkpoints", "ckpt.tar")
@@ -126,9 +154,18 @@ def test_ddp_gradients_equal_single_process_gradients(tmp_path):
     torch.manual_seed(1)
     batch = {"x": torch.randn(4, 20, 32, 64), "y": torch.randn(4, 20, 32, 64)}
     torch.save(batch, tmp_path / "batch.pt")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29611", os.path.join(REPO, "tests", "ddp_grad_worker.py"),
-           str(tmp_path / "batch.pt"), str(tmp_path / "grads.pt")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29611",
+        os.path.join(REPO, "tests", "ddp_grad_worker.py"),
+        str(tmp_path / "batch.pt"),
+        str(tmp_path / "grads.pt"),
+    ]
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
     subprocess.run(cmd, check=True, cwd=REPO, env=env, timeout=300)
     ddp_grads = torch.load(tmp_path / "grads.pt", weights_only=True)
@@ -142,10 +179,25 @@ def test_ddp_gradients_equal_single_process_gradients(tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_two_ranks_trains_validates_and_checkpoints(synthetic_root, tmp_path):
-    env = dict(os.environ, PYTHONPATH=REPO, CONFIG="tiny", EXP_DIR=str(tmp_path),
-               CPU_RANKS="2", MASTER_PORT="29612", PYTHON=sys.executable)
-    cmd = ["bash", os.path.join(REPO, "train.sh"), "--set", f"root_dir={synthetic_root}",
-           "--set", "max_epochs=2", "--set", "num_data_workers=0"]
+    env = dict(
+        os.environ,
+        PYTHONPATH=REPO,
+        CONFIG="tiny",
+        EXP_DIR=str(tmp_path),
+        CPU_RANKS="2",
+        MASTER_PORT="29612",
+        PYTHON=sys.executable,
+    )
+    cmd = [
+        "bash",
+        os.path.join(REPO, "train.sh"),
+        "--set",
+        f"root_dir={synthetic_root}",
+        "--set",
+        "max_epochs=2",
+        "--set",
+        "num_data_workers=0",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dir = os.path.join(tmp_path, "tiny", "0")
@@ -176,16 +228,24 @@ def test_missing_file_stops_training_with_its_name(synthetic_root, tmp_path, cap
         run_train(root, tmp_path / "exp", "max_epochs=1")
     assert exit_info.value.code == 2
     assert victim in capsys.readouterr().err
-    assert not os.path.exists(os.path.join(tmp_path, "exp", "tiny", "0", "training_checkpoints",
-                                           "ckpt.tar"))
+    assert not os.path.exists(
+        os.path.join(tmp_path, "exp", "tiny", "0", "training_checkpoints", "ckpt.tar")
+    )
 
 
 def test_bf16_autocast_and_multistep_finetuning_train(synthetic_root, tmp_path):
-    run_dir = run_train(synthetic_root, tmp_path, "max_epochs=1", "max_steps_per_epoch=2",
-                        "t_out_train=2", "t_out_valid=2", extra=["--enable_amp"])
+    run_dir = run_train(
+        synthetic_root,
+        tmp_path,
+        "max_epochs=1",
+        "max_steps_per_epoch=2",
+        "t_out_train=2",
+        "t_out_valid=2",
+        extra=["--enable_amp"],
+    )
     record = read_metrics(run_dir)[0]
     assert record["global_step"] == 2 and np.isfinite(record["train_loss"])
-    assert set(record["valid_rmse_12h"]) == set(record["valid_rmse"])   # rmse per lead
+    assert set(record["valid_rmse_12h"]) == set(record["valid_rmse"])  # rmse per lead
     assert "amp bf16" in open(os.path.join(run_dir, "out.log")).read()
 
 
@@ -193,8 +253,9 @@ def test_wandb_logging_offline(synthetic_root, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    run_dir = run_train(synthetic_root, tmp_path, "max_epochs=1", "max_steps_per_epoch=1",
-                        "log_to_wandb=true")
+    run_dir = run_train(
+        synthetic_root, tmp_path, "max_epochs=1", "max_steps_per_epoch=1", "log_to_wandb=true"
+    )
     runs = [d for d in os.listdir(os.path.join(run_dir, "wandb")) if d.startswith("offline-run")]
     assert len(runs) == 1
 
@@ -202,8 +263,10 @@ def test_wandb_logging_offline(synthetic_root, tmp_path, monkeypatch):
 def test_resuming_from_a_checkpoint_of_other_variables_is_refused(synthetic_root, tmp_path, capsys):
     params = YParams(os.path.join(REPO, "config", "vamoe.yaml"), "tiny_initial")
     path = str(tmp_path / "other.tar")
-    atomic_save({"model": VAMoE.from_params(params).state_dict(),
-                 "channel_names": params.layout.names}, path)
+    atomic_save(
+        {"model": VAMoE.from_params(params).state_dict(), "channel_names": params.layout.names},
+        path,
+    )
     with pytest.raises(SystemExit):
         run_train(synthetic_root, tmp_path / "exp", "max_epochs=1", extra=["--checkpoint", path])
     err = capsys.readouterr().err
@@ -214,7 +277,7 @@ def test_cosine_schedule_is_closed_form_and_holds_at_the_end():
     factor = train._cosine_factor(1e-3, 1e-5, 100)
     values = [factor(s) * 1e-3 for s in range(0, 130)]
     assert values[0] == pytest.approx(1e-3) and values[50] == pytest.approx((1e-3 + 1e-5) / 2)
-    assert all(a >= b for a, b in zip(values, values[1:]))           # never climbs back up
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))  # never climbs back up
     assert values[100] == values[129] == pytest.approx(1e-5)
 
 

@@ -8,12 +8,14 @@ Derived values (never written in the YAML): ``layout`` (a :class:`utils.channels
 ``N_in_channels`` / ``N_out_channels`` (the channel count) and ``num_experts`` (the paper code's
 spelling ``num_exports`` is accepted as an alias).
 """
+
 from __future__ import annotations
 
 import datetime
 import io
 import os
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 from ruamel.yaml import YAML
 
@@ -36,13 +38,36 @@ _CHOICES = {
     "nettype": ("vit",),
     "loader_backend": ("threads", "processes"),
 }
-_POSITIVE_INTS = ("h_size", "w_size", "patch_size", "embed_dim", "depth", "num_blocks", "topk",
-                  "batch_size", "valid_batch_size", "eval_batch_size", "max_epochs", "t_in",
-                  "t_out_train", "t_out_valid", "t_out_test", "lead_time", "train_interval",
-                  "valid_interval", "test_interval", "global_attn_every", "keep_snapshots",
-                  "prefetch_factor")
-_NON_NEGATIVE_INTS = ("num_data_workers", "checkpoint_every_steps", "snapshot_every_epochs",
-                      "log_every_steps")
+_POSITIVE_INTS = (
+    "h_size",
+    "w_size",
+    "patch_size",
+    "embed_dim",
+    "depth",
+    "num_blocks",
+    "topk",
+    "batch_size",
+    "valid_batch_size",
+    "eval_batch_size",
+    "max_epochs",
+    "t_in",
+    "t_out_train",
+    "t_out_valid",
+    "t_out_test",
+    "lead_time",
+    "train_interval",
+    "valid_interval",
+    "test_interval",
+    "global_attn_every",
+    "keep_snapshots",
+    "prefetch_factor",
+)
+_NON_NEGATIVE_INTS = (
+    "num_data_workers",
+    "checkpoint_every_steps",
+    "snapshot_every_epochs",
+    "log_every_steps",
+)
 
 
 def _plain(value: Any) -> Any:
@@ -53,7 +78,7 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, bool) or value is None:
         return value
-    if isinstance(value, (datetime.date, datetime.datetime)):     # unquoted YAML dates
+    if isinstance(value, (datetime.date, datetime.datetime)):  # unquoted YAML dates
         return value.isoformat()
     if isinstance(value, int):
         return int(value)
@@ -96,8 +121,9 @@ class YParams:
         overrides: ``key=value`` strings, values parsed as YAML; unknown keys are errors.
     """
 
-    def __init__(self, yaml_filename: str, config_name: str,
-                 overrides: Optional[Iterable[str]] = None):
+    def __init__(
+        self, yaml_filename: str, config_name: str, overrides: Iterable[str] | None = None
+    ):
         self._yaml_filename = yaml_filename
         self._config_name = config_name
         self.params: dict = load_section(yaml_filename, config_name)
@@ -111,7 +137,9 @@ class YParams:
         try:
             return self.params[key]
         except KeyError:
-            raise AttributeError(f"config section {self._config_name!r} has no key {key!r}") from None
+            raise AttributeError(
+                f"config section {self._config_name!r} has no key {key!r}"
+            ) from None
 
     def __getitem__(self, key: str):
         if key not in self.params:
@@ -140,8 +168,9 @@ class YParams:
             key, text = item.split("=", 1)
             key = _ALIASES.get(key.strip(), key.strip())
             if key not in self.params or key in DERIVED_KEYS:
-                raise ConfigError(f"--set {item!r}: unknown config key {key!r} in section "
-                                  f"{self._config_name!r}")
+                raise ConfigError(
+                    f"--set {item!r}: unknown config key {key!r} in section {self._config_name!r}"
+                )
             self.params[key] = parse_yaml_value(text)
 
     def update_derived(self) -> None:
@@ -175,12 +204,14 @@ def validate(params: dict, section: str = "") -> None:
         if key in params and params[key] not in choices:
             problems.append(f"'{key}' is {params[key]!r}; expected one of {list(choices)}")
     for key in _POSITIVE_INTS:
-        if key in params and not (isinstance(params[key], int) and not isinstance(params[key], bool)
-                                  and params[key] > 0):
+        if key in params and not (
+            isinstance(params[key], int) and not isinstance(params[key], bool) and params[key] > 0
+        ):
             problems.append(f"'{key}' must be a positive integer, got {params[key]!r}")
     for key in _NON_NEGATIVE_INTS:
-        if key in params and not (isinstance(params[key], int) and not isinstance(params[key], bool)
-                                  and params[key] >= 0):
+        if key in params and not (
+            isinstance(params[key], int) and not isinstance(params[key], bool) and params[key] >= 0
+        ):
             problems.append(f"'{key}' must be an integer >= 0, got {params[key]!r}")
     if problems:
         raise ConfigError("invalid config" + where + ": " + "; ".join(problems))
@@ -191,33 +222,42 @@ def validate(params: dict, section: str = "") -> None:
         raise ConfigError(f"invalid config{where}: {err}") from None
     bad_levels = [p for p in layout.pressure_level if p not in ERA5_LEVELS]
     if bad_levels:
-        problems.append(f"'pressure_level' has {bad_levels}, which are not ERA5 levels {ERA5_LEVELS}")
+        problems.append(
+            f"'pressure_level' has {bad_levels}, which are not ERA5 levels {ERA5_LEVELS}"
+        )
 
     d, p = params["embed_dim"], params["patch_size"]
     if d % params["num_blocks"]:
-        problems.append(f"'embed_dim' ({d}) is not divisible by 'num_blocks' (heads, "
-                        f"{params['num_blocks']})")
+        problems.append(
+            f"'embed_dim' ({d}) is not divisible by 'num_blocks' (heads, {params['num_blocks']})"
+        )
     if params.get("use_moe") == "channelmoe" and d % params["topk"]:
         problems.append(f"'embed_dim' ({d}) is not divisible by 'topk' ({params['topk']})")
     for key in ("h_size", "w_size"):
         if params[key] % p:
             problems.append(f"'{key}' ({params[key]}) is not divisible by 'patch_size' ({p})")
     window = params.get("window_size")
-    if not (isinstance(window, list) and len(window) == 2 and all(
-            isinstance(w, int) and w > 0 for w in window)):
+    if not (
+        isinstance(window, list)
+        and len(window) == 2
+        and all(isinstance(w, int) and w > 0 for w in window)
+    ):
         problems.append(f"'window_size' must be two positive integers, got {window!r}")
     experts = params.get("num_experts")
     if params.get("use_moe") == "channelmoe" and experts != layout.n_groups:
         problems.append(
             f"'num_experts' ({experts}) must equal the number of variable groups "
             f"({layout.n_groups}: {layout.group_names}) derived from 'higher_features' and "
-            f"'surface_features'")
+            f"'surface_features'"
+        )
     if params.get("use_moe") == "moe":
         if not isinstance(experts, int) or experts < 1:
             problems.append(f"'num_experts' must be a positive integer, got {experts!r}")
         elif not 1 <= params.get("moe_topk_tokens", 1) <= experts:
-            problems.append(f"'moe_topk_tokens' ({params.get('moe_topk_tokens')}) must be between "
-                            f"1 and 'num_experts' ({experts})")
+            problems.append(
+                f"'moe_topk_tokens' ({params.get('moe_topk_tokens')}) must be between "
+                f"1 and 'num_experts' ({experts})"
+            )
     if not 0.0 <= float(params.get("loss_weight", 0.0)) <= 1.0:
         problems.append(f"'loss_weight' ({params['loss_weight']}) must lie in [0, 1]")
     for key in ("train_period", "valid_period", "test_period"):
@@ -225,18 +265,27 @@ def validate(params: dict, section: str = "") -> None:
         if not (isinstance(value, list) and len(value) == 2):
             problems.append(f"'{key}' must be [start_date, end_date], got {value!r}")
     for key in ("train_interval", "valid_interval", "test_interval"):
-        if key in params and isinstance(params[key], int) and params[key] % params["lead_time"] \
-                and params["lead_time"] % params[key]:
-            problems.append(f"'{key}' ({params[key]}) and 'lead_time' ({params['lead_time']}) "
-                            "must divide one another")
+        if (
+            key in params
+            and isinstance(params[key], int)
+            and params[key] % params["lead_time"]
+            and params["lead_time"] % params[key]
+        ):
+            problems.append(
+                f"'{key}' ({params[key]}) and 'lead_time' ({params['lead_time']}) "
+                "must divide one another"
+            )
     if problems:
         raise ConfigError("invalid config" + where + ": " + "; ".join(problems))
 
 
 def validate_incremental(params: dict, layout: ChannelLayout) -> None:
     """The old variable set of an incremental section must exist and be a subset of the new one."""
-    missing = [k for k in ("old_higher_features", "old_pressure_level", "old_surface_features")
-               if params.get(k) is None]
+    missing = [
+        k
+        for k in ("old_higher_features", "old_pressure_level", "old_surface_features")
+        if params.get(k) is None
+    ]
     if missing:
         raise ConfigError(f"incremental config (cl_ckpt_path set) lacks {missing}")
     try:
@@ -247,4 +296,5 @@ def validate_incremental(params: dict, layout: ChannelLayout) -> None:
     if unmatched:
         raise ConfigError(
             f"old variables {unmatched} (from 'old_higher_features', 'old_pressure_level', "
-            f"'old_surface_features') are not in the new variable set {layout.names}")
+            f"'old_surface_features') are not in the new variable set {layout.names}"
+        )

@@ -3,13 +3,15 @@ over the target with ``os.replace``. Readers see the old file or the new one, ne
 one, and a failed write leaves no temporary file behind. New files get the usual permissions
 (0o666 less the umask); an existing file keeps its mode.
 """
+
 import os
 import tempfile
-from typing import BinaryIO, Callable
+from collections.abc import Callable
+from typing import BinaryIO
 
 import numpy as np
 
-_UMASK = os.umask(0)          # read once, at import, while nothing else creates files
+_UMASK = os.umask(0)  # read once, at import, while nothing else creates files
 os.umask(_UMASK)
 
 
@@ -24,14 +26,15 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
     """Call ``write(f)`` on a temporary binary file, then move it to ``path`` atomically."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
-                               suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(
+        dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp"
+    )
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, _file_mode(path))   # mkstemp creates 0o600
+        os.chmod(tmp, _file_mode(path))  # mkstemp creates 0o600
         os.replace(tmp, path)
     except BaseException:
         try:

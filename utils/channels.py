@@ -5,17 +5,54 @@ all of its pressure levels (channel of (variable i, level j) = ``i * n_levels + 
 surface variables. A *variable group* is one upper-air variable (all its levels), plus one group
 holding every surface variable if there are any; each group owns one channel-MoE expert.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import torch
 
 # ERA5's 37 pressure levels, from the surface up; statistics files list values in this order.
-ERA5_LEVELS = (1000, 975, 950, 925, 900, 875, 850, 825, 800, 775, 750, 700, 650, 600, 550, 500,
-               450, 400, 350, 300, 250, 225, 200, 175, 150, 125, 100, 70, 50, 30, 20, 10, 7, 5, 3,
-               2, 1)
+ERA5_LEVELS = (
+    1000,
+    975,
+    950,
+    925,
+    900,
+    875,
+    850,
+    825,
+    800,
+    775,
+    750,
+    700,
+    650,
+    600,
+    550,
+    500,
+    450,
+    400,
+    350,
+    300,
+    250,
+    225,
+    200,
+    175,
+    150,
+    125,
+    100,
+    70,
+    50,
+    30,
+    20,
+    10,
+    7,
+    5,
+    3,
+    2,
+    1,
+)
 
 SURFACE_GROUP = "surface"
 
@@ -25,7 +62,7 @@ class Channel:
     """One channel: an upper-air variable at a pressure level, or a surface variable (level None)."""
 
     variable: str
-    level: Optional[int] = None
+    level: int | None = None
 
     @property
     def name(self) -> str:
@@ -54,30 +91,40 @@ class ChannelLayout:
         surface_features: surface variable names, e.g. ``["t2m", "u10"]``.
     """
 
-    def __init__(self, higher_features: Sequence[str], pressure_level: Sequence,
-                 surface_features: Sequence[str]):
+    def __init__(
+        self,
+        higher_features: Sequence[str],
+        pressure_level: Sequence,
+        surface_features: Sequence[str],
+    ):
         self.higher_features = list(higher_features or [])
         self.pressure_level = [_as_level(p) for p in (pressure_level or [])]
         self.surface_features = list(surface_features or [])
-        for key, values in (("higher_features", self.higher_features),
-                            ("pressure_level", self.pressure_level),
-                            ("surface_features", self.surface_features)):
+        for key, values in (
+            ("higher_features", self.higher_features),
+            ("pressure_level", self.pressure_level),
+            ("surface_features", self.surface_features),
+        ):
             if len(set(values)) != len(values):
                 raise ValueError(f"config key '{key}' has repeated entries: {values}")
         if self.higher_features and not self.pressure_level:
             raise ValueError("config key 'pressure_level' is empty but 'higher_features' is not")
-        self.channels = tuple([Channel(v, p) for v in self.higher_features
-                               for p in self.pressure_level]
-                              + [Channel(s) for s in self.surface_features])
+        self.channels = tuple(
+            [Channel(v, p) for v in self.higher_features for p in self.pressure_level]
+            + [Channel(s) for s in self.surface_features]
+        )
         if not self.channels:
             raise ValueError("config keys 'higher_features' and 'surface_features' are both empty")
         self._index = {c: i for i, c in enumerate(self.channels)}
 
     @classmethod
-    def from_params(cls, params, prefix: str = "") -> "ChannelLayout":
+    def from_params(cls, params, prefix: str = "") -> ChannelLayout:
         """Layout of a config (``prefix="old_"`` gives the old variable set of an incremental run)."""
-        return cls(params[f"{prefix}higher_features"], params[f"{prefix}pressure_level"],
-                   params[f"{prefix}surface_features"])
+        return cls(
+            params[f"{prefix}higher_features"],
+            params[f"{prefix}pressure_level"],
+            params[f"{prefix}surface_features"],
+        )
 
     @property
     def n_channels(self) -> int:

@@ -5,9 +5,10 @@ target (``os.replace`` is atomic on POSIX), so a crash mid-write never leaves a 
 checkpoint. They are read with ``torch.load(..., weights_only=True)``: a checkpoint holds only
 tensors and plain containers, and a file from elsewhere cannot run code when loaded.
 """
+
 import os
 import random
-from typing import Any, Dict
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,13 +29,13 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def clean_state_dict(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Strip ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes from parameter names."""
     cleaned = {}
     for name, value in state.items():
         for prefix in ("module.", "_orig_mod."):
             while name.startswith(prefix):
-                name = name[len(prefix):]
+                name = name[len(prefix) :]
         cleaned[name] = value
     return cleaned
 
@@ -44,47 +45,58 @@ def atomic_save(obj: Any, path: str) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
+def load_checkpoint(path: str, map_location="cpu") -> dict[str, Any]:
     """Load a checkpoint safely; errors name the file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise RuntimeError(f"cannot load checkpoint {path!r} (corrupt, or holds objects other "
-                           f"than tensors and plain containers): {err}") from err
+        raise RuntimeError(
+            f"cannot load checkpoint {path!r} (corrupt, or holds objects other "
+            f"than tensors and plain containers): {err}"
+        ) from err
     if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise RuntimeError(f"checkpoint {path!r} has no 'model' entry; keys: "
-                           f"{sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__}")
+        raise RuntimeError(
+            f"checkpoint {path!r} has no 'model' entry; keys: "
+            f"{sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__}"
+        )
     ckpt["model"] = clean_state_dict(ckpt["model"])
     return ckpt
 
 
-def check_channel_names(ckpt: Dict[str, Any], path: str, names, where: str) -> None:
+def check_channel_names(ckpt: dict[str, Any], path: str, names, where: str) -> None:
     """Refuse a checkpoint trained on other channels than ``names`` (``where`` says whose)."""
     saved = ckpt.get("channel_names")
     if saved is not None and list(saved) != list(names):
-        raise ConfigError(f"checkpoint {path!r} was trained on channels {list(saved)}, but "
-                          f"{where} gives {list(names)}")
+        raise ConfigError(
+            f"checkpoint {path!r} was trained on channels {list(saved)}, but "
+            f"{where} gives {list(names)}"
+        )
 
 
-def rng_state() -> Dict[str, Any]:
+def rng_state() -> dict[str, Any]:
     """RNG states of torch (CPU and CUDA), numpy and random as weights_only-safe objects."""
     np_state = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
-                  int(np_state[3]), float(np_state[4])],
+        "numpy": [
+            np_state[0],
+            torch.from_numpy(np_state[1].astype(np.int64)),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ],
         "python": list(_to_lists(random.getstate())),
     }
 
 
-def set_rng_state(state: Dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     saved_cuda = state.get("cuda") or []
-    if torch.cuda.is_available() and saved_cuda:     # possibly fewer GPUs than when saved
-        for device, cuda_state in enumerate(saved_cuda[:torch.cuda.device_count()]):
+    if torch.cuda.is_available() and saved_cuda:  # possibly fewer GPUs than when saved
+        for device, cuda_state in enumerate(saved_cuda[: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(cuda_state, device)
     name, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))

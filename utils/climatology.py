@@ -13,13 +13,14 @@ a 128 x 256 x 70-channel climatology (GBs) is never loaded whole. Days of year u
 calendar (Feb 29 = 59, Mar 1 = 60 in every year); the hour is the nearest stored hour. Times whose
 day of year is not stored (or channels without a per-day file) fall back to the time mean.
 """
+
 from __future__ import annotations
 
 import functools
 import json
 import os
 import shutil
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -39,15 +40,19 @@ def default_climatology_path(params) -> str:
 def resolve_climatology_dir(path_or_root: str) -> str:
     """The climatology directory given itself, its ``meta.json`` or the dataset root."""
     path = str(path_or_root)
-    for candidate in (path, os.path.dirname(path) if path.endswith("meta.json") else None,
-                      os.path.join(path, STATISTIC_DIR, CLIMATOLOGY_DIR),
-                      os.path.join(path, CLIMATOLOGY_DIR)):
+    for candidate in (
+        path,
+        os.path.dirname(path) if path.endswith("meta.json") else None,
+        os.path.join(path, STATISTIC_DIR, CLIMATOLOGY_DIR),
+        os.path.join(path, CLIMATOLOGY_DIR),
+    ):
         if candidate and os.path.isfile(os.path.join(candidate, "meta.json")):
             return candidate
     raise FileNotFoundError(
         f"no climatology at {path!r}: expected {os.path.join(path, 'meta.json')} or "
         f"{os.path.join(path, STATISTIC_DIR, CLIMATOLOGY_DIR, 'meta.json')} (create it with "
-        "`python -m utils.statistics` or `python -m utils.make_synthetic_era5`)")
+        "`python -m utils.statistics` or `python -m utils.make_synthetic_era5`)"
+    )
 
 
 class Climatology:
@@ -68,7 +73,9 @@ class Climatology:
         stored = list(self.meta["channels"])
         missing = [n for n in layout.names if n not in stored]
         if missing:
-            raise KeyError(f"climatology {self.path} has no channel(s) {missing}; it holds {stored}")
+            raise KeyError(
+                f"climatology {self.path} has no channel(s) {missing}; it holds {stored}"
+            )
         self._stored_index = [stored.index(n) for n in layout.names]
         self.hours = np.asarray(self.meta.get("hours", []), dtype=np.int64)
         self._doy_row = {int(d): i for i, d in enumerate(self.meta.get("doys", []))}
@@ -99,7 +106,7 @@ class Climatology:
             self._files[c] = arr
         return self._files[c]
 
-    def _slot(self, time_hours: int) -> Optional[tuple[int, int]]:
+    def _slot(self, time_hours: int) -> tuple[int, int] | None:
         row = self._doy_row.get(day_of_year_index(time_hours))
         if row is None or not len(self.hours):
             return None
@@ -148,8 +155,15 @@ class ClimatologyWriter:
         overwrite: replace an existing directory.
     """
 
-    def __init__(self, out_dir: str, shape: Sequence[int], hours: Sequence[int] = (),
-                 doys: Sequence[int] = (), overwrite: bool = False, **meta):
+    def __init__(
+        self,
+        out_dir: str,
+        shape: Sequence[int],
+        hours: Sequence[int] = (),
+        doys: Sequence[int] = (),
+        overwrite: bool = False,
+        **meta,
+    ):
         if os.path.exists(out_dir) and not overwrite:
             raise FileExistsError(f"climatology {out_dir} exists; pass overwrite to replace it")
         # Built in a sibling folder and moved into place by close(): an existing climatology
@@ -165,25 +179,35 @@ class ClimatologyWriter:
         self.channels: list[str] = []
         self.means: list[np.ndarray] = []
 
-    def add(self, name: str, time_mean: np.ndarray, by_doy_hour: Optional[np.ndarray] = None):
+    def add(self, name: str, time_mean: np.ndarray, by_doy_hour: np.ndarray | None = None):
         """Add channel ``name``: its time mean ``(H, W)`` and optionally
         ``(len(doys), len(hours), H, W)`` fields."""
         time_mean = np.asarray(time_mean, dtype=np.float32)
         if time_mean.shape != self.shape:
-            raise ValueError(f"climatology {name}: time mean shape {time_mean.shape} != {self.shape}")
+            raise ValueError(
+                f"climatology {name}: time mean shape {time_mean.shape} != {self.shape}"
+            )
         if by_doy_hour is not None:
             expected = (len(self.doys), len(self.hours)) + self.shape
             if by_doy_hour.shape != expected:
                 raise ValueError(f"climatology {name}: shape {by_doy_hour.shape} != {expected}")
-            np.save(os.path.join(self.out_dir, f"{name}.npy"),
-                    np.asarray(by_doy_hour, dtype=np.float32))
+            np.save(
+                os.path.join(self.out_dir, f"{name}.npy"), np.asarray(by_doy_hour, dtype=np.float32)
+            )
         self.channels.append(name)
         self.means.append(time_mean)
 
     def close(self) -> str:
-        np.save(os.path.join(self.out_dir, "time_mean.npy"), np.stack(self.means).astype(np.float32))
-        meta = {"format": FORMAT, "channels": self.channels, "hours": self.hours,
-                "doys": self.doys, "shape": list(self.shape)}
+        np.save(
+            os.path.join(self.out_dir, "time_mean.npy"), np.stack(self.means).astype(np.float32)
+        )
+        meta = {
+            "format": FORMAT,
+            "channels": self.channels,
+            "hours": self.hours,
+            "doys": self.doys,
+            "shape": list(self.shape),
+        }
         meta.update(self.meta)
         with open(os.path.join(self.out_dir, "meta.json"), "w") as f:
             json.dump(meta, f, indent=1)

@@ -22,22 +22,32 @@ collation). ``get_data_loader`` reads ahead with threads (:class:`ThreadedBatchL
 default ``loader_backend: threads``) or DataLoader worker processes (``processes``; the batch
 array then lives in shared memory, so it crosses to the main process without a copy).
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import os
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from utils.era5_layout import (DataFileError, MissingDataError, channel_paths, dates_of,
-                               from_hours, missing_files_message, npy_header, period_bounds,
-                               read_field, scan_missing)
+from utils.era5_layout import (
+    DataFileError,
+    MissingDataError,
+    channel_paths,
+    dates_of,
+    from_hours,
+    missing_files_message,
+    npy_header,
+    period_bounds,
+    read_field,
+    scan_missing,
+)
 from utils.statistics import load_mean_std
 
 logger = logging.getLogger(__name__)
@@ -92,16 +102,19 @@ class ERA5NpyDataset(Dataset):
             raise MissingDataError(
                 f"data root_dir {self.root!r} does not exist (make a synthetic set with "
                 "`python -m utils.make_synthetic_era5 --root_dir ...` or convert ERA5 with "
-                "`python -m utils.prepare_era5 ...`)")
+                "`python -m utils.prepare_era5 ...`)"
+            )
 
         first, last = period_bounds(self.period)
         self._offsets = np.arange(-(self.t_in - 1), self.t_out + 1, dtype=np.int64) * self.lead
-        times = np.arange(first - self._offsets[0], last - self._offsets[-1] + 1, self.interval,
-                          dtype=np.int64)
+        times = np.arange(
+            first - self._offsets[0], last - self._offsets[-1] + 1, self.interval, dtype=np.int64
+        )
         if len(times) == 0:
             raise ValueError(
                 f"'{mode}_period' {self.period} is too short for t_in={self.t_in} and "
-                f"t_out_{mode}={self.t_out} at lead_time={self.lead} h: no sample fits")
+                f"t_out_{mode}={self.t_out} at lead_time={self.lead} h: no sample fits"
+            )
 
         self.mean, self.std = load_mean_std(self.root, self.layout)
         self._inv_std = (1.0 / self.std.astype(np.float64)).astype(np.float32)
@@ -112,16 +125,24 @@ class ERA5NpyDataset(Dataset):
             if not skip_incomplete:
                 raise MissingDataError(
                     missing_files_message(missing, f"the {mode} period {self.period}")
-                    + "\n(set skip_incomplete_samples: true to index only the complete samples)")
+                    + "\n(set skip_incomplete_samples: true to index only the complete samples)"
+                )
             bad = np.array(sorted({t for t, _ in missing}), dtype=np.int64)
             complete = ~np.isin(times[:, None] + self._offsets[None, :], bad).any(axis=1)
-            logger.warning("%s: %d file(s) missing on %s; skipping %d of %d samples", mode,
-                           len(missing), ", ".join(dates_of(bad)[:10]),
-                           int((~complete).sum()), len(times))
+            logger.warning(
+                "%s: %d file(s) missing on %s; skipping %d of %d samples",
+                mode,
+                len(missing),
+                ", ".join(dates_of(bad)[:10]),
+                int((~complete).sum()),
+                len(times),
+            )
             times = times[complete]
             if len(times) == 0:
-                raise MissingDataError("no complete sample left:\n"
-                                       + missing_files_message(missing, f"the {mode} period"))
+                raise MissingDataError(
+                    "no complete sample left:\n"
+                    + missing_files_message(missing, f"the {mode} period")
+                )
         self.times = times
 
         self._header = npy_header((self.h, self.w), np.float32)
@@ -138,7 +159,7 @@ class ERA5NpyDataset(Dataset):
     def sample_times(self, i: int) -> tuple[list, list]:
         """Valid times (hours since epoch) of the input states and of the target states of item i."""
         steps = [int(self.times[i] + o) for o in self._offsets]
-        return steps[:self.t_in], steps[self.t_in:]
+        return steps[: self.t_in], steps[self.t_in :]
 
     def paths(self, time_hours: int) -> list[str]:
         """Files of the state at ``time_hours``, in channel order."""
@@ -148,8 +169,9 @@ class ERA5NpyDataset(Dataset):
     def _read_slow(self, path: str, dst: np.ndarray) -> None:
         dst[...] = read_field(path, (self.h, self.w), check_finite=False)  # checked once normalised
 
-    def _read_state(self, time_hours: int, dst: np.ndarray, scratch: bytearray,
-                    normalise: bool = False) -> None:
+    def _read_state(
+        self, time_hours: int, dst: np.ndarray, scratch: bytearray, normalise: bool = False
+    ) -> None:
         """Read every channel at ``time_hours`` into ``dst`` ``(C, H, W)``, in physical units or
         z-score normalised. Each channel is normalised right after its read, while it is still in
         the CPU cache, so the batch is written to memory once."""
@@ -159,8 +181,9 @@ class ERA5NpyDataset(Dataset):
             try:
                 fd = os.open(path, os.O_RDONLY)
             except FileNotFoundError:
-                raise MissingDataError(f"missing data file {path} "
-                                       f"({from_hours(time_hours):%Y-%m-%d %H:%M})") from None
+                raise MissingDataError(
+                    f"missing data file {path} ({from_hours(time_hours):%Y-%m-%d %H:%M})"
+                ) from None
             try:
                 if _HAS_PREADV:
                     n = os.preadv(fd, [scratch, out, _TAIL], 0)
@@ -175,9 +198,10 @@ class ERA5NpyDataset(Dataset):
             if normalise:
                 np.subtract(out, self.mean[c], out=out)
                 np.multiply(out, self._inv_std[c], out=out)
-                if not math.isfinite(float(out.sum())):        # still in cache: cheap
-                    raise DataFileError(f"NaN/inf values in {path} "
-                                        f"({from_hours(time_hours):%Y-%m-%d %H:%M})")
+                if not math.isfinite(float(out.sum())):  # still in cache: cheap
+                    raise DataFileError(
+                        f"NaN/inf values in {path} ({from_hours(time_hours):%Y-%m-%d %H:%M})"
+                    )
 
     def _load(self, indices: Sequence[int], pin_memory: bool = False):
         b = len(indices)
@@ -238,14 +262,18 @@ class ERA5NpyDataset(Dataset):
                 paths = self.paths(int(t))
                 problems += [f"{paths[c]}: NaN/inf values" for c in np.flatnonzero(~finite)]
         if problems:
-            raise DataFileError(f"{len(problems)} bad data file(s) in the {self.mode} period "
-                                f"{self.period}:\n  " + "\n  ".join(problems[:20])
-                                + (f"\n  ... and {len(problems) - 20} more"
-                                   if len(problems) > 20 else ""))
+            raise DataFileError(
+                f"{len(problems)} bad data file(s) in the {self.mode} period "
+                f"{self.period}:\n  "
+                + "\n  ".join(problems[:20])
+                + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+            )
 
     def __repr__(self) -> str:
-        return (f"ERA5NpyDataset({self.mode}, {len(self)} samples, {self.layout.n_channels} "
-                f"channels, {self.h}x{self.w}, root={self.root!r})")
+        return (
+            f"ERA5NpyDataset({self.mode}, {len(self)} samples, {self.layout.n_channels} "
+            f"channels, {self.h}x{self.w}, root={self.root!r})"
+        )
 
 
 _TAIL = bytearray(1)  # a byte past the expected end: a longer file reads into it and is rechecked
@@ -255,6 +283,7 @@ def _world(distributed: bool) -> tuple[int, int]:
     if not distributed:
         return 1, 0
     import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size(), dist.get_rank()
     return int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
@@ -271,8 +300,9 @@ class ShardedEpochSampler(Sampler):
     with exactly the samples an uninterrupted run would have seen.
     """
 
-    def __init__(self, n_samples: int, world: int = 1, rank: int = 0, shuffle: bool = False,
-                 seed: int = 0):
+    def __init__(
+        self, n_samples: int, world: int = 1, rank: int = 0, shuffle: bool = False, seed: int = 0
+    ):
         self.n_samples, self.world, self.rank = n_samples, world, rank
         self.shuffle, self.seed = shuffle, seed
         self.epoch, self.start = 0, 0
@@ -285,10 +315,10 @@ class ShardedEpochSampler(Sampler):
             generator = torch.Generator()
             generator.manual_seed(self.seed + self.epoch)
             order = torch.randperm(self.n_samples, generator=generator).tolist()
-            order = order[:self.n_samples // self.world * self.world]
+            order = order[: self.n_samples // self.world * self.world]
         else:
             order = list(range(self.n_samples))
-        return order[self.rank::self.world][self.start:]
+        return order[self.rank :: self.world][self.start :]
 
     def __iter__(self):
         return iter(self._indices())
@@ -311,8 +341,16 @@ class ThreadedBatchLoader:
     uses: ``batch_size``, ``sampler``, ``dataset``, ``len()`` and iteration.
     """
 
-    def __init__(self, dataset: ERA5NpyDataset, batch_size: int, sampler: Sampler,
-                 drop_last: bool, num_threads: int, prefetch_factor: int, pin_memory: bool):
+    def __init__(
+        self,
+        dataset: ERA5NpyDataset,
+        batch_size: int,
+        sampler: Sampler,
+        drop_last: bool,
+        num_threads: int,
+        prefetch_factor: int,
+        pin_memory: bool,
+    ):
         self.dataset, self.batch_size, self.sampler = dataset, batch_size, sampler
         self.drop_last, self.pin_memory = drop_last, pin_memory
         self.num_threads = num_threads
@@ -324,7 +362,9 @@ class ThreadedBatchLoader:
 
     def _batches(self) -> list:
         indices = list(self.sampler)
-        batches = [indices[i:i + self.batch_size] for i in range(0, len(indices), self.batch_size)]
+        batches = [
+            indices[i : i + self.batch_size] for i in range(0, len(indices), self.batch_size)
+        ]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
         return batches
@@ -368,8 +408,9 @@ def get_data_loader(params, distributed: bool, run_mode: str):
     batch = global_batch // world
     dataset = ERA5NpyDataset(params, run_mode)
     train = run_mode == "train"
-    sampler = ShardedEpochSampler(len(dataset), world, rank, shuffle=train,
-                                  seed=int(params.get("seed", 0) or 0))
+    sampler = ShardedEpochSampler(
+        len(dataset), world, rank, shuffle=train, seed=int(params.get("seed", 0) or 0)
+    )
     workers = int(params.get("num_data_workers", 0) or 0)
     prefetch = int(params.get("prefetch_factor", 2) or 2)
     pin = torch.cuda.is_available()
@@ -382,6 +423,14 @@ def get_data_loader(params, distributed: bool, run_mode: str):
     extra = {}
     if workers > 0:
         extra.update(prefetch_factor=prefetch, persistent_workers=True)
-    loader = DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=train,
-                        num_workers=workers, pin_memory=pin, collate_fn=collate_batches, **extra)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch,
+        sampler=sampler,
+        drop_last=train,
+        num_workers=workers,
+        pin_memory=pin,
+        collate_fn=collate_batches,
+        **extra,
+    )
     return loader, dataset, sampler

@@ -4,6 +4,7 @@ Under ``torchrun`` (or ``export_DDP_vars.sh`` on SLURM) the environment carries 
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; the same code then runs
 NCCL on GPUs and gloo on CPUs. Without them everything runs in one process.
 """
+
 import os
 from dataclasses import dataclass
 
@@ -39,8 +40,12 @@ def init_distributed() -> DistInfo:
         device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
-                                device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(
+            backend=backend,
+            rank=rank,
+            world_size=world_size,
+            device_id=device if device.type == "cuda" else None,
+        )
     return DistInfo(rank, world_size, local_rank, device)
 
 

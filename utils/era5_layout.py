@@ -11,12 +11,13 @@ synthetic generator, the netCDF converter and the statistics tools.
 
 Times are integers: hours since 1970-01-01T00:00 UTC ("time_hours").
 """
+
 from __future__ import annotations
 
 import datetime as _dt
 import functools
 import os
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -134,16 +135,25 @@ def statistic_path(root: str, name: str = MEAN_STD_FILE) -> str:
 def file_names(channels: tuple, hour: int) -> tuple[tuple[bool, str], ...]:
     """``(is_surface, file name)`` of each channel (``.variable``, ``.level``; level None for a
     surface variable) at hour of day ``hour``; cached, as the loader asks for every sample."""
-    return tuple((c.level is None, surface_name(hour, c.variable) if c.level is None
-                  else upper_name(hour, c.variable, c.level)) for c in channels)
+    return tuple(
+        (
+            c.level is None,
+            surface_name(hour, c.variable)
+            if c.level is None
+            else upper_name(hour, c.variable, c.level),
+        )
+        for c in channels
+    )
 
 
 def channel_paths(root: str, layout, hours: int) -> list[str]:
     """Paths of every channel of ``layout`` at time ``hours``, in channel order."""
     dt = from_hours(hours)
     upper_dir, single_dir = day_dir(root, dt), day_dir(root, dt, surface=True)
-    return [os.path.join(single_dir if surface else upper_dir, name)
-            for surface, name in file_names(layout.channels, dt.hour)]
+    return [
+        os.path.join(single_dir if surface else upper_dir, name)
+        for surface, name in file_names(layout.channels, dt.hour)
+    ]
 
 
 def read_field(path: str, shape=None, check_finite: bool = True) -> np.ndarray:
@@ -155,9 +165,15 @@ def read_field(path: str, shape=None, check_finite: bool = True) -> np.ndarray:
         raise MissingDataError(f"missing data file {path}") from None
     except Exception as err:
         raise DataFileError(f"cannot read {path} as .npy: {err}") from None
-    if arr.dtype != np.float32 or arr.ndim != 2 or (shape is not None and arr.shape != tuple(shape)):
-        raise DataFileError(f"{path}: array is {arr.dtype} {arr.shape}, expected float32 "
-                            f"{tuple(shape) if shape else '(H, W)'} (h_size, w_size)")
+    if (
+        arr.dtype != np.float32
+        or arr.ndim != 2
+        or (shape is not None and arr.shape != tuple(shape))
+    ):
+        raise DataFileError(
+            f"{path}: array is {arr.dtype} {arr.shape}, expected float32 "
+            f"{tuple(shape) if shape else '(H, W)'} (h_size, w_size)"
+        )
     arr = np.asarray(arr)
     if check_finite and not np.isfinite(arr).all():
         raise DataFileError(f"{path}: {int((~np.isfinite(arr)).sum())} NaN/inf value(s)")
@@ -198,8 +214,10 @@ def discover_variables(root: str, date=None) -> tuple[dict, list]:
     for name in list_day(root, date, surface=True):
         if name.endswith(".npy") and "-" in name:
             surface.add(name[:-4].split("-", 1)[1])
-    return ({v: sorted(levels, reverse=True) for v, levels in sorted(upper.items())},
-            sorted(surface))
+    return (
+        {v: sorted(levels, reverse=True) for v, levels in sorted(upper.items())},
+        sorted(surface),
+    )
 
 
 def dates_of(times: Iterable[int]) -> list[str]:
@@ -210,10 +228,16 @@ def dates_of(times: Iterable[int]) -> list[str]:
 def npy_header(shape: tuple, dtype=np.float32) -> bytes:
     """The exact bytes :func:`numpy.save` writes before the data of a C-order array."""
     import io
+
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(
-        buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
-              "shape": tuple(int(s) for s in shape)})
+        buf,
+        {
+            "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+            "fortran_order": False,
+            "shape": tuple(int(s) for s in shape),
+        },
+    )
     return buf.getvalue()
 
 
@@ -248,11 +272,15 @@ def scan_missing(root: str, channels: Sequence, times: Iterable[int]) -> list[tu
     return missing
 
 
-def missing_files_message(missing: Sequence[tuple[int, str]], what: str = "", show: int = 20) -> str:
+def missing_files_message(
+    missing: Sequence[tuple[int, str]], what: str = "", show: int = 20
+) -> str:
     """One error message listing the first ``show`` missing paths, their count and their dates."""
     dates = dates_of(t for t, _ in missing)
-    lines = [f"{len(missing)} data file(s) missing{(' for ' + what) if what else ''} on "
-             f"{len(dates)} date(s): {', '.join(dates[:10])}{' ...' if len(dates) > 10 else ''}"]
+    lines = [
+        f"{len(missing)} data file(s) missing{(' for ' + what) if what else ''} on "
+        f"{len(dates)} date(s): {', '.join(dates[:10])}{' ...' if len(dates) > 10 else ''}"
+    ]
     lines += [f"  {path}" for _, path in missing[:show]]
     if len(missing) > show:
         lines.append(f"  ... and {len(missing) - show} more")

@@ -6,8 +6,9 @@ exists in the old variable set (``old_higher_features`` / ``old_surface_features
 the *new* model's expert order, so ``blocks.*.ffn.experts.{old_experts}.*`` freezes exactly the
 old variables' experts wherever the new groups put them.
 """
+
+from collections.abc import Iterable
 from fnmatch import fnmatchcase
-from typing import Iterable, List
 
 from torch import nn
 
@@ -16,14 +17,14 @@ from utils.channels import ChannelLayout
 OLD_EXPERTS = "{old_experts}"
 
 
-def old_expert_indices(params) -> List[int]:
+def old_expert_indices(params) -> list[int]:
     """Indices, in the new model, of the experts whose variable group the old model had."""
     new_groups = params["layout"].group_names
     old_groups = ChannelLayout.from_params(params, prefix="old_").group_names
     return [new_groups.index(g) for g in old_groups]
 
 
-def expand_freeze_patterns(patterns: Iterable[str], params) -> List[str]:
+def expand_freeze_patterns(patterns: Iterable[str], params) -> list[str]:
     """Replace ``{old_experts}`` in each pattern by every old expert index."""
     expanded = []
     for pattern in patterns:
@@ -34,7 +35,7 @@ def expand_freeze_patterns(patterns: Iterable[str], params) -> List[str]:
     return expanded
 
 
-def apply_freeze(model: nn.Module, patterns: Iterable[str]) -> List[str]:
+def apply_freeze(model: nn.Module, patterns: Iterable[str]) -> list[str]:
     """Set ``requires_grad=False`` on every parameter matching a pattern; returns their names.
 
     A pattern that matches no parameter is an error naming it (a typo would silently train
@@ -53,7 +54,7 @@ def apply_freeze(model: nn.Module, patterns: Iterable[str]) -> List[str]:
     return frozen
 
 
-def freeze_from_params(model: nn.Module, params) -> List[str]:
+def freeze_from_params(model: nn.Module, params) -> list[str]:
     """Apply the section's ``freeze`` patterns (expanded) to ``model``; returns frozen names."""
     patterns = params.get("freeze") or []
     if not patterns:

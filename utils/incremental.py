@@ -15,9 +15,9 @@ The new model is built for the new variables; the initial checkpoint (``cl_ckpt_
 
 The freezing policy is applied separately (:mod:`utils.freezing`).
 """
+
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List
 
 import torch
 from torch import nn
@@ -32,16 +32,20 @@ _EXPERT = re.compile(r"^(blocks\.\d+\.ffn\.experts\.)(\d+)(\..+)$")
 class LoadReport:
     """Which tensors of the new model were mapped, copied or left at their initial values."""
 
-    mapped: List[str] = field(default_factory=list)
-    copied: List[str] = field(default_factory=list)
-    new: List[str] = field(default_factory=list)
-    ignored: List[str] = field(default_factory=list)
+    mapped: list[str] = field(default_factory=list)
+    copied: list[str] = field(default_factory=list)
+    new: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
 
-    def format(self, frozen: List[str] = ()) -> str:
+    def format(self, frozen: list[str] = ()) -> str:
         """A table of the four categories (names grouped over blocks) and the frozen count."""
-        rows = [("mapped by channel", self.mapped), ("copied", self.copied),
-                ("newly initialised", self.new), ("in checkpoint, unused", self.ignored),
-                ("frozen", list(frozen))]
+        rows = [
+            ("mapped by channel", self.mapped),
+            ("copied", self.copied),
+            ("newly initialised", self.new),
+            ("in checkpoint, unused", self.ignored),
+            ("frozen", list(frozen)),
+        ]
         lines = [f"{'category':<24}{'tensors':>8}  names (block indices collapsed)"]
         for label, names in rows:
             collapsed = sorted({re.sub(r"blocks\.\d+\.", "blocks.*.", n) for n in names})
@@ -50,7 +54,7 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def channel_map(old: ChannelLayout, new: ChannelLayout) -> List[int]:
+def channel_map(old: ChannelLayout, new: ChannelLayout) -> list[int]:
     """``new_index[i]`` of every old channel i; error listing old channels the new set lacks."""
     missing = [c.name for c in old.channels if c not in new]
     if missing:
@@ -58,28 +62,39 @@ def channel_map(old: ChannelLayout, new: ChannelLayout) -> List[int]:
     return [new.index(c.variable, c.level) for c in old.channels]
 
 
-def _map_channels(name: str, old_value: torch.Tensor, new_value: torch.Tensor,
-                  index: List[int], patch_size: int) -> torch.Tensor:
+def _map_channels(
+    name: str, old_value: torch.Tensor, new_value: torch.Tensor, index: list[int], patch_size: int
+) -> torch.Tensor:
     """Copy of ``new_value`` with the old channels of ``old_value`` placed at ``index``."""
     out = new_value.detach().clone()
     idx = torch.as_tensor(index)
-    if name == "head.proj.weight":                      # rows in (p1 p2 c) order
+    if name == "head.proj.weight":  # rows in (p1 p2 c) order
         p = patch_size
         view_new = out.view(p, p, -1, out.shape[-1])
         view_new[:, :, idx] = old_value.view(p, p, -1, old_value.shape[-1]).to(out.dtype)
     elif name in ("patch_embed.proj.weight", "var_embed.mlp.0.weight"):
         out[:, idx] = old_value.to(out.dtype)
-    else:                                              # loss log-variances (C,)
+    else:  # loss log-variances (C,)
         out[idx] = old_value.to(out.dtype)
     return out
 
 
-CHANNEL_TENSORS = ("patch_embed.proj.weight", "head.proj.weight", "var_embed.mlp.0.weight",
-                   "forecast_loss.log_var", "recons_loss.log_var")
+CHANNEL_TENSORS = (
+    "patch_embed.proj.weight",
+    "head.proj.weight",
+    "var_embed.mlp.0.weight",
+    "forecast_loss.log_var",
+    "recons_loss.log_var",
+)
 
 
-def grow_state_dict(old_state: Dict[str, torch.Tensor], model: nn.Module, old: ChannelLayout,
-                    new: ChannelLayout, patch_size: int):
+def grow_state_dict(
+    old_state: dict[str, torch.Tensor],
+    model: nn.Module,
+    old: ChannelLayout,
+    new: ChannelLayout,
+    patch_size: int,
+):
     """New-model state dict built from ``old_state``; returns ``(state, LoadReport)``."""
     index = channel_map(old, new)
     new_groups, old_groups = new.group_names, old.group_names
@@ -106,9 +121,11 @@ def grow_state_dict(old_state: Dict[str, torch.Tensor], model: nn.Module, old: C
             state[name] = old_state[source].to(value.dtype)
             report.copied.append(name)
         else:
-            raise ValueError(f"checkpoint tensor {source!r} has shape {tuple(old_state[source].shape)}"
-                             f" but the new model's {name!r} has {tuple(value.shape)}; only "
-                             f"channel-indexed tensors may change shape ({CHANNEL_TENSORS})")
+            raise ValueError(
+                f"checkpoint tensor {source!r} has shape {tuple(old_state[source].shape)}"
+                f" but the new model's {name!r} has {tuple(value.shape)}; only "
+                f"channel-indexed tensors may change shape ({CHANNEL_TENSORS})"
+            )
     report.ignored = sorted(set(old_state) - used)
     return state, report
 
@@ -118,9 +135,15 @@ def load_initial_stage(model: nn.Module, params) -> LoadReport:
     path = params["cl_ckpt_path"]
     ckpt = load_checkpoint(path)
     old = ChannelLayout.from_params(params, prefix="old_")
-    check_channel_names(ckpt, path, old.names, "the config's old variable set "
-                        "(old_higher_features, old_pressure_level, old_surface_features)")
-    state, report = grow_state_dict(ckpt["model"], model, old, params["layout"],
-                                    params["patch_size"])
+    check_channel_names(
+        ckpt,
+        path,
+        old.names,
+        "the config's old variable set "
+        "(old_higher_features, old_pressure_level, old_surface_features)",
+    )
+    state, report = grow_state_dict(
+        ckpt["model"], model, old, params["layout"], params["patch_size"]
+    )
     model.load_state_dict(state)
     return report

@@ -1,7 +1,7 @@
 """Logging for training and evaluation: rank 0 logs to the console (through tqdm, so progress bars
 stay intact) and to ``out.log``; other ranks log warnings only."""
+
 import logging
-from typing import Optional
 
 from tqdm import tqdm
 
@@ -16,7 +16,7 @@ class _TqdmHandler(logging.StreamHandler):
             self.handleError(record)
 
 
-def setup_logging(log_file: Optional[str] = None, rank: int = 0) -> logging.Logger:
+def setup_logging(log_file: str | None = None, rank: int = 0) -> logging.Logger:
     """The project logger ``vamoe``; INFO on rank 0 (console + ``log_file``), WARNING elsewhere."""
     logger = logging.getLogger("vamoe")
     logger.handlers.clear()

@@ -19,6 +19,7 @@ Besides the fields it writes ``statistic/mean_std.json`` (null for levels not ge
 the generator's wave-free background state (seasonal and diurnal cycle) for the days of year
 generated: the true expected state of this synthetic climate, so ACC anomalies are the waves.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,13 +27,21 @@ import datetime as _dt
 import json
 import os
 import shutil
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from utils.channels import ERA5_LEVELS
-from utils.era5_layout import (CLIMATOLOGY_DIR, STATISTIC_DIR, day_dir,
-                               from_hours, parse_date, surface_name, to_hours, upper_name)
+from utils.era5_layout import (
+    CLIMATOLOGY_DIR,
+    STATISTIC_DIR,
+    day_dir,
+    from_hours,
+    parse_date,
+    surface_name,
+    to_hours,
+    upper_name,
+)
 from utils.grid import latitudes, longitudes
 
 UPPER_VARIABLES = ("z", "q", "u", "v", "t")
@@ -52,17 +61,25 @@ class SyntheticERA5:
     channels and ``t2m``-style for surface ones; ``waves=False`` gives the background state.
     """
 
-    def __init__(self, h_size: int = 32, w_size: int = 64, levels: Sequence[int] = DEFAULT_LEVELS,
-                 seed: int = 0, variables: Sequence[str] = UPPER_VARIABLES,
-                 surface: Sequence[str] = SURFACE_VARIABLES):
+    def __init__(
+        self,
+        h_size: int = 32,
+        w_size: int = 64,
+        levels: Sequence[int] = DEFAULT_LEVELS,
+        seed: int = 0,
+        variables: Sequence[str] = UPPER_VARIABLES,
+        surface: Sequence[str] = SURFACE_VARIABLES,
+    ):
         bad = [p for p in levels if int(p) not in ERA5_LEVELS]
         if bad:
             raise ValueError(f"levels {bad} are not ERA5 pressure levels")
-        unknown = [v for v in variables if v not in UPPER_VARIABLES] + \
-                  [s for s in surface if s not in SURFACE_VARIABLES]
+        unknown = [v for v in variables if v not in UPPER_VARIABLES] + [
+            s for s in surface if s not in SURFACE_VARIABLES
+        ]
         if unknown:
-            raise ValueError(f"unknown variables {unknown}; supported: {UPPER_VARIABLES} and "
-                             f"{SURFACE_VARIABLES}")
+            raise ValueError(
+                f"unknown variables {unknown}; supported: {UPPER_VARIABLES} and {SURFACE_VARIABLES}"
+            )
         if surface and not levels:
             raise ValueError("surface fields are tied to the lowest level: give at least one level")
         self.h, self.w = int(h_size), int(w_size)
@@ -78,28 +95,36 @@ class SyntheticERA5:
         for hemisphere in (1.0, -1.0):
             for centre in (20.0, 35.0, 50.0, 65.0):
                 c = hemisphere * (centre + rng.uniform(-4.0, 4.0))
-                speed_deg_h = 1.0 + 1.6 * np.exp(-((abs(c) - 45.0) / 15.0) ** 2) \
-                    + rng.uniform(-0.2, 0.2)
+                speed_deg_h = (
+                    1.0 + 1.6 * np.exp(-(((abs(c) - 45.0) / 15.0) ** 2)) + rng.uniform(-0.2, 0.2)
+                )
                 m = int(rng.integers(2, 7))
-                self.components.append(dict(
-                    env=np.exp(-((self.lat_deg[:, None] - c) / rng.uniform(9.0, 13.0)) ** 2),
-                    m=m, amp=rng.uniform(500.0, 900.0) * (3.0 / m) ** 0.3,
-                    speed=np.deg2rad(speed_deg_h), phase=rng.uniform(0, 2 * np.pi),
-                    period=24.0 * rng.uniform(2.0, 8.0), pulse=rng.uniform(0, 2 * np.pi)))
+                self.components.append(
+                    dict(
+                        env=np.exp(-(((self.lat_deg[:, None] - c) / rng.uniform(9.0, 13.0)) ** 2)),
+                        m=m,
+                        amp=rng.uniform(500.0, 900.0) * (3.0 / m) ** 0.3,
+                        speed=np.deg2rad(speed_deg_h),
+                        phase=rng.uniform(0, 2 * np.pi),
+                        period=24.0 * rng.uniform(2.0, 8.0),
+                        pulse=rng.uniform(0, 2 * np.pi),
+                    )
+                )
         # Fixed orography (m): a few smooth mountain ranges.
         orog = np.zeros((self.h, self.w))
         for _ in range(7):
             lat0, lon0 = np.deg2rad(rng.uniform(-60, 60)), rng.uniform(0, 2 * np.pi)
             dlon = np.angle(np.exp(1j * (self.lon - lon0)))
             orog += rng.uniform(1500, 3500) * np.exp(
-                -((self.lat - lat0) / np.deg2rad(rng.uniform(8, 18))) ** 2
-                - (dlon / np.deg2rad(rng.uniform(15, 40))) ** 2)
+                -(((self.lat - lat0) / np.deg2rad(rng.uniform(8, 18))) ** 2)
+                - (dlon / np.deg2rad(rng.uniform(15, 40))) ** 2
+            )
         self.orography = orog
         self._coslat = np.cos(self.lat)
         self._sinlat = np.sin(self.lat)
         # Regularised 1/f: sin(lat) / (2 Omega (sin^2 + s0^2)), smooth through the equator.
         s0 = np.sin(np.deg2rad(15.0))
-        self._inv_f = self._sinlat / (2 * _OMEGA * (self._sinlat ** 2 + s0 ** 2))
+        self._inv_f = self._sinlat / (2 * _OMEGA * (self._sinlat**2 + s0**2))
         self._dlat = np.deg2rad(180.0 / self.h)
         self._dlon = 2 * np.pi / self.w
 
@@ -140,21 +165,26 @@ class SyntheticERA5:
         """Upper-air fields at level ``p`` (hPa): z, t, u, v, q, and the wave term ``psi`` of z."""
         a = self.amplification(p)
         season, diurnal = self.season(t), self.diurnal(t)
-        s2 = self._sinlat ** 2
+        s2 = self._sinlat**2
         psi = self.wave(t, p) if waves else 0.0
-        z = (_RD * 270.0 * np.log(1013.25 / p)
-             + a * (-6000.0 * (s2 - 0.4) + 1500.0 * season * self._sinlat * np.abs(self._sinlat))) + psi
+        z = (
+            _RD * 270.0 * np.log(1013.25 / p)
+            + a * (-6000.0 * (s2 - 0.4) + 1500.0 * season * self._sinlat * np.abs(self._sinlat))
+        ) + psi
         z = np.broadcast_to(z, (self.h, self.w))
         low = min(1.0, max(0.0, (p - 150.0) / 850.0)) ** 0.5
-        temp = (max(216.65, 288.0 * (p / 1013.25) ** 0.19)
-                + low * (30.0 * (self._coslat ** 2 - 0.55) + 10.0 * season * self._sinlat)
-                + 1.2 * (p / 1000.0) ** 4 * diurnal + 0.006 * psi)
+        temp = (
+            max(216.65, 288.0 * (p / 1013.25) ** 0.19)
+            + low * (30.0 * (self._coslat**2 - 0.55) + 10.0 * season * self._sinlat)
+            + 1.2 * (p / 1000.0) ** 4 * diurnal
+            + 0.006 * psi
+        )
         dz_dlat, dz_dlon = self._gradients(z)
         u = -self._inv_f * dz_dlat / _EARTH_RADIUS
         v = self._inv_f * dz_dlon / (_EARTH_RADIUS * self._coslat)
         e_sat = 611.2 * np.exp(17.67 * (temp - 273.15) / (temp - 29.65))
         q_sat = 0.622 * e_sat / (p * 100.0 - 0.378 * e_sat)
-        rh = 0.5 + 0.35 * np.tanh(v / 12.0) + 0.1 * self._coslat ** 4
+        rh = 0.5 + 0.35 * np.tanh(v / 12.0) + 0.1 * self._coslat**4
         return {"z": z, "t": temp, "u": u, "v": v, "q": rh * q_sat, "psi": psi}
 
     def fields(self, t: float, waves: bool = True) -> dict:
@@ -170,23 +200,45 @@ class SyntheticERA5:
         if self.surface:
             p_low, f = lowest
             psi_low = f["psi"]
-            t2m = (f["t"] * (1013.25 / p_low) ** 0.19 - 0.0065 * self.orography
-                   + 4.0 * (0.5 + 0.5 * self._coslat) * self.diurnal(t))
-            msl = (101000.0 + 1.1 * psi_low * (1000.0 / p_low) ** 0.5
-                   + 800.0 * np.sin(2 * self.lat) ** 2)
+            t2m = (
+                f["t"] * (1013.25 / p_low) ** 0.19
+                - 0.0065 * self.orography
+                + 4.0 * (0.5 + 0.5 * self._coslat) * self.diurnal(t)
+            )
+            msl = (
+                101000.0
+                + 1.1 * psi_low * (1000.0 / p_low) ** 0.5
+                + 800.0 * np.sin(2 * self.lat) ** 2
+            )
             msl = np.broadcast_to(msl, (self.h, self.w))
-            surface = {"t2m": t2m, "u10": 0.75 * f["u"], "v10": 0.75 * f["v"], "msl": msl,
-                       "sp": msl * np.exp(-_G * self.orography / (_RD * t2m))}
+            surface = {
+                "t2m": t2m,
+                "u10": 0.75 * f["u"],
+                "v10": 0.75 * f["v"],
+                "msl": msl,
+                "sp": msl * np.exp(-_G * self.orography / (_RD * t2m)),
+            }
             for s in self.surface:
                 out[s] = surface[s]
         return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
 
 
-def generate(root_dir: str, start, days: int, h_size: int = 32, w_size: int = 64,
-             levels: Sequence[int] = DEFAULT_LEVELS, hour_step: int = 6, seed: int = 0,
-             variables: Sequence[str] = UPPER_VARIABLES,
-             surface: Sequence[str] = SURFACE_VARIABLES, overwrite: bool = False,
-             statistics: bool = True, climatology: bool = True, progress: bool = False) -> dict:
+def generate(
+    root_dir: str,
+    start,
+    days: int,
+    h_size: int = 32,
+    w_size: int = 64,
+    levels: Sequence[int] = DEFAULT_LEVELS,
+    hour_step: int = 6,
+    seed: int = 0,
+    variables: Sequence[str] = UPPER_VARIABLES,
+    surface: Sequence[str] = SURFACE_VARIABLES,
+    overwrite: bool = False,
+    statistics: bool = True,
+    climatology: bool = True,
+    progress: bool = False,
+) -> dict:
     """Write ``days`` days from ``start`` (every ``hour_step`` hours) under ``root_dir``, then the
     statistics and the climatology. Refuses a non-empty ``root_dir`` unless ``overwrite``."""
     from tqdm import tqdm
@@ -195,8 +247,9 @@ def generate(root_dir: str, start, days: int, h_size: int = 32, w_size: int = 64
         raise ValueError("--days must be >= 1 and --hour_step must divide 24")
     if os.path.isdir(root_dir) and os.listdir(root_dir):
         if not overwrite:
-            raise FileExistsError(f"{root_dir} exists and is not empty; pass --overwrite to "
-                                  "write into it")
+            raise FileExistsError(
+                f"{root_dir} exists and is not empty; pass --overwrite to write into it"
+            )
         shutil.rmtree(os.path.join(root_dir, STATISTIC_DIR), ignore_errors=True)
     generator = SyntheticERA5(h_size, w_size, levels, seed, variables, surface)
     first_day = parse_date(start)
@@ -218,14 +271,28 @@ def generate(root_dir: str, start, days: int, h_size: int = 32, w_size: int = 64
         for s in generator.surface:
             np.save(os.path.join(single_dir, surface_name(dt.hour, s)), fields[s])
     end = (first_day + _dt.timedelta(days=int(days) - 1)).isoformat()
-    result = {"root_dir": root_dir, "start": first_day.isoformat(), "end": end,
-              "n_times": int(len(times)), "channels": None, "climatology": None}
+    result = {
+        "root_dir": root_dir,
+        "start": first_day.isoformat(),
+        "end": end,
+        "n_times": int(len(times)),
+        "channels": None,
+        "climatology": None,
+    }
     if statistics:
         from utils.statistics import compute_statistics
-        stats = compute_statistics(root_dir, first_day.isoformat(), end, hour_step,
-                                   upper={v: generator.levels for v in generator.variables},
-                                   surface=generator.surface, climatology=False, overwrite=True,
-                                   progress=progress)
+
+        stats = compute_statistics(
+            root_dir,
+            first_day.isoformat(),
+            end,
+            hour_step,
+            upper={v: generator.levels for v in generator.variables},
+            surface=generator.surface,
+            climatology=False,
+            overwrite=True,
+            progress=progress,
+        )
         result.update(mean_std=stats["mean_std"], mean_std_single=stats["mean_std_single"])
     if climatology:
         result["climatology"] = write_analytic_climatology(generator, root_dir, times)
@@ -242,41 +309,62 @@ def write_analytic_climatology(generator: SyntheticERA5, root_dir: str, times) -
     shape = (generator.h, generator.w)
     cube = {n: np.zeros((len(doys), len(hours)) + shape, dtype=np.float32) for n in names}
     total = {n: np.zeros(shape, dtype=np.float64) for n in names}
-    for t, slot in zip(times, slots):
+    for t, slot in zip(times, slots, strict=False):
         fields = generator.fields(int(t), waves=False)
         for n in names:
             cube[n][slot] = fields[n]
             total[n] += fields[n]
-    writer = ClimatologyWriter(os.path.join(root_dir, STATISTIC_DIR, CLIMATOLOGY_DIR), shape,
-                               hours, doys, overwrite=True, source="synthetic-analytic",
-                               period=[from_hours(times[0]).date().isoformat(),
-                                       from_hours(times[-1]).date().isoformat()])
+    writer = ClimatologyWriter(
+        os.path.join(root_dir, STATISTIC_DIR, CLIMATOLOGY_DIR),
+        shape,
+        hours,
+        doys,
+        overwrite=True,
+        source="synthetic-analytic",
+        period=[from_hours(times[0]).date().isoformat(), from_hours(times[-1]).date().isoformat()],
+    )
     for n in names:
         writer.add(n, total[n] / len(times), cube[n])
     return writer.close()
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description="Write a synthetic ERA5 dataset in the layout of "
-                                                 "SPEC.md section 5.")
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Write a synthetic ERA5 dataset in the layout of SPEC.md section 5."
+    )
     parser.add_argument("--root_dir", required=True)
     parser.add_argument("--start", default="2020-01-01", help="first date, YYYY-MM-DD")
     parser.add_argument("--days", type=int, default=31)
     parser.add_argument("--h_size", type=int, default=32)
     parser.add_argument("--w_size", type=int, default=64)
-    parser.add_argument("--levels", type=int, nargs="+", default=list(DEFAULT_LEVELS),
-                        help="pressure levels in hPa (ERA5 levels)")
+    parser.add_argument(
+        "--levels",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_LEVELS),
+        help="pressure levels in hPa (ERA5 levels)",
+    )
     parser.add_argument("--variables", nargs="*", default=list(UPPER_VARIABLES))
     parser.add_argument("--surface", nargs="*", default=list(SURFACE_VARIABLES))
     parser.add_argument("--hour_step", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true",
-                        help="write into a non-empty root_dir")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty root_dir")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    result = generate(args.root_dir, args.start, args.days, args.h_size, args.w_size, args.levels,
-                      args.hour_step, args.seed, args.variables, args.surface, args.overwrite,
-                      progress=not args.quiet)
+    result = generate(
+        args.root_dir,
+        args.start,
+        args.days,
+        args.h_size,
+        args.w_size,
+        args.levels,
+        args.hour_step,
+        args.seed,
+        args.variables,
+        args.surface,
+        args.overwrite,
+        progress=not args.quiet,
+    )
     print(json.dumps(result))
 
 

@@ -6,10 +6,11 @@
   initial condition (``maps.png``); :func:`nearest_leads` picks available leads (e.g. day 1 and
   day 5, or the nearest the rollout has).
 """
+
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence
+from collections.abc import Sequence
 
 import matplotlib
 
@@ -21,9 +22,11 @@ from utils.atomic_io import atomic_write  # noqa: E402
 
 __all__ = ["plot_rmse_acc", "plot_maps", "nearest_leads"]
 
-_STYLE = {"model": dict(color="C0", lw=2.0, marker="o", ms=3),
-          "persistence": dict(color="C1", lw=1.2, ls="--"),
-          "climatology": dict(color="C2", lw=1.2, ls=":")}
+_STYLE = {
+    "model": dict(color="C0", lw=2.0, marker="o", ms=3),
+    "persistence": dict(color="C1", lw=1.2, ls="--"),
+    "climatology": dict(color="C2", lw=1.2, ls=":"),
+}
 
 
 def _save(fig, path: str, dpi: int) -> str:
@@ -47,8 +50,9 @@ def plot_rmse_acc(results, headline_names: Sequence[str], path: str, dpi: int = 
     fcs = [f for f in ("model", "persistence", "climatology") if f in results.rmse]
     cols = min(4, len(names))
     grid_rows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(2 * grid_rows, cols, figsize=(3.6 * cols, 2.7 * 2 * grid_rows),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        2 * grid_rows, cols, figsize=(3.6 * cols, 2.7 * 2 * grid_rows), squeeze=False
+    )
     leads = np.asarray(results.lead_hours, dtype=float)
     sel = leads > 0
     days = leads[sel] / 24.0
@@ -73,25 +77,32 @@ def plot_rmse_acc(results, headline_names: Sequence[str], path: str, dpi: int = 
                 ax.set_ylim(top=1.02)
     handles, labels = [], []
     for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=False):
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
-    fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False,
-               bbox_to_anchor=(0.5, 1.0))
+    fig.legend(
+        handles,
+        labels,
+        loc="upper center",
+        ncol=len(labels),
+        frameon=False,
+        bbox_to_anchor=(0.5, 1.0),
+    )
     extra = "" if results.acc_available else " (ACC unavailable: no climatology)"
-    fig.suptitle(f"Latitude-weighted RMSE and ACC, {results.n_ics} initial conditions{extra}",
-                 y=1.03)
+    fig.suptitle(
+        f"Latitude-weighted RMSE and ACC, {results.n_ics} initial conditions{extra}", y=1.03
+    )
     fig.tight_layout()
     return _save(fig, path, dpi)
 
 
-def nearest_leads(lead_hours: Sequence[float], wanted_hours: Sequence[float]) -> List[int]:
+def nearest_leads(lead_hours: Sequence[float], wanted_hours: Sequence[float]) -> list[int]:
     """Indices of the available leads nearest each wanted lead (lead 0 excluded when possible),
     without repeats, in the wanted order."""
     leads = np.asarray(lead_hours, dtype=float)
     candidates = np.nonzero(leads > 0)[0] if np.any(leads > 0) else np.arange(len(leads))
-    out: List[int] = []
+    out: list[int] = []
     for w in wanted_hours:
         k = int(candidates[np.argmin(np.abs(leads[candidates] - float(w)))])
         if k not in out:
@@ -99,8 +110,17 @@ def nearest_leads(lead_hours: Sequence[float], wanted_hours: Sequence[float]) ->
     return out
 
 
-def plot_maps(forecast, truth, lat, lon, names: Sequence[str], leads: Sequence[float], path: str,
-              title: Optional[str] = None, dpi: int = 100) -> str:
+def plot_maps(
+    forecast,
+    truth,
+    lat,
+    lon,
+    names: Sequence[str],
+    leads: Sequence[float],
+    path: str,
+    title: str | None = None,
+    dpi: int = 100,
+) -> str:
     """Forecast, truth and error maps.
 
     Args:
@@ -116,12 +136,15 @@ def plot_maps(forecast, truth, lat, lon, names: Sequence[str], leads: Sequence[f
     """
     forecast, truth = np.asarray(forecast, dtype=float), np.asarray(truth, dtype=float)
     if forecast.shape != truth.shape or forecast.ndim != 4:
-        raise ValueError(f"forecast {forecast.shape} and truth {truth.shape} must both be "
-                         "(L, V, H, W)")
+        raise ValueError(
+            f"forecast {forecast.shape} and truth {truth.shape} must both be (L, V, H, W)"
+        )
     L, V, H, W = forecast.shape
     if L != len(leads) or V != len(names):
-        raise ValueError(f"fields have {L} leads and {V} variables; got {len(leads)} lead labels "
-                         f"and {len(names)} names")
+        raise ValueError(
+            f"fields have {L} leads and {V} variables; got {len(leads)} lead labels "
+            f"and {len(names)} names"
+        )
     lat, lon = np.asarray(lat, dtype=float), np.asarray(lon, dtype=float)
     if len(lat) != H or len(lon) != W:
         raise ValueError(f"{len(lat)} latitudes / {len(lon)} longitudes for {H} x {W} fields")
@@ -138,12 +161,15 @@ def plot_maps(forecast, truth, lat, lon, names: Sequence[str], leads: Sequence[f
             lo, hi = np.nanmin([f.min(), t.min()]), np.nanmax([f.max(), t.max()])
             emax = float(np.nanmax(np.abs(err))) or 1e-12
             label = f"{names[v]} +{leads[k]:g} h"
-            panels = ((row[0], f, "forecast", dict(cmap="viridis", vmin=lo, vmax=hi)),
-                      (row[1], t, "truth", dict(cmap="viridis", vmin=lo, vmax=hi)),
-                      (row[2], err, "error", dict(cmap="RdBu_r", vmin=-emax, vmax=emax)))
+            panels = (
+                (row[0], f, "forecast", dict(cmap="viridis", vmin=lo, vmax=hi)),
+                (row[1], t, "truth", dict(cmap="viridis", vmin=lo, vmax=hi)),
+                (row[2], err, "error", dict(cmap="RdBu_r", vmin=-emax, vmax=emax)),
+            )
             for ax, data, ttl, kw in panels:
-                im = ax.imshow(data, extent=extent, origin=origin, aspect="auto",
-                               interpolation="nearest", **kw)
+                im = ax.imshow(
+                    data, extent=extent, origin=origin, aspect="auto", interpolation="nearest", **kw
+                )
                 ax.set_title(f"{label}: {ttl}", fontsize=9)
                 ax.tick_params(labelsize=7)
                 fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=7)

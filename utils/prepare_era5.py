@@ -17,6 +17,7 @@ longitudes from 0 degrees east. Regridding is out of scope: the grid of the file
 output (``--h_size``/``--w_size`` check it). Levels and times can be subset. Existing output is
 never overwritten unless ``--overwrite``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,14 +25,21 @@ import glob
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
 
 import numpy as np
 
 from utils.channels import ERA5_LEVELS
-from utils.era5_layout import (STATISTIC_DIR, day_dir, from_hours, list_day, period_bounds,
-                               surface_name, upper_name)
+from utils.era5_layout import (
+    STATISTIC_DIR,
+    day_dir,
+    from_hours,
+    list_day,
+    period_bounds,
+    surface_name,
+    upper_name,
+)
 
 # Project name -> names found in ERA5 / WeatherBench files.
 UPPER_ALIASES = {
@@ -60,7 +68,7 @@ LAT_DIMS = ("latitude", "lat")
 LON_DIMS = ("longitude", "lon")
 
 
-def _lookup(name: str) -> tuple[Optional[str], bool]:
+def _lookup(name: str) -> tuple[str | None, bool]:
     """Project name of a file variable and whether it is upper-air."""
     key = name.lower()
     for project, aliases in UPPER_ALIASES.items():
@@ -72,24 +80,26 @@ def _lookup(name: str) -> tuple[Optional[str], bool]:
     return None, False
 
 
-def _find(names, candidates, what: str, path: str, required: bool = True) -> Optional[str]:
+def _find(names, candidates, what: str, path: str, required: bool = True) -> str | None:
     for c in candidates:
         if c in names:
             return c
     if required:
-        raise ValueError(f"{path}: no {what} dimension (looked for {list(candidates)}; "
-                         f"has {sorted(names)})")
+        raise ValueError(
+            f"{path}: no {what} dimension (looked for {list(candidates)}; has {sorted(names)})"
+        )
     return None
 
 
 @dataclass
 class _Item:
     """One variable of one file to convert."""
-    name: str                      # name in the file
-    var: str                       # project name
+
+    name: str  # name in the file
+    var: str  # project name
     upper: bool
-    levels: list = field(default_factory=list)        # hPa levels written (upper-air)
-    level_index: list = field(default_factory=list)   # their indices along the level dim, if any
+    levels: list = field(default_factory=list)  # hPa levels written (upper-air)
+    level_index: list = field(default_factory=list)  # their indices along the level dim, if any
 
 
 @dataclass
@@ -98,12 +108,12 @@ class _Plan:
     time_dim: str
     lat_dim: str
     lon_dim: str
-    level_dim: Optional[str]
+    level_dim: str | None
     time_index: np.ndarray
-    times: np.ndarray              # hours since epoch of the kept steps
+    times: np.ndarray  # hours since epoch of the kept steps
     items: list
     flip_lat: bool
-    lon_order: Optional[np.ndarray]
+    lon_order: np.ndarray | None
     squeeze: dict
 
 
@@ -115,9 +125,15 @@ def _minutes(values) -> np.ndarray:
     return v.astype("datetime64[m]").astype(np.int64)
 
 
-def plan_file(path: str, levels: Optional[Sequence[int]], variables: Optional[Sequence[str]],
-              first: Optional[int], last: Optional[int], hour_step: int,
-              level_override: Optional[int] = None) -> _Plan:
+def plan_file(
+    path: str,
+    levels: Sequence[int] | None,
+    variables: Sequence[str] | None,
+    first: int | None,
+    last: int | None,
+    hour_step: int,
+    level_override: int | None = None,
+) -> _Plan:
     """Inspect one netCDF file (metadata only) and decide what to write from it."""
     import xarray as xr
 
@@ -133,7 +149,7 @@ def plan_file(path: str, levels: Optional[Sequence[int]], variables: Optional[Se
                 raise ValueError(f"{path}: unsupported extra dimension {d!r} of size {ds.sizes[d]}")
             squeeze[d] = 0
         minutes = _minutes(ds[time_dim].values)
-        keep = (minutes % 60 == 0)
+        keep = minutes % 60 == 0
         hours = minutes // 60
         keep &= (hours % 24) % hour_step == 0
         if first is not None:
@@ -167,8 +183,10 @@ def plan_file(path: str, levels: Optional[Sequence[int]], variables: Optional[Se
                     item.levels = [level]
                 bad = [p for p in item.levels if p not in ERA5_LEVELS]
                 if bad:
-                    raise ValueError(f"{path}: variable {name!r} has levels {bad} that are not "
-                                     "ERA5 pressure levels")
+                    raise ValueError(
+                        f"{path}: variable {name!r} has levels {bad} that are not "
+                        "ERA5 pressure levels"
+                    )
                 if not item.levels:
                     continue
             elif level_dim is not None and level_dim in da.dims:
@@ -180,11 +198,22 @@ def plan_file(path: str, levels: Optional[Sequence[int]], variables: Optional[Se
         lon_mod = np.mod(lon, 360.0)
         order = np.argsort(lon_mod, kind="stable")
         lon_order = None if np.array_equal(order, np.arange(len(lon))) else order
-        return _Plan(path, time_dim, lat_dim, lon_dim, level_dim, time_index,
-                     hours[time_index], items, flip, lon_order, squeeze)
+        return _Plan(
+            path,
+            time_dim,
+            lat_dim,
+            lon_dim,
+            level_dim,
+            time_index,
+            hours[time_index],
+            items,
+            flip,
+            lon_order,
+            squeeze,
+        )
 
 
-def _scalar_level(ds, da, path: str, override: Optional[int]) -> int:
+def _scalar_level(ds, da, path: str, override: int | None) -> int:
     """Level of an upper-air variable without a level dimension (WeatherBench single-level files)."""
     if override is not None:
         return int(override)
@@ -198,8 +227,10 @@ def _scalar_level(ds, da, path: str, override: Optional[int]) -> int:
     match = re.search(r"_(\d{1,4})(?:hpa)?(?=[_.])", os.path.basename(path).lower())
     if match:
         return int(match.group(1))
-    raise ValueError(f"{path}: cannot tell the pressure level of {da.name!r} (no level dimension, "
-                     "coordinate or '<name>_<level>hPa' file name); pass --level")
+    raise ValueError(
+        f"{path}: cannot tell the pressure level of {da.name!r} (no level dimension, "
+        "coordinate or '<name>_<level>hPa' file name); pass --level"
+    )
 
 
 def _planned_outputs(plan: _Plan):
@@ -213,11 +244,24 @@ def _planned_outputs(plan: _Plan):
                 yield dt, True, surface_name(dt.hour, item.var)
 
 
-def convert(inputs: Sequence[str], root_dir: str, levels: Optional[Sequence[int]] = None,
-            variables: Optional[Sequence[str]] = None, start=None, end=None, hour_step: int = 6,
-            stats: bool = True, stats_start=None, stats_end=None, climatology: bool = True,
-            overwrite: bool = False, h_size: Optional[int] = None, w_size: Optional[int] = None,
-            level: Optional[int] = None, progress: bool = True) -> dict:
+def convert(
+    inputs: Sequence[str],
+    root_dir: str,
+    levels: Sequence[int] | None = None,
+    variables: Sequence[str] | None = None,
+    start=None,
+    end=None,
+    hour_step: int = 6,
+    stats: bool = True,
+    stats_start=None,
+    stats_end=None,
+    climatology: bool = True,
+    overwrite: bool = False,
+    h_size: int | None = None,
+    w_size: int | None = None,
+    level: int | None = None,
+    progress: bool = True,
+) -> dict:
     """Convert ``inputs`` (paths or glob patterns) into ``root_dir``; see the module docstring."""
     import xarray as xr
     from tqdm import tqdm
@@ -245,8 +289,10 @@ def convert(inputs: Sequence[str], root_dir: str, levels: Optional[Sequence[int]
     plans = [plan_file(p, levels, variables, first, last, hour_step, level) for p in paths]
     plans = [p for p in plans if p.items and len(p.times)]
     if not plans:
-        raise ValueError("nothing to convert: no recognised variable at the requested levels and "
-                         f"times in {paths}")
+        raise ValueError(
+            "nothing to convert: no recognised variable at the requested levels and "
+            f"times in {paths}"
+        )
     # Refuse to overwrite: one listdir per day directory.
     if not overwrite:
         existing, listing = [], {}
@@ -260,8 +306,10 @@ def convert(inputs: Sequence[str], root_dir: str, levels: Optional[Sequence[int]
         if stats and os.path.exists(os.path.join(root_dir, STATISTIC_DIR)):
             existing.append(os.path.join(root_dir, STATISTIC_DIR))
         if existing:
-            raise FileExistsError(f"{len(existing)} output file(s) exist, e.g. {existing[:5]}; "
-                                  "pass --overwrite to replace them")
+            raise FileExistsError(
+                f"{len(existing)} output file(s) exist, e.g. {existing[:5]}; "
+                "pass --overwrite to replace them"
+            )
 
     shape = (h_size, w_size) if h_size and w_size else None
     written: dict = {}
@@ -271,17 +319,19 @@ def convert(inputs: Sequence[str], root_dir: str, levels: Optional[Sequence[int]
     made = set()
     for plan in plans:
         with xr.open_dataset(plan.path) as ds:
-            for ti, t in zip(plan.time_index, plan.times):
+            for ti, t in zip(plan.time_index, plan.times, strict=False):
                 dt = from_hours(int(t))
                 all_times.add(int(t))
                 for item in plan.items:
                     dims = ds[item.name].dims
                     index = {plan.time_dim: int(ti), **{d: 0 for d in plan.squeeze if d in dims}}
-                    if plan.level_dim in dims:       # read only the levels that are written
+                    if plan.level_dim in dims:  # read only the levels that are written
                         index[plan.level_dim] = item.level_index
                     da = ds[item.name].isel(index)
-                    order = ([plan.level_dim] if plan.level_dim in da.dims else []) + \
-                        [plan.lat_dim, plan.lon_dim]
+                    order = ([plan.level_dim] if plan.level_dim in da.dims else []) + [
+                        plan.lat_dim,
+                        plan.lon_dim,
+                    ]
                     data = np.asarray(da.transpose(*order).values, dtype=np.float32)
                     if data.ndim == 2:
                         data = data[None]
@@ -292,20 +342,26 @@ def convert(inputs: Sequence[str], root_dir: str, levels: Optional[Sequence[int]
                     if shape is None:
                         shape = data.shape[1:]
                     if data.shape[1:] != tuple(shape):
-                        raise ValueError(f"{plan.path}: {item.name!r} has grid {data.shape[1:]}, "
-                                         f"expected {tuple(shape)} (regridding is out of scope)")
+                        raise ValueError(
+                            f"{plan.path}: {item.name!r} has grid {data.shape[1:]}, "
+                            f"expected {tuple(shape)} (regridding is out of scope)"
+                        )
                     out_dir = day_dir(root_dir, dt, surface=not item.upper)
                     if out_dir not in made:
                         os.makedirs(out_dir, exist_ok=True)
                         made.add(out_dir)
                     if item.upper:
-                        for field_, p in zip(data, item.levels):
-                            np.save(os.path.join(out_dir, upper_name(dt.hour, item.var, p)),
-                                    np.ascontiguousarray(field_))
+                        for field_, p in zip(data, item.levels, strict=False):
+                            np.save(
+                                os.path.join(out_dir, upper_name(dt.hour, item.var, p)),
+                                np.ascontiguousarray(field_),
+                            )
                             written.setdefault(item.var, set()).add(p)
                     else:
-                        np.save(os.path.join(out_dir, surface_name(dt.hour, item.var)),
-                                np.ascontiguousarray(data[0]))
+                        np.save(
+                            os.path.join(out_dir, surface_name(dt.hour, item.var)),
+                            np.ascontiguousarray(data[0]),
+                        )
                         written.setdefault(item.var, None)
                 bar.update(1)
     bar.close()
@@ -313,53 +369,110 @@ def convert(inputs: Sequence[str], root_dir: str, levels: Optional[Sequence[int]
     surface = [v for v, ls in written.items() if ls is None]
     first_day = from_hours(min(all_times)).date().isoformat()
     last_day = from_hours(max(all_times)).date().isoformat()
-    result = {"root_dir": root_dir, "files": len(plans), "times": len(all_times),
-              "first_day": first_day, "last_day": last_day, "upper": upper, "surface": surface,
-              "grid": list(shape)}
+    result = {
+        "root_dir": root_dir,
+        "files": len(plans),
+        "times": len(all_times),
+        "first_day": first_day,
+        "last_day": last_day,
+        "upper": upper,
+        "surface": surface,
+        "grid": list(shape),
+    }
     if levels is not None:
         absent = sorted({p for p in levels} - {p for ls in upper.values() for p in ls})
         if absent:
             result["levels_not_found"] = absent
     if stats:
         from utils.statistics import compute_statistics
+
         result["statistics"] = compute_statistics(
-            root_dir, stats_start or first_day, stats_end or last_day, hour_step, upper, surface,
-            climatology=climatology, overwrite=overwrite, progress=progress)
+            root_dir,
+            stats_start or first_day,
+            stats_end or last_day,
+            hour_step,
+            upper,
+            surface,
+            climatology=climatology,
+            overwrite=overwrite,
+            progress=progress,
+        )
     return result
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", nargs="+", required=True,
-                        help="netCDF files, glob patterns or directories (searched for *.nc)")
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        help="netCDF files, glob patterns or directories (searched for *.nc)",
+    )
     parser.add_argument("--root_dir", required=True, help="output root of the layout")
-    parser.add_argument("--levels", type=int, nargs="+", default=None,
-                        help="pressure levels (hPa) to keep (default: all in the files)")
-    parser.add_argument("--variables", nargs="+", default=None,
-                        help="project variable names to keep, e.g. z q u v t t2m u10 v10 msl sp")
+    parser.add_argument(
+        "--levels",
+        type=int,
+        nargs="+",
+        default=None,
+        help="pressure levels (hPa) to keep (default: all in the files)",
+    )
+    parser.add_argument(
+        "--variables",
+        nargs="+",
+        default=None,
+        help="project variable names to keep, e.g. z q u v t t2m u10 v10 msl sp",
+    )
     parser.add_argument("--start", default=None, help="first date to convert, YYYY-MM-DD")
     parser.add_argument("--end", default=None, help="last date to convert, YYYY-MM-DD")
-    parser.add_argument("--hour_step", type=int, default=6,
-                        help="keep hours of day divisible by this (default 6: 00/06/12/18)")
-    parser.add_argument("--level", type=int, default=None,
-                        help="pressure level of upper-air files that have no level coordinate")
+    parser.add_argument(
+        "--hour_step",
+        type=int,
+        default=6,
+        help="keep hours of day divisible by this (default 6: 00/06/12/18)",
+    )
+    parser.add_argument(
+        "--level",
+        type=int,
+        default=None,
+        help="pressure level of upper-air files that have no level coordinate",
+    )
     parser.add_argument("--h_size", type=int, default=None, help="expected latitudes (check)")
     parser.add_argument("--w_size", type=int, default=None, help="expected longitudes (check)")
     parser.add_argument("--no_stats", action="store_true", help="skip statistics and climatology")
-    parser.add_argument("--stats_start", default=None,
-                        help="first date of the statistics period (default: first converted day)")
-    parser.add_argument("--stats_end", default=None,
-                        help="last date of the statistics period (default: last converted day)")
+    parser.add_argument(
+        "--stats_start",
+        default=None,
+        help="first date of the statistics period (default: first converted day)",
+    )
+    parser.add_argument(
+        "--stats_end",
+        default=None,
+        help="last date of the statistics period (default: last converted day)",
+    )
     parser.add_argument("--no_climatology", action="store_true")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    result = convert(args.input, args.root_dir, args.levels, args.variables, args.start, args.end,
-                     args.hour_step, stats=not args.no_stats, stats_start=args.stats_start,
-                     stats_end=args.stats_end, climatology=not args.no_climatology,
-                     overwrite=args.overwrite, h_size=args.h_size, w_size=args.w_size,
-                     level=args.level, progress=not args.quiet)
+    result = convert(
+        args.input,
+        args.root_dir,
+        args.levels,
+        args.variables,
+        args.start,
+        args.end,
+        args.hour_step,
+        stats=not args.no_stats,
+        stats_start=args.stats_start,
+        stats_end=args.stats_end,
+        climatology=not args.no_climatology,
+        overwrite=args.overwrite,
+        h_size=args.h_size,
+        w_size=args.w_size,
+        level=args.level,
+        progress=not args.quiet,
+    )
     print(json.dumps(result, default=str))
 
 

@@ -32,6 +32,7 @@ so compare a paper figure with this column. ``metrics.json``::
 (NaN is written as JSON ``null``.) :func:`load_results` reads it back into a
 :class:`utils.rollout.RolloutResults`.
 """
+
 from __future__ import annotations
 
 import csv
@@ -39,7 +40,7 @@ import io
 import json
 import math
 import os
-from typing import Dict, Iterable, List, Optional, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -50,20 +51,26 @@ MODEL_RMSE_FILE = "denormalized_lat_weight_rmse.npy"
 MODEL_ACC_FILE = "lat_weight_acc.npy"
 CSV_COLUMNS = ("forecaster", "variable", "level", "lead_hours", "rmse", "acc", "rmse_ic_mean")
 
-__all__ = ["result_file_names",
-           "save_results", "load_results", "format_headline_table", "MODEL_RMSE_FILE",
-           "MODEL_ACC_FILE", "CSV_COLUMNS"]
+__all__ = [
+    "result_file_names",
+    "save_results",
+    "load_results",
+    "format_headline_table",
+    "MODEL_RMSE_FILE",
+    "MODEL_ACC_FILE",
+    "CSV_COLUMNS",
+]
 
 
 # ------------------------------------------------------------------------------------ writing
-def result_file_names(forecaster: str) -> Dict[str, str]:
+def result_file_names(forecaster: str) -> dict[str, str]:
     """``{"rmse": file, "acc": file}`` for a forecaster (the model keeps the historical names)."""
     if forecaster == "model":
         return {"rmse": MODEL_RMSE_FILE, "acc": MODEL_ACC_FILE}
     return {"rmse": f"{forecaster}_lat_weight_rmse.npy", "acc": f"{forecaster}_lat_weight_acc.npy"}
 
 
-def _num(x) -> Optional[float]:
+def _num(x) -> float | None:
     x = float(x)
     return None if math.isnan(x) else x
 
@@ -73,14 +80,21 @@ def _csv_num(x) -> str:
     return "nan" if math.isnan(x) else repr(x)
 
 
-def _to_json(results: RolloutResults, config_name: Optional[str]) -> dict:
+def _to_json(results: RolloutResults, config_name: str | None) -> dict:
     forecasters = {}
     for f in results.forecasters:
         forecasters[f] = {
-            key: {name: [(int(v) if key == "acc_undefined" else _num(v)) for v in row]
-                  for name, row in zip(results.channel_names, arrays[f])}
-            for key, arrays in (("rmse", results.rmse), ("rmse_ic_mean", results.rmse_ic_mean),
-                                ("acc", results.acc), ("acc_undefined", results.acc_undefined))}
+            key: {
+                name: [(int(v) if key == "acc_undefined" else _num(v)) for v in row]
+                for name, row in zip(results.channel_names, arrays[f], strict=False)
+            }
+            for key, arrays in (
+                ("rmse", results.rmse),
+                ("rmse_ic_mean", results.rmse_ic_mean),
+                ("acc", results.acc),
+                ("acc_undefined", results.acc_undefined),
+            )
+        }
     return {
         "config": config_name,
         "n_ics": int(results.n_ics),
@@ -88,8 +102,10 @@ def _to_json(results: RolloutResults, config_name: Optional[str]) -> dict:
         "lead_hours": [int(h) for h in results.lead_hours],
         "acc_available": bool(results.acc_available),
         "notes": list(results.notes),
-        "channels": [{"name": n, "variable": v, "level": lev}
-                     for n, (v, lev) in zip(results.channel_names, results.channels)],
+        "channels": [
+            {"name": n, "variable": v, "level": lev}
+            for n, (v, lev) in zip(results.channel_names, results.channels, strict=False)
+        ],
         "forecasters": forecasters,
     }
 
@@ -101,17 +117,26 @@ def _to_csv(results: RolloutResults) -> str:
     for f in results.forecasters:
         for c, (variable, level) in enumerate(results.channels):
             for k, hours in enumerate(results.lead_hours):
-                writer.writerow([f, variable, "" if level is None else level, int(hours),
-                                 _csv_num(results.rmse[f][c, k]), _csv_num(results.acc[f][c, k]),
-                                 _csv_num(results.rmse_ic_mean[f][c, k])])
+                writer.writerow(
+                    [
+                        f,
+                        variable,
+                        "" if level is None else level,
+                        int(hours),
+                        _csv_num(results.rmse[f][c, k]),
+                        _csv_num(results.acc[f][c, k]),
+                        _csv_num(results.rmse_ic_mean[f][c, k]),
+                    ]
+                )
     return out.getvalue()
 
 
-def save_results(results: RolloutResults, out_dir: str,
-                 config_name: Optional[str] = None) -> Dict[str, str]:
+def save_results(
+    results: RolloutResults, out_dir: str, config_name: str | None = None
+) -> dict[str, str]:
     """Write every result file of ``results`` into ``out_dir``; returns ``{label: path}``."""
     os.makedirs(out_dir, exist_ok=True)
-    written: Dict[str, str] = {}
+    written: dict[str, str] = {}
     for f in results.forecasters:
         for metric, name in result_file_names(f).items():
             path = os.path.join(out_dir, name)
@@ -125,8 +150,9 @@ def save_results(results: RolloutResults, out_dir: str,
     atomic_write_text(path, _to_csv(results))
     written["csv"] = path
     path = os.path.join(out_dir, "metrics.json")
-    atomic_write_text(path, json.dumps(_to_json(results, config_name), indent=1,
-                                       allow_nan=False) + "\n")
+    atomic_write_text(
+        path, json.dumps(_to_json(results, config_name), indent=1, allow_nan=False) + "\n"
+    )
     written["json"] = path
     return written
 
@@ -138,18 +164,29 @@ def load_results(path: str) -> RolloutResults:
     with open(path) as fh:
         doc = json.load(fh)
     names = [c["name"] for c in doc["channels"]]
-    res = RolloutResults(lead_hours=np.asarray(doc["lead_hours"], dtype=np.int64),
-                         channel_names=names,
-                         channels=[(c["variable"], c["level"]) for c in doc["channels"]],
-                         n_ics=int(doc["n_ics"]), lead_time=int(doc["lead_time_hours"]),
-                         acc_available=bool(doc["acc_available"]), notes=list(doc["notes"]))
-    nan = lambda rows: np.array([[np.nan if v is None else v for v in rows[n]] for n in names],
-                                dtype=np.float64)
+    res = RolloutResults(
+        lead_hours=np.asarray(doc["lead_hours"], dtype=np.int64),
+        channel_names=names,
+        channels=[(c["variable"], c["level"]) for c in doc["channels"]],
+        n_ics=int(doc["n_ics"]),
+        lead_time=int(doc["lead_time_hours"]),
+        acc_available=bool(doc["acc_available"]),
+        notes=list(doc["notes"]),
+    )
+
+    def nan(rows):
+        return np.array(
+            [[np.nan if v is None else v for v in rows[n]] for n in names], dtype=np.float64
+        )
+
     for f, block in doc["forecasters"].items():
         res.rmse[f] = nan(block["rmse"])
         # NaN for files written before the column existed.
-        res.rmse_ic_mean[f] = (nan(block["rmse_ic_mean"]) if "rmse_ic_mean" in block
-                               else np.full_like(res.rmse[f], np.nan))
+        res.rmse_ic_mean[f] = (
+            nan(block["rmse_ic_mean"])
+            if "rmse_ic_mean" in block
+            else np.full_like(res.rmse[f], np.nan)
+        )
         res.acc[f] = nan(block["acc"])
         res.acc_undefined[f] = np.array([block["acc_undefined"][n] for n in names], dtype=np.int64)
     return res
@@ -168,8 +205,9 @@ def _lead_label(days: float) -> str:
     return f"{days:g} d ({h})" if float(days).is_integer() else h
 
 
-def format_headline_table(results: RolloutResults, headline_names: Sequence[str],
-                          days: Iterable[float]) -> str:
+def format_headline_table(
+    results: RolloutResults, headline_names: Sequence[str], days: Iterable[float]
+) -> str:
     """Text table: headline variables x requested lead days, RMSE and ACC per forecaster.
 
     Forecasters appear in the order model, persistence, climatology (those scored). Variables
@@ -178,17 +216,20 @@ def format_headline_table(results: RolloutResults, headline_names: Sequence[str]
     """
     fcs = [f for f in FORECASTERS if f in results.rmse]
     short = {"model": "model", "persistence": "persist", "climatology": "clim"}
-    header = ["variable", "lead"] + [f"RMSE {short[f]}" for f in fcs] + \
-             [f"ACC {short[f]}" for f in fcs]
-    rows: List[List[str]] = []
-    notes: List[str] = []
+    header = (
+        ["variable", "lead"] + [f"RMSE {short[f]}" for f in fcs] + [f"ACC {short[f]}" for f in fcs]
+    )
+    rows: list[list[str]] = []
+    notes: list[str] = []
     leads = []
     for d in days:
         k = results.lead_index(float(d) * 24.0)
         if k is None:
-            notes.append(f"lead {_lead_label(float(d))} skipped: not in the rollout "
-                         f"(leads {int(results.lead_hours[0])}..{int(results.lead_hours[-1])} h "
-                         f"every {results.lead_time} h)")
+            notes.append(
+                f"lead {_lead_label(float(d))} skipped: not in the rollout "
+                f"(leads {int(results.lead_hours[0])}..{int(results.lead_hours[-1])} h "
+                f"every {results.lead_time} h)"
+            )
         else:
             leads.append((float(d), k))
     for name in headline_names:
@@ -197,14 +238,24 @@ def format_headline_table(results: RolloutResults, headline_names: Sequence[str]
             continue
         c = results.channel_index(name)
         for d, k in leads:
-            rows.append([name, _lead_label(d)]
-                        + [_fmt(float(results.rmse[f][c, k]), "rmse") for f in fcs]
-                        + [_fmt(float(results.acc[f][c, k]), "acc") for f in fcs])
+            rows.append(
+                [name, _lead_label(d)]
+                + [_fmt(float(results.rmse[f][c, k]), "rmse") for f in fcs]
+                + [_fmt(float(results.acc[f][c, k]), "acc") for f in fcs]
+            )
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    line = lambda r: "  ".join(v.ljust(w) if i < 2 else v.rjust(w)
-                               for i, (v, w) in enumerate(zip(r, widths))).rstrip()
-    out = [f"Latitude-weighted RMSE (physical units) and ACC over {results.n_ics} initial "
-           "conditions", line(header), line(["-" * w for w in widths])]
+
+    def line(r):
+        return "  ".join(
+            v.ljust(w) if i < 2 else v.rjust(w)
+            for i, (v, w) in enumerate(zip(r, widths, strict=False))
+        ).rstrip()
+
+    out = [
+        f"Latitude-weighted RMSE (physical units) and ACC over {results.n_ics} initial conditions",
+        line(header),
+        line(["-" * w for w in widths]),
+    ]
     out += [line(r) for r in rows]
     if not rows:
         out.append("(no rows: no headline variable at a requested lead)")

@@ -22,26 +22,41 @@ Loader contract: batches ``(inp, tar, time_hours)`` with ``inp`` ``(B, C, H, W)`
 targets for leads 1..T (``(B, C, H, W)`` when T == 1), ``time_hours`` ``(B,)`` int64 hours since
 1970-01-01 of the input state.
 """
+
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from utils.distributed import all_reduce_sum
-from utils.weighted_acc_rmse import (accumulation_dtype, acc_from_terms, lat_weights_torch,
-                                     latitudes_numpy, weighted_acc_terms,
-                                     weighted_acc_terms_torch_channels, weighted_mean_hw,
-                                     weighted_mse, weighted_mse_torch_channels)
+from utils.weighted_acc_rmse import (
+    acc_from_terms,
+    accumulation_dtype,
+    lat_weights_torch,
+    latitudes_numpy,
+    weighted_acc_terms,
+    weighted_acc_terms_torch_channels,
+    weighted_mean_hw,
+    weighted_mse,
+    weighted_mse_torch_channels,
+)
 
 FORECASTERS = ("model", "persistence", "climatology")
 
-__all__ = ["FORECASTERS", "MetricAccumulator", "RolloutResults", "evaluate_rollout",
-           "resolve_amp_dtype", "autocast_context", "channel_meta"]
+__all__ = [
+    "FORECASTERS",
+    "MetricAccumulator",
+    "RolloutResults",
+    "evaluate_rollout",
+    "resolve_amp_dtype",
+    "autocast_context",
+    "channel_meta",
+]
 
 
 # ------------------------------------------------------------------------------------ accumulator
@@ -68,15 +83,18 @@ class MetricAccumulator:
         self.device = torch.device(device)
         self.lat = latitudes_numpy(lat)
         dtype = accumulation_dtype(self.device)
-        z = lambda: torch.zeros(self.n_channels, self.n_leads, dtype=dtype, device=self.device)
-        self.mse_sum = z()
-        self.rmse_sum = z()         # per-IC RMSEs, for rmse_ic_mean
-        self.count = z()            # samples per (channel, lead) contributing to mse_sum
-        self.acc_sum = z()
-        self.acc_count = z()        # defined per-IC ACC values
-        self.acc_nan = z()          # undefined per-IC ACC values
 
-    def _buffers(self) -> List[torch.Tensor]:
+        def z():
+            return torch.zeros(self.n_channels, self.n_leads, dtype=dtype, device=self.device)
+
+        self.mse_sum = z()
+        self.rmse_sum = z()  # per-IC RMSEs, for rmse_ic_mean
+        self.count = z()  # samples per (channel, lead) contributing to mse_sum
+        self.acc_sum = z()
+        self.acc_count = z()  # defined per-IC ACC values
+        self.acc_nan = z()  # undefined per-IC ACC values
+
+    def _buffers(self) -> list[torch.Tensor]:
         return [self.mse_sum, self.rmse_sum, self.count, self.acc_sum, self.acc_count, self.acc_nan]
 
     def _check_lead(self, lead: int) -> None:
@@ -149,23 +167,23 @@ class RolloutResults:
     """
 
     lead_hours: np.ndarray
-    channel_names: List[str]
-    channels: List[Tuple[str, Optional[int]]]
+    channel_names: list[str]
+    channels: list[tuple[str, int | None]]
     n_ics: int
     lead_time: int
-    rmse: Dict[str, np.ndarray] = field(default_factory=dict)
-    rmse_ic_mean: Dict[str, np.ndarray] = field(default_factory=dict)
-    acc: Dict[str, np.ndarray] = field(default_factory=dict)
-    acc_undefined: Dict[str, np.ndarray] = field(default_factory=dict)
+    rmse: dict[str, np.ndarray] = field(default_factory=dict)
+    rmse_ic_mean: dict[str, np.ndarray] = field(default_factory=dict)
+    acc: dict[str, np.ndarray] = field(default_factory=dict)
+    acc_undefined: dict[str, np.ndarray] = field(default_factory=dict)
     acc_available: bool = True
-    notes: List[str] = field(default_factory=list)
-    sample: Optional[dict] = None
+    notes: list[str] = field(default_factory=list)
+    sample: dict | None = None
 
     @property
-    def forecasters(self) -> List[str]:
+    def forecasters(self) -> list[str]:
         return list(self.rmse)
 
-    def lead_index(self, hours: float) -> Optional[int]:
+    def lead_index(self, hours: float) -> int | None:
         """Column of a lead given in hours, or None when it is not in the rollout."""
         hits = np.nonzero(np.isclose(self.lead_hours, hours, atol=1e-6))[0]
         return int(hits[0]) if len(hits) else None
@@ -174,7 +192,7 @@ class RolloutResults:
         return self.channel_names.index(name)
 
 
-def channel_meta(channels, n_channels: int) -> Tuple[List[str], List[Tuple[str, Optional[int]]]]:
+def channel_meta(channels, n_channels: int) -> tuple[list[str], list[tuple[str, int | None]]]:
     """Names and ``(variable, level)`` pairs of a ChannelLayout, Channel list, name list or None."""
     if channels is None:
         names = [f"c{i}" for i in range(n_channels)]
@@ -194,12 +212,17 @@ def channel_meta(channels, n_channels: int) -> Tuple[List[str], List[Tuple[str, 
 
 
 # ------------------------------------------------------------------------------------ helpers
-def resolve_amp_dtype(amp_dtype, device) -> Optional[torch.dtype]:
+def resolve_amp_dtype(amp_dtype, device) -> torch.dtype | None:
     """``None``/``"bf16"``/``"fp16"``/torch dtype -> autocast dtype; fp16 is CUDA-only here."""
     if amp_dtype is None or amp_dtype is False:
         return None
-    table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
-             "float16": torch.float16, "half": torch.float16}
+    table = {
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "half": torch.float16,
+    }
     dtype = table.get(amp_dtype, amp_dtype) if isinstance(amp_dtype, str) else amp_dtype
     if dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"amp_dtype must be bf16 or fp16, got {amp_dtype!r}")
@@ -211,7 +234,7 @@ def resolve_amp_dtype(amp_dtype, device) -> Optional[torch.dtype]:
     return dtype
 
 
-def autocast_context(device, dtype: Optional[torch.dtype]):
+def autocast_context(device, dtype: torch.dtype | None):
     """``torch.autocast`` to ``dtype`` on ``device`` (from :func:`resolve_amp_dtype`); a no-op
     context for ``None``."""
     if dtype is None:
@@ -220,11 +243,17 @@ def autocast_context(device, dtype: Optional[torch.dtype]):
 
 
 def _stats(values, n_channels: int, device, dtype) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor)
-                                   else values, dtype=np.float64), dtype=dtype, device=device)
+    t = torch.as_tensor(
+        np.asarray(
+            values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64
+        ),
+        dtype=dtype,
+        device=device,
+    )
     if t.numel() != n_channels:
-        raise ValueError(f"normalisation statistics have {t.numel()} values for {n_channels} "
-                         "channels")
+        raise ValueError(
+            f"normalisation statistics have {t.numel()} values for {n_channels} channels"
+        )
     return t.reshape(1, n_channels, 1, 1)
 
 
@@ -240,8 +269,9 @@ def _split_batch(batch, n_steps: int):
     if tar.dim() == 4:
         tar = tar.unsqueeze(1)
     if tar.dim() != 5 or tar.shape[0] != inp.shape[0] or tar.shape[2:] != inp.shape[1:]:
-        raise ValueError(f"tar must be (B, T, C, H, W) matching inp {tuple(inp.shape)}, "
-                         f"got {tuple(tar.shape)}")
+        raise ValueError(
+            f"tar must be (B, T, C, H, W) matching inp {tuple(inp.shape)}, got {tuple(tar.shape)}"
+        )
     if tar.shape[1] < n_steps:
         raise ValueError(f"the loader gives {tar.shape[1]} target steps, n_steps is {n_steps}")
     times = [int(t) for t in torch.as_tensor(time_hours).reshape(-1).tolist()]
@@ -251,24 +281,26 @@ def _split_batch(batch, n_steps: int):
 
 
 # ------------------------------------------------------------------------------------ engine
-def evaluate_rollout(step_fn: Optional[Callable[[torch.Tensor], torch.Tensor]],
-                     loader: Iterable,
-                     n_steps: int,
-                     mean,
-                     std,
-                     lat,
-                     climatology,
-                     device,
-                     forecasters: Sequence[str] = FORECASTERS,
-                     progress: bool = True,
-                     amp_dtype=None,
-                     raw_forecast_writer: Optional[Callable[[int, np.ndarray], None]] = None,
-                     *,
-                     lead_time: int = 6,
-                     channels=None,
-                     capture_ic: Optional[int] = None,
-                     capture_channels: Optional[Sequence[int]] = None,
-                     max_batches: Optional[int] = None) -> RolloutResults:
+def evaluate_rollout(
+    step_fn: Callable[[torch.Tensor], torch.Tensor] | None,
+    loader: Iterable,
+    n_steps: int,
+    mean,
+    std,
+    lat,
+    climatology,
+    device,
+    forecasters: Sequence[str] = FORECASTERS,
+    progress: bool = True,
+    amp_dtype=None,
+    raw_forecast_writer: Callable[[int, np.ndarray], None] | None = None,
+    *,
+    lead_time: int = 6,
+    channels=None,
+    capture_ic: int | None = None,
+    capture_channels: Sequence[int] | None = None,
+    max_batches: int | None = None,
+) -> RolloutResults:
     """Autoregressive rollout of ``step_fn`` over ``loader``; scores model and baselines.
 
     Args:
@@ -303,13 +335,14 @@ def evaluate_rollout(step_fn: Optional[Callable[[torch.Tensor], torch.Tensor]],
     """
     unknown = [f for f in forecasters if f not in FORECASTERS]
     if unknown or not forecasters:
-        raise ValueError(f"forecasters must be a non-empty subset of {FORECASTERS}, got "
-                         f"{list(forecasters)}")
+        raise ValueError(
+            f"forecasters must be a non-empty subset of {FORECASTERS}, got {list(forecasters)}"
+        )
     if int(n_steps) < 1:
         raise ValueError(f"n_steps must be >= 1, got {n_steps}")
     n_steps = int(n_steps)
     device = torch.device(device)
-    notes: List[str] = []
+    notes: list[str] = []
     forecasters = [f for f in FORECASTERS if f in forecasters]
     if "model" in forecasters and step_fn is None:
         raise ValueError("step_fn is required to score the model")
@@ -332,17 +365,18 @@ def evaluate_rollout(step_fn: Optional[Callable[[torch.Tensor], torch.Tensor]],
             total = min(total, max_batches)
     except TypeError:
         total = max_batches
-    bar = tqdm(loader, total=total, desc="rollout", unit="batch", disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(
+        loader, total=total, desc="rollout", unit="batch", disable=not progress, dynamic_ncols=True
+    )
 
-    accs: Dict[str, MetricAccumulator] = {}
+    accs: dict[str, MetricAccumulator] = {}
     mean_t = std_t = None
-    names: List[str] = []
-    meta: List[Tuple[str, Optional[int]]] = []
+    names: list[str] = []
+    meta: list[tuple[str, int | None]] = []
     n_ics = 0
     sample = None
     work_dtype = accumulation_dtype(device)
-    clim_cache: Dict[int, torch.Tensor] = {}       # valid time (hours) -> (C, H, W) on device
+    clim_cache: dict[int, torch.Tensor] = {}  # valid time (hours) -> (C, H, W) on device
 
     with torch.inference_mode():
         for b_idx, batch in enumerate(bar):
@@ -360,7 +394,9 @@ def evaluate_rollout(step_fn: Optional[Callable[[torch.Tensor], torch.Tensor]],
                 w = lat_weights_torch(lat, device, work_dtype)
             inp = inp.to(device, torch.float32, non_blocking=True)
             tar = tar.to(device, torch.float32, non_blocking=True)
-            phys = lambda x: x.to(work_dtype) * std_t + mean_t
+
+            def phys(x):
+                return x.to(work_dtype) * std_t + mean_t  # noqa: B023
 
             # Consecutive initial conditions share most valid times: each climatology field is
             # read and moved to the device once, and dropped once it is older than this batch.
@@ -370,19 +406,23 @@ def evaluate_rollout(step_fn: Optional[Callable[[torch.Tensor], torch.Tensor]],
             def clim_at(k: int):
                 if climatology is None:
                     return None
-                valid = [int(t) + k * lead_time for t in times]
+                valid = [int(t) + k * lead_time for t in times]  # noqa: B023
                 for t in valid:
                     if t not in clim_cache:
-                        clim_cache[t] = torch.tensor(np.asarray(climatology.field(t)),
-                                                     dtype=work_dtype, device=device)
+                        clim_cache[t] = torch.tensor(
+                            np.asarray(climatology.field(t)), dtype=work_dtype, device=device
+                        )
                 return torch.stack([clim_cache[t] for t in valid])
 
             capture_here = capture_ic is not None and n_ics <= capture_ic < n_ics + B
             cap_row = capture_ic - n_ics if capture_here else None
             cap_ch = list(range(C)) if capture_channels is None else list(capture_channels)
             cap_fc, cap_truth = [], []
-            raw = (torch.empty((B, n_steps) + tuple(inp.shape[1:]), dtype=torch.float32)
-                   if want_model and raw_forecast_writer is not None else None)  # (B, T, C, H, W)
+            raw = (
+                torch.empty((B, n_steps) + tuple(inp.shape[1:]), dtype=torch.float32)
+                if want_model and raw_forecast_writer is not None
+                else None
+            )  # (B, T, C, H, W)
 
             x = inp
             init_phys = phys(inp)
@@ -395,19 +435,22 @@ def evaluate_rollout(step_fn: Optional[Callable[[torch.Tensor], torch.Tensor]],
                         with autocast_context(device, autocast_dtype):
                             out = step_fn(x)
                         if not isinstance(out, torch.Tensor):
-                            raise TypeError("step_fn must return a tensor (B, C, H, W), got "
-                                            f"{type(out).__name__}")
+                            raise TypeError(
+                                "step_fn must return a tensor (B, C, H, W), got "
+                                f"{type(out).__name__}"
+                            )
                         if out.shape != x.shape:
-                            raise ValueError(f"step_fn returned {tuple(out.shape)} for input "
-                                             f"{tuple(x.shape)}")
+                            raise ValueError(
+                                f"step_fn returned {tuple(out.shape)} for input {tuple(x.shape)}"
+                            )
                         x = out.float()
                 clim = clim_at(k)
                 model_phys = phys(x) if want_model else None
-                if clim is not None:                 # truth anomaly: shared by all forecasters
+                if clim is not None:  # truth anomaly: shared by all forecasters
                     b = truth - clim
                     var_b = weighted_mean_hw(b * b, w)
                 for f, acc in accs.items():
-                    if f == "climatology":           # pred - truth = -b; zero anomaly: no ACC
+                    if f == "climatology":  # pred - truth = -b; zero anomaly: no ACC
                         mse = var_b
                         corr = torch.full_like(var_b, float("nan"))
                     else:
@@ -429,9 +472,12 @@ def evaluate_rollout(step_fn: Optional[Callable[[torch.Tensor], torch.Tensor]],
                 for i, t in enumerate(times):
                     raw_forecast_writer(t, raw[i].numpy())
             if cap_fc:
-                sample = {"time_hours": times[cap_row], "channels": cap_ch,
-                          "forecast": torch.stack(cap_fc).numpy(),
-                          "truth": torch.stack(cap_truth).numpy()}
+                sample = {
+                    "time_hours": times[cap_row],
+                    "channels": cap_ch,
+                    "forecast": torch.stack(cap_fc).numpy(),
+                    "truth": torch.stack(cap_truth).numpy(),
+                }
             n_ics += B
 
     if n_ics == 0:
@@ -439,12 +485,19 @@ def evaluate_rollout(step_fn: Optional[Callable[[torch.Tensor], torch.Tensor]],
     if raw_forecast_writer is not None and not want_model:
         notes.append("raw_forecast_writer ignored: the model is not scored")
     if capture_ic is not None and sample is None:
-        notes.append(f"capture_ic {capture_ic} not captured ({n_ics} ICs, model scored: "
-                     f"{want_model})")
-    results = RolloutResults(lead_hours=np.arange(n_steps + 1, dtype=np.int64) * int(lead_time),
-                             channel_names=names, channels=meta, n_ics=n_ics,
-                             lead_time=int(lead_time), acc_available=climatology is not None,
-                             notes=notes, sample=sample)
+        notes.append(
+            f"capture_ic {capture_ic} not captured ({n_ics} ICs, model scored: {want_model})"
+        )
+    results = RolloutResults(
+        lead_hours=np.arange(n_steps + 1, dtype=np.int64) * int(lead_time),
+        channel_names=names,
+        channels=meta,
+        n_ics=n_ics,
+        lead_time=int(lead_time),
+        acc_available=climatology is not None,
+        notes=notes,
+        sample=sample,
+    )
     for f, acc in accs.items():
         results.rmse[f] = acc.rmse()
         results.rmse_ic_mean[f] = acc.rmse_ic_mean()
@@ -455,8 +508,10 @@ def evaluate_rollout(step_fn: Optional[Callable[[torch.Tensor], torch.Tensor]],
             if f == "climatology":
                 notes.append("climatology: ACC undefined (zero anomaly) by construction")
             else:
-                note = (f"{f}: {undefined} per-IC ACC values undefined (zero anomaly or "
-                        "non-finite forecast), excluded from the mean")
+                note = (
+                    f"{f}: {undefined} per-IC ACC values undefined (zero anomaly or "
+                    "non-finite forecast), excluded from the mean"
+                )
                 notes.append(note)
                 warnings.warn(note, stacklevel=2)
     if climatology is None:

@@ -9,22 +9,33 @@ also writes the data climatology (by day of year and hour, plus the time mean)::
 
     python -m utils.statistics --root_dir DIR --start 1979-01-01 --end 2020-12-31 [--hour_step 6]
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import math
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from utils.atomic_io import atomic_write_text
 from utils.channels import ERA5_LEVELS, Channel
-from utils.era5_layout import (CLIMATOLOGY_DIR, MEAN_STD_FILE, MEAN_STD_SINGLE_FILE,
-                               STATISTIC_DIR, channel_path, discover_variables, from_hours,
-                               missing_files_message, period_times, scan_missing, statistic_path,
-                               read_field)
+from utils.era5_layout import (
+    CLIMATOLOGY_DIR,
+    MEAN_STD_FILE,
+    MEAN_STD_SINGLE_FILE,
+    STATISTIC_DIR,
+    channel_path,
+    discover_variables,
+    from_hours,
+    missing_files_message,
+    period_times,
+    read_field,
+    scan_missing,
+    statistic_path,
+)
 
 
 class StatisticsError(KeyError):
@@ -36,8 +47,10 @@ class StatisticsError(KeyError):
 
 def _read_json(path: str) -> dict:
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"statistics file {path} does not exist (compute it with "
-                                "`python -m utils.statistics --root_dir ...`)")
+        raise FileNotFoundError(
+            f"statistics file {path} does not exist (compute it with "
+            "`python -m utils.statistics --root_dir ...`)"
+        )
     with open(path) as f:
         data = json.load(f)
     for key in ("mean", "std"):
@@ -69,8 +82,10 @@ def load_mean_std(root_dir: str, layout) -> tuple[np.ndarray, np.ndarray]:
                 path = statistic_path(root_dir, MEAN_STD_SINGLE_FILE)
                 single = single or _read_json(path)
                 if ch.variable not in single[kind]:
-                    raise StatisticsError(f"{path}: no '{kind}' entry for surface variable "
-                                          f"'{ch.variable}' (has {sorted(single[kind])})")
+                    raise StatisticsError(
+                        f"{path}: no '{kind}' entry for surface variable "
+                        f"'{ch.variable}' (has {sorted(single[kind])})"
+                    )
                 value = single[kind][ch.variable]
                 if isinstance(value, list) and len(value) == 1:
                     value = value[0]
@@ -80,20 +95,30 @@ def load_mean_std(root_dir: str, layout) -> tuple[np.ndarray, np.ndarray]:
                 upper = upper or _read_json(path)
                 values = upper[kind].get(ch.variable)
                 if values is None:
-                    raise StatisticsError(f"{path}: no '{kind}' entry for variable '{ch.variable}' "
-                                          f"(has {sorted(upper[kind])})")
+                    raise StatisticsError(
+                        f"{path}: no '{kind}' entry for variable '{ch.variable}' "
+                        f"(has {sorted(upper[kind])})"
+                    )
                 level = ERA5_LEVELS.index(ch.level)
                 if not isinstance(values, list) or len(values) != len(ERA5_LEVELS):
                     raise StatisticsError(
                         f"{path}: '{kind}' of '{ch.variable}' must list {len(ERA5_LEVELS)} values "
-                        f"(ERA5 levels 1000..1 hPa), got {values!r:.80}")
-                out[c] = _checked(path, kind, f"'{ch.variable}' at level {ch.level} hPa",
-                                  values[level])
+                        f"(ERA5 levels 1000..1 hPa), got {values!r:.80}"
+                    )
+                out[c] = _checked(
+                    path, kind, f"'{ch.variable}' at level {ch.level} hPa", values[level]
+                )
     return mean.astype(np.float32), std.astype(np.float32)
 
 
-def write_mean_std(root_dir: str, upper_mean: dict, upper_std: dict, surface_mean: dict,
-                   surface_std: dict, overwrite: bool = False) -> tuple[str, str]:
+def write_mean_std(
+    root_dir: str,
+    upper_mean: dict,
+    upper_std: dict,
+    surface_mean: dict,
+    surface_std: dict,
+    overwrite: bool = False,
+) -> tuple[str, str]:
     """Write both json files. ``upper_*``: ``{var: {level_hPa: value}}``; ``surface_*``: ``{var: value}``."""
     paths = statistic_path(root_dir, MEAN_STD_FILE), statistic_path(root_dir, MEAN_STD_SINGLE_FILE)
     if not overwrite:
@@ -105,11 +130,15 @@ def write_mean_std(root_dir: str, upper_mean: dict, upper_std: dict, surface_mea
     def as37(per_level: dict) -> list:
         return [None if per_level.get(p) is None else float(per_level[p]) for p in ERA5_LEVELS]
 
-    upper = {"mean": {v: as37(d) for v, d in upper_mean.items()},
-             "std": {v: as37(d) for v, d in upper_std.items()}}
-    single = {"mean": {v: float(x) for v, x in surface_mean.items()},
-              "std": {v: float(x) for v, x in surface_std.items()}}
-    for path, data in zip(paths, (upper, single)):
+    upper = {
+        "mean": {v: as37(d) for v, d in upper_mean.items()},
+        "std": {v: as37(d) for v, d in upper_std.items()},
+    }
+    single = {
+        "mean": {v: float(x) for v, x in surface_mean.items()},
+        "std": {v: float(x) for v, x in surface_std.items()},
+    }
+    for path, data in zip(paths, (upper, single), strict=False):
         atomic_write_text(path, json.dumps(data, indent=1) + "\n")
     return paths
 
@@ -145,10 +174,18 @@ class RunningMoments:
         return math.sqrt(self.var)
 
 
-def compute_statistics(root_dir: str, start, end, hour_step: int = 6,
-                       upper: Optional[dict] = None, surface: Optional[Sequence[str]] = None,
-                       climatology: bool = True, climatology_dir: Optional[str] = None,
-                       overwrite: bool = False, progress: bool = True) -> dict:
+def compute_statistics(
+    root_dir: str,
+    start,
+    end,
+    hour_step: int = 6,
+    upper: dict | None = None,
+    surface: Sequence[str] | None = None,
+    climatology: bool = True,
+    climatology_dir: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
     """Stream over ``[start, end]`` (inclusive dates, every ``hour_step`` hours) and write
     ``mean_std.json``, ``mean_std_single.json`` and (``climatology``) the data climatology.
 
@@ -159,6 +196,7 @@ def compute_statistics(root_dir: str, start, end, hour_step: int = 6,
     Every file is read once; only one channel's accumulators are in memory at a time.
     """
     from tqdm import tqdm
+
     from utils.climatology import ClimatologyWriter, climatology_slots
 
     times = period_times(start, end, hour_step)
@@ -172,34 +210,55 @@ def compute_statistics(root_dir: str, start, end, hour_step: int = 6,
         raise ValueError(f"no variables to compute statistics for under {root_dir}")
     missing = scan_missing(root_dir, channels, times)
     if missing:
-        raise FileNotFoundError(missing_files_message(
-            missing, f"statistics over {start}..{end} every {hour_step} h"))
-    stat_paths = [statistic_path(root_dir, MEAN_STD_FILE),
-                  statistic_path(root_dir, MEAN_STD_SINGLE_FILE)]
+        raise FileNotFoundError(
+            missing_files_message(missing, f"statistics over {start}..{end} every {hour_step} h")
+        )
+    stat_paths = [
+        statistic_path(root_dir, MEAN_STD_FILE),
+        statistic_path(root_dir, MEAN_STD_SINGLE_FILE),
+    ]
     clim_dir = climatology_dir or os.path.join(root_dir, STATISTIC_DIR, CLIMATOLOGY_DIR)
     if not overwrite:
-        existing = [p for p in stat_paths + ([clim_dir] if climatology else []) if os.path.exists(p)]
+        existing = [
+            p for p in stat_paths + ([clim_dir] if climatology else []) if os.path.exists(p)
+        ]
         if existing:
             raise FileExistsError(f"{existing} exist; pass overwrite (--overwrite) to replace them")
 
     shape = read_field(channel_path(root_dir, int(times[0]), channels[0])).shape
     doys, hours, slots = climatology_slots(times)
-    writer = ClimatologyWriter(clim_dir, shape, hours, doys, overwrite=overwrite, source="data",
-                               period=[str(start), str(end)], hour_step=int(hour_step)) \
-        if climatology else None
+    writer = (
+        ClimatologyWriter(
+            clim_dir,
+            shape,
+            hours,
+            doys,
+            overwrite=overwrite,
+            source="data",
+            period=[str(start), str(end)],
+            hour_step=int(hour_step),
+        )
+        if climatology
+        else None
+    )
 
     upper_mean: dict = {v: {} for v in upper}
     upper_std: dict = {v: {} for v in upper}
     surface_mean, surface_std = {}, {}
-    bar = tqdm(total=len(channels) * len(times), desc="statistics", unit="file",
-               disable=not progress, mininterval=1.0)
+    bar = tqdm(
+        total=len(channels) * len(times),
+        desc="statistics",
+        unit="file",
+        disable=not progress,
+        mininterval=1.0,
+    )
     for ch in channels:
         moments = RunningMoments()
         if climatology:
             sums = np.zeros((len(doys), len(hours)) + shape, dtype=np.float64)
             counts = np.zeros((len(doys), len(hours)), dtype=np.int64)
             total = np.zeros(shape, dtype=np.float64)
-        for t, slot in zip(times, slots):
+        for t, slot in zip(times, slots, strict=False):
             field = read_field(channel_path(root_dir, int(t), ch), shape)
             moments.update(field)
             if climatology:
@@ -219,25 +278,38 @@ def compute_statistics(root_dir: str, start, end, hour_step: int = 6,
             sums[empty] = time_mean  # (doy, hour) slots without data: the time mean
             writer.add(ch.name, time_mean, sums)
     bar.close()
-    paths = write_mean_std(root_dir, upper_mean, upper_std, surface_mean, surface_std,
-                           overwrite=True)
-    return {"mean_std": paths[0], "mean_std_single": paths[1],
-            "climatology": writer.close() if climatology else None, "n_times": len(times)}
+    paths = write_mean_std(
+        root_dir, upper_mean, upper_std, surface_mean, surface_std, overwrite=True
+    )
+    return {
+        "mean_std": paths[0],
+        "mean_std_single": paths[1],
+        "climatology": writer.close() if climatology else None,
+        "n_times": len(times),
+    }
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--root_dir", required=True)
     parser.add_argument("--start", required=True, help="first date YYYY-MM-DD (inclusive)")
     parser.add_argument("--end", required=True, help="last date YYYY-MM-DD (inclusive)")
     parser.add_argument("--hour_step", type=int, default=6)
-    parser.add_argument("--variables", nargs="*", default=None,
-                        help="upper-air variables (default: all found)")
-    parser.add_argument("--levels", nargs="*", type=int, default=None,
-                        help="pressure levels in hPa (default: all found)")
-    parser.add_argument("--surface", nargs="*", default=None,
-                        help="surface variables (default: all found)")
+    parser.add_argument(
+        "--variables", nargs="*", default=None, help="upper-air variables (default: all found)"
+    )
+    parser.add_argument(
+        "--levels",
+        nargs="*",
+        type=int,
+        default=None,
+        help="pressure levels in hPa (default: all found)",
+    )
+    parser.add_argument(
+        "--surface", nargs="*", default=None, help="surface variables (default: all found)"
+    )
     parser.add_argument("--no_climatology", action="store_true")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
@@ -245,10 +317,19 @@ def main(argv=None) -> None:
     if args.variables is not None or args.levels is not None:
         found, _ = discover_variables(args.root_dir, args.start)
         variables = args.variables if args.variables is not None else list(found)
-        upper = {v: (args.levels if args.levels is not None else found.get(v, [])) for v in variables}
-    result = compute_statistics(args.root_dir, args.start, args.end, args.hour_step, upper,
-                                args.surface, climatology=not args.no_climatology,
-                                overwrite=args.overwrite)
+        upper = {
+            v: (args.levels if args.levels is not None else found.get(v, [])) for v in variables
+        }
+    result = compute_statistics(
+        args.root_dir,
+        args.start,
+        args.end,
+        args.hour_step,
+        upper,
+        args.surface,
+        climatology=not args.no_climatology,
+        overwrite=args.overwrite,
+    )
     print(json.dumps(result))
 
 

@@ -22,9 +22,8 @@ All per-field functions take ``(N, C, H, W)`` tensors (CPU or CUDA), ``lat`` in 
 ``H`` (tensor, array or list), and return ``(N, C)`` tensors. Reductions are computed in float64
 (float32 on devices without float64 support, e.g. MPS), whatever the input dtype.
 """
-from __future__ import annotations
 
-from typing import Optional, Tuple
+from __future__ import annotations
 
 import numpy as np
 import torch
@@ -72,8 +71,9 @@ def lat_weights_torch(lat, device=None, dtype=torch.float64) -> torch.Tensor:
     if isinstance(lat, torch.Tensor):
         if lat.dim() != 1:
             raise ValueError(f"lat must be 1-D latitudes in degrees, got shape {tuple(lat.shape)}")
-        w = torch.cos(torch.deg2rad(lat.to(device=device if device is not None else lat.device,
-                                           dtype=dtype)))
+        w = torch.cos(
+            torch.deg2rad(lat.to(device=device if device is not None else lat.device, dtype=dtype))
+        )
         return (w / w.mean()).reshape(-1, 1)
     w = latitude_weights(latitudes_numpy(lat))
     return torch.as_tensor(w, dtype=dtype, device=device).reshape(-1, 1)
@@ -84,12 +84,13 @@ def weighted_mean_hw(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return (x.sum(dim=-1) @ w[:, 0].to(x.dtype)) / (x.shape[-2] * x.shape[-1])
 
 
-def _check(pred: torch.Tensor, target: torch.Tensor, lat) -> Tuple[torch.Tensor, torch.dtype]:
+def _check(pred: torch.Tensor, target: torch.Tensor, lat) -> tuple[torch.Tensor, torch.dtype]:
     if pred.dim() != 4:
         raise ValueError(f"expected (N, C, H, W) fields, got shape {tuple(pred.shape)}")
     if pred.shape != target.shape:
-        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ "
-                         "in shape")
+        raise ValueError(
+            f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape"
+        )
     dtype = accumulation_dtype(pred.device)
     w = lat_weights_torch(lat, pred.device, dtype)
     if w.shape[0] != pred.shape[-2]:
@@ -104,8 +105,9 @@ def weighted_mse(pred: torch.Tensor, target: torch.Tensor, w: torch.Tensor) -> t
     return weighted_mean_hw(diff * diff, w)
 
 
-def weighted_acc_terms(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor,
-                       var_b: Optional[torch.Tensor] = None):
+def weighted_acc_terms(
+    a: torch.Tensor, b: torch.Tensor, w: torch.Tensor, var_b: torch.Tensor | None = None
+):
     """``(mean w a b, mean w a^2, mean w b^2)`` of the anomalies ``a`` (forecast) and ``b``
     (truth), ``(..., H, W) -> (...)`` each; ``var_b`` when already known (shared truth)."""
     if var_b is None:
@@ -124,8 +126,9 @@ def weighted_rmse_torch_channels(pred: torch.Tensor, target: torch.Tensor, lat) 
     return weighted_mse_torch_channels(pred, target, lat).sqrt()
 
 
-def weighted_acc_terms_torch_channels(pred: torch.Tensor, target: torch.Tensor, clim,
-                                      lat) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def weighted_acc_terms_torch_channels(
+    pred: torch.Tensor, target: torch.Tensor, clim, lat
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The three weighted sums of the ACC: ``(sum w a b, sum w a^2, sum w b^2)``, each ``(N, C)``.
 
     ``a = pred - clim`` and ``b = target - clim``; ``clim`` is anything broadcastable to the fields
@@ -138,15 +141,16 @@ def weighted_acc_terms_torch_channels(pred: torch.Tensor, target: torch.Tensor, 
 
 def acc_from_terms(cov: torch.Tensor, var_a: torch.Tensor, var_b: torch.Tensor) -> torch.Tensor:
     """``cov / sqrt(var_a var_b)``, NaN where either variance is zero (or not finite)."""
-    denom = var_a.sqrt() * var_b.sqrt()          # product of roots: no underflow of var_a * var_b
+    denom = var_a.sqrt() * var_b.sqrt()  # product of roots: no underflow of var_a * var_b
     ok = torch.isfinite(denom) & (denom > 0)
     safe = torch.where(ok, denom, torch.ones_like(denom))
     nan = torch.full_like(cov, float("nan"))
     return torch.where(ok, (cov / safe).clamp(-1.0, 1.0), nan)
 
 
-def weighted_acc_torch_channels(pred: torch.Tensor, target: torch.Tensor, clim,
-                                lat) -> torch.Tensor:
+def weighted_acc_torch_channels(
+    pred: torch.Tensor, target: torch.Tensor, clim, lat
+) -> torch.Tensor:
     """Latitude-weighted anomaly correlation per sample and channel, ``(N, C)``; NaN: undefined."""
     return acc_from_terms(*weighted_acc_terms_torch_channels(pred, target, clim, lat))
 
@@ -157,7 +161,7 @@ def aggregate_rmse(mse, axis: int = 0) -> np.ndarray:
     return np.sqrt(np.mean(mse.astype(np.float64), axis=axis))
 
 
-def aggregate_acc(acc, axis: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+def aggregate_acc(acc, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """ACC over initial conditions: ``(nanmean(acc, axis), number of NaN entries)``.
 
     Where every entry along ``axis`` is undefined the mean is NaN (no warning is raised).
