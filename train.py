@@ -24,7 +24,6 @@ import time
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from networks.vamoe import VAMoE
 from utils import distributed as dist_utils
@@ -42,8 +41,9 @@ from utils.freezing import freeze_from_params
 from utils.grid import latitudes
 from utils.incremental import load_initial_stage
 from utils.logging_utils import setup_logging
-from utils.rollout import MetricAccumulator, autocast_context, resolve_amp_dtype
-from utils.weighted_acc_rmse import weighted_mse_torch_channels
+from utils.progress import progress_bar
+from utils.stepper import Stepper, resolve_amp_dtype
+from utils.weighted_acc_rmse import MetricAccumulator, accumulation_dtype, lat_weights_torch
 from utils.YParams import ConfigError, YParams
 
 
@@ -118,10 +118,8 @@ class Trainer:
         )
         self.valid_loader, self.valid_set, _ = get_data_loader(params, info.distributed, "valid")
         self.layout = params.layout
-        self.std2 = (
-            torch.as_tensor(self.train_set.std, dtype=torch.float64, device=self.device) ** 2
-        )
         self.lat = torch.as_tensor(latitudes(params.h_size), device=self.device)
+        self.lat_weights = lat_weights_torch(self.lat, self.device, accumulation_dtype(self.device))
         self.headline = [n for n in params.headline_variables if n in self.layout.names]
 
         model = VAMoE.from_params(params).to(self.device)
@@ -309,24 +307,24 @@ class Trainer:
                 os.remove(old)
 
     # ------------------------------------------------------------------ steps
-    def _autocast(self):
-        return autocast_context(self.device, self.amp_dtype)
+    def _stepper(self, model) -> Stepper:
+        """``model(x, target)`` rolled out under the run's autocast (data statistics for the
+        physical units of the validation scores)."""
+        data = self.train_set
+        return Stepper(model, data.mean, data.std, self.device, self.amp_dtype)
 
-    def _rollout_loss(self, inp, tar, model=None):
-        """Mean loss over the target's lead times, feeding forecasts back; returns the loss, the
-        mean loss terms and the forecasts ``(B, T, C, H, W)``."""
-        model = self.model if model is None else model
-        if tar.ndim == 4:
-            tar = tar.unsqueeze(1)
-        x, loss, terms, forecasts = inp, 0.0, {}, []
-        for k in range(tar.shape[1]):
-            out = model(x, tar[:, k])
-            loss = loss + out.loss
-            for name, value in out.terms.items():
-                terms[name] = terms.get(name, 0.0) + value.float() / tar.shape[1]
-            forecasts.append(out.forecast)
-            x = out.forecast
-        return loss / tar.shape[1], terms, torch.stack(forecasts, 1)
+    @staticmethod
+    def _rollout_loss(stepper: Stepper, inp, tar):
+        """Mean loss over the target's T lead times, ``tar`` ``(B, T, C, H, W)``, forecasts fed
+        back; returns the loss, the mean loss terms and the T forecasts ``(B, C, H, W)``."""
+        n_steps = tar.shape[1]
+        loss, terms, forecasts = 0.0, {}, []
+        for step in stepper.rollout(inp, n_steps, tar):
+            loss = loss + step.output.loss
+            for name, value in step.output.terms.items():
+                terms[name] = terms.get(name, 0.0) + value.float() / n_steps
+            forecasts.append(step.forecast)
+        return loss / n_steps, terms, forecasts
 
     def train_one_epoch(self, epoch):
         params, info = self.params, self.info
@@ -340,14 +338,14 @@ class Trainer:
         self.train_sampler.set_epoch(epoch)
         self.train_sampler.start = skip * self.train_loader.batch_size
         batches = iter(self.train_loader)
-        bar = tqdm(
+        bar = progress_bar(
             total=n_steps,
             initial=skip,
             desc=f"epoch {epoch + 1}/{params.max_epochs}",
-            disable=not info.is_main,
-            dynamic_ncols=True,
-            file=sys.stdout,
+            unit="step",
+            enabled=info.is_main,
         )
+        stepper = self._stepper(self.model)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         t_start, samples = time.perf_counter(), 0
         for step in range(skip, n_steps):
@@ -357,8 +355,7 @@ class Trainer:
             # Stochastic depth draws from a seed fixed by (seed, step, rank): a resumed run
             # repeats the uninterrupted one exactly.
             torch.manual_seed(params.seed + 1_000_003 * self.global_step + info.rank)
-            with self._autocast():
-                loss, terms, _ = self._rollout_loss(inp, tar)
+            loss, terms, _ = self._rollout_loss(stepper, inp, tar)
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
@@ -430,29 +427,26 @@ class Trainer:
         """
         model = unwrap(self.model)
         model.eval()
+        stepper = self._stepper(model)
         n_lead = self.params.t_out_valid
-        scores = MetricAccumulator(self.layout.n_channels, n_lead, self.lat, self.device)
+        scores = MetricAccumulator(self.layout.n_channels, n_lead, self.device)
         loss_sum = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, batches
         cap = self.params.max_valid_steps
         for i, (inp, tar, _) in enumerate(self.valid_loader):
             if cap and i >= cap:
                 break
             inp, tar = inp.to(self.device), tar.to(self.device)
-            with self._autocast():
-                loss, _, forecasts = self._rollout_loss(inp, tar, model)
-            tar = tar.unsqueeze(1) if tar.ndim == 4 else tar
-            for k in range(n_lead):
-                mse = weighted_mse_torch_channels(
-                    forecasts[:, k].float(), tar[:, k].float(), self.lat
-                )
-                scores.update_mse(k, mse * self.std2)  # physical units
+            loss, _, forecasts = self._rollout_loss(stepper, inp, tar)
+            for k, forecast in enumerate(forecasts):
+                truth = stepper.denormalise(tar[:, k])
+                scores.update(k, stepper.denormalise(forecast), truth, self.lat_weights)
             loss_sum += torch.stack([loss.detach().double(), loss_sum.new_ones(())])
         scores.all_reduce()
         loss_sum = dist_utils.all_reduce_sum(loss_sum)
         rmse = scores.rmse()  # (C, T)
         result = {
             "valid_loss": (loss_sum[0] / loss_sum[1].clamp(min=1)).item(),
-            "valid_samples": int(scores.count[0, 0].item()),
+            "valid_samples": scores.n_samples(),
         }
         for k in range(n_lead):
             suffix = "" if k == 0 else f"_{(k + 1) * self.params.lead_time}h"

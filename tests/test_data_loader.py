@@ -107,9 +107,9 @@ def test_item_files_times_order_and_normalisation(hand_root):
     for i in (0, 3, len(ds) - 1):
         inp, tar, t = ds[i]
         assert isinstance(t, int) and t == T0 + 6 * i
-        assert inp.dtype == torch.float32 and inp.shape == (5, H, W) and tar.shape == (5, H, W)
+        assert inp.dtype == torch.float32 and inp.shape == (5, H, W) and tar.shape == (1, 5, H, W)
         np.testing.assert_allclose(inp.numpy(), expected_state(t), rtol=1e-6)
-        np.testing.assert_allclose(tar.numpy(), expected_state(t + 6), rtol=1e-6)
+        np.testing.assert_allclose(tar[0].numpy(), expected_state(t + 6), rtol=1e-6)
     assert ds.paths(T0 + 6)[0].endswith(os.path.join("2020", "2020-01-01", "06:00:00-z-850.0.npy"))
     assert ds.paths(T0 + 6)[-1].endswith(
         os.path.join("single", "2020", "2020-01-01", "06:00:00-t2m.npy")
@@ -128,7 +128,8 @@ def test_multi_step_targets_and_inputs(hand_root):
     assert inp.shape == (2, 5, H, W) and t == T0 + 6
     np.testing.assert_allclose(inp[0].numpy(), expected_state(T0), rtol=1e-6)
     np.testing.assert_allclose(inp[1].numpy(), expected_state(T0 + 6), rtol=1e-6)
-    np.testing.assert_allclose(tar.numpy(), expected_state(T0 + 12), rtol=1e-6)
+    assert tar.shape == (1, 5, H, W)
+    np.testing.assert_allclose(tar[0].numpy(), expected_state(T0 + 12), rtol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -157,7 +158,7 @@ def test_tiny_synthetic_lengths_and_loader(synthetic_root):
     assert sampler.world == 1 and sampler.shuffle and len(loader) == 95 // 8
     n = 0
     for inp, tar, t in loader:
-        assert inp.shape == (8, 20, 32, 64) and tar.shape == (8, 20, 32, 64) and t.shape == (8,)
+        assert inp.shape == (8, 20, 32, 64) and tar.shape == (8, 1, 20, 32, 64) and t.shape == (8,)
         assert torch.isfinite(inp).all()
         n += 1
     assert n == 11
@@ -177,7 +178,7 @@ def test_loader_batches_match_items_and_seeded_shuffle(hand_root):
     inp, tar, t = next(iter(loader))
     for b in range(len(t)):
         np.testing.assert_allclose(inp[b].numpy(), expected_state(int(t[b])), rtol=1e-6)
-        np.testing.assert_allclose(tar[b].numpy(), expected_state(int(t[b]) + 6), rtol=1e-6)
+        np.testing.assert_allclose(tar[b, 0].numpy(), expected_state(int(t[b]) + 6), rtol=1e-6)
     valid = get_data_loader(params, False, "valid")[0]
     assert torch.cat([t for _, _, t in valid]).tolist() == list(
         get_data_loader(params, False, "valid")[1].times

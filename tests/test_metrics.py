@@ -1,4 +1,5 @@
-"""Latitude-weighted RMSE / ACC against an independent float64 loop implementation."""
+"""Latitude-weighted RMSE / ACC (the one scoring implementation, ``score_fields``, and its
+aggregation over initial conditions, ``MetricAccumulator``) against an independent float64 loop."""
 
 import math
 
@@ -7,14 +8,7 @@ import pytest
 import torch
 
 from utils.grid import latitudes
-from utils.weighted_acc_rmse import (
-    aggregate_acc,
-    aggregate_rmse,
-    lat_weights_torch,
-    weighted_acc_torch_channels,
-    weighted_mse_torch_channels,
-    weighted_rmse_torch_channels,
-)
+from utils.weighted_acc_rmse import MetricAccumulator, lat_weights_torch, score_fields
 
 
 def _ref_weights(lat):
@@ -55,6 +49,16 @@ def _ref_acc(pred, target, clim, lat):
     return out
 
 
+def scores(pred, target, lat, clim=None, device="cpu"):
+    """``score_fields`` of numpy/tensor fields: ``(mse, acc)``, each ``(N, C)`` float64."""
+
+    def t(x):
+        return torch.as_tensor(x).to(device, torch.float64)
+
+    w = lat_weights_torch(lat, device)
+    return score_fields(t(pred), t(target), w, None if clim is None else t(clim))
+
+
 @pytest.fixture
 def fields():
     g = np.random.default_rng(0)
@@ -83,20 +87,15 @@ def test_latitude_weights_mean_one_and_cell_centres():
 
 def test_rmse_matches_reference(fields):
     pred, target, _, lat = fields
-    got = weighted_rmse_torch_channels(torch.from_numpy(pred), torch.from_numpy(target), lat)
-    assert got.shape == (3, 2)
-    np.testing.assert_allclose(got.numpy(), _ref_rmse(pred, target, lat), rtol=1e-10)
-    mse = weighted_mse_torch_channels(
-        torch.from_numpy(pred), torch.from_numpy(target), torch.from_numpy(lat)
-    )
-    np.testing.assert_allclose(mse.numpy(), _ref_rmse(pred, target, lat) ** 2, rtol=1e-10)
+    mse, acc = scores(pred, target, lat)
+    assert mse.shape == acc.shape == (3, 2)
+    np.testing.assert_allclose(mse.sqrt().numpy(), _ref_rmse(pred, target, lat), rtol=1e-10)
+    assert torch.isnan(acc).all()  # no climatology: ACC undefined
 
 
 def test_acc_matches_reference_without_mean_removal(fields):
     pred, target, clim, lat = fields
-    got = weighted_acc_torch_channels(
-        torch.from_numpy(pred), torch.from_numpy(target), torch.from_numpy(clim), list(lat)
-    )
+    _, got = scores(pred, target, list(lat), clim)
     ref = _ref_acc(pred, target, clim, lat)
     np.testing.assert_allclose(got.numpy(), ref, rtol=1e-10)
     # A centred (mean-removed) correlation would differ noticeably for this biased forecast.
@@ -108,57 +107,68 @@ def test_acc_matches_reference_without_mean_removal(fields):
 
 def test_perfect_forecast_rmse_zero_acc_one(fields):
     _, target, clim, lat = fields
-    t = torch.from_numpy(target)
-    assert torch.all(weighted_rmse_torch_channels(t, t.clone(), lat) == 0)
-    acc = weighted_acc_torch_channels(t, t.clone(), torch.from_numpy(clim), lat)
+    mse, acc = scores(target, target.copy(), lat, clim)
+    assert torch.all(mse == 0)
     np.testing.assert_allclose(acc.numpy(), 1.0, atol=1e-12)
 
 
-def test_climatology_forecast_acc_is_nan_not_inf(fields):
+def test_climatology_forecast_acc_is_nan_not_inf_and_excluded_from_the_mean(fields):
     _, target, clim, lat = fields
-    c = torch.from_numpy(clim)
-    pred = c.expand(3, -1, -1, -1).clone()
-    acc = weighted_acc_torch_channels(pred, torch.from_numpy(target), c, lat)
+    pred = np.broadcast_to(clim, target.shape).copy()
+    _, acc = scores(pred, target, lat, clim)
     assert acc.shape == (3, 2)
     assert torch.isnan(acc).all()
     assert not torch.isinf(acc).any()
     # Mixed: one IC undefined, others defined -> nan-aware mean with a count.
-    mixed = weighted_acc_torch_channels(
-        torch.cat([pred[:1], torch.from_numpy(target[1:]) + 0.1]), torch.from_numpy(target), c, lat
-    )
-    mean, undefined = aggregate_acc(mixed)
-    assert undefined.tolist() == [1, 1]
-    np.testing.assert_allclose(mean, mixed[1:].mean(0).numpy(), rtol=1e-12)
-    mean_all_nan, n_all = aggregate_acc(acc)
-    assert np.isnan(mean_all_nan).all() and n_all.tolist() == [3, 3]
+    mixed_pred = np.concatenate([pred[:1], target[1:] + 0.1])
+    mse, mixed = scores(mixed_pred, target, lat, clim)
+    total = MetricAccumulator(2, 1)
+    total.add(0, mse, mixed)
+    assert total.acc_undefined()[:, 0].tolist() == [1, 1]
+    np.testing.assert_allclose(total.acc()[:, 0], mixed[1:].mean(0).numpy(), rtol=1e-12)
+    all_nan = MetricAccumulator(2, 1)
+    all_nan.add(0, mse, acc)
+    assert np.isnan(all_nan.acc()).all() and all_nan.acc_undefined()[:, 0].tolist() == [3, 3]
 
 
-def test_rmse_aggregation_is_sqrt_of_mean_mse():
+def test_rmse_over_ics_is_sqrt_of_mean_mse_and_ic_mean_is_separate():
     h, w = 4, 8
     lat = latitudes(h)
     target = torch.zeros(2, 1, h, w)
     pred = torch.stack([torch.full((1, h, w), 1.0), torch.full((1, h, w), 3.0)])
-    mse = weighted_mse_torch_channels(pred, target, lat)  # 1 and 9
+    mse, acc = scores(pred, target, lat)
     np.testing.assert_allclose(mse[:, 0].numpy(), [1.0, 9.0], rtol=1e-12)
-    agg = aggregate_rmse(mse)
-    assert agg.shape == (1,)
-    assert agg[0] == pytest.approx(math.sqrt(5.0))  # not (1 + 3) / 2 = 2
-    assert agg[0] != pytest.approx(2.0)
+    total = MetricAccumulator(1, 2)
+    total.add(1, mse, acc)
+    assert total.rmse().shape == (1, 2) and np.isnan(total.rmse()[0, 0])  # lead 0: nothing
+    assert total.rmse()[0, 1] == pytest.approx(math.sqrt(5.0))  # not (1 + 3) / 2 = 2
+    assert total.rmse_ic_mean()[0, 1] == pytest.approx(2.0)
+    assert total.n_samples() == 0
+    one_by_one = MetricAccumulator(1, 2)
+    one_by_one.add(1, mse[:1], acc[:1])
+    one_by_one.add(1, mse[1:], acc[1:])
+    np.testing.assert_array_equal(one_by_one.rmse(), total.rmse())
+
+
+def test_non_finite_errors_propagate_into_the_rmse():
+    total = MetricAccumulator(1, 1)
+    total.add(0, torch.tensor([[1.0], [float("nan")]]), torch.tensor([[0.5], [0.5]]))
+    assert np.isnan(total.rmse()).all()
 
 
 def test_shape_checks(fields):
     pred, target, _, lat = fields
-    with pytest.raises(ValueError):
-        weighted_rmse_torch_channels(torch.from_numpy(pred), torch.from_numpy(target), lat[:-1])
-    with pytest.raises(ValueError):
-        weighted_rmse_torch_channels(torch.from_numpy(pred), torch.from_numpy(target[:2]), lat)
+    with pytest.raises(ValueError, match="latitude weights"):
+        scores(pred, target, lat[:-1])
+    with pytest.raises(ValueError, match="differ"):
+        scores(pred, target[:2], lat)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu(fields):
     pred, target, clim, lat = fields
-    p, t, c = (torch.from_numpy(x) for x in (pred, target, clim))
-    cpu = weighted_acc_torch_channels(p, t, c, lat)
-    gpu = weighted_acc_torch_channels(p.cuda(), t.cuda(), c.cuda(), lat)
-    assert gpu.device.type == "cuda"
-    np.testing.assert_allclose(gpu.cpu().numpy(), cpu.numpy(), rtol=1e-10)
+    cpu = scores(pred, target, lat, clim)
+    gpu = scores(pred, target, lat, clim, device="cuda")
+    assert gpu[1].device.type == "cuda"
+    for a, b in zip(gpu, cpu, strict=True):
+        np.testing.assert_allclose(a.cpu().numpy(), b.numpy(), rtol=1e-10)

@@ -12,7 +12,8 @@ from utils.atomic_io import atomic_save_npy
 from utils.channels import ChannelLayout
 from utils.grid import latitudes, longitudes
 from utils.results import CSV_COLUMNS, format_headline_table, load_results, save_results
-from utils.rollout import MetricAccumulator, evaluate_rollout
+from utils.rollout import evaluate_rollout
+from utils.weighted_acc_rmse import MetricAccumulator, lat_weights_torch
 
 H, W = 8, 16
 LAYOUT = ChannelLayout(["z", "t"], [500, 850], ["t2m"])  # z500 z850 t500 t850 t2m
@@ -44,7 +45,7 @@ def constant_truth_loader(n_batches=2, batch=3, n_steps=4, seed=0, interval=12):
         tar = inp.unsqueeze(1).repeat(1, n_steps, 1, 1, 1)
         times = torch.arange(batch, dtype=torch.int64) * interval + t
         t += batch * interval
-        batches.append((inp, tar if n_steps > 1 else tar[:, 0], times))
+        batches.append((inp, tar, times))
     return batches
 
 
@@ -230,10 +231,11 @@ def test_bf16_autocast_on_cpu():
 def test_accumulator_aggregates_batches_as_sqrt_of_mean_mse():
     g = torch.Generator().manual_seed(3)
     pred, tar = torch.randn(4, C, H, W, generator=g), torch.randn(4, C, H, W, generator=g)
-    acc = MetricAccumulator(C, 1, LAT)
+    acc = MetricAccumulator(C, 1)
     s, m = torch.tensor(STD).view(1, C, 1, 1), torch.tensor(MEAN).view(1, C, 1, 1)
+    w = lat_weights_torch(LAT)
     for i in range(0, 4, 2):  # two batches aggregate like one
-        acc.update(0, pred[i : i + 2].double() * s + m, tar[i : i + 2].double() * s + m)
+        acc.update(0, pred[i : i + 2].double() * s + m, tar[i : i + 2].double() * s + m, w)
     w = np.cos(np.deg2rad(LAT))
     w = w / w.mean()
     err = (pred.double() - tar.double()).numpy() * STD[None, :, None, None]
@@ -380,3 +382,10 @@ def test_rollout_on_cuda_matches_cpu():
     )
     np.testing.assert_allclose(gpu.rmse["model"], cpu.rmse["model"], rtol=1e-5)
     np.testing.assert_allclose(gpu.acc["persistence"], cpu.acc["persistence"], rtol=1e-9)
+
+
+def test_target_without_time_axis_is_refused():
+    inp = torch.zeros(2, C, H, W)
+    batch = (inp, torch.zeros(2, C, H, W), torch.arange(2) * 12 + BASE_TIME)
+    with pytest.raises(ValueError, match=r"tar must be \(B, T, C, H, W\)"):
+        evaluate_rollout(lambda x: x, [batch], 1, MEAN, STD, LAT, None, "cpu", progress=False)

@@ -1,11 +1,11 @@
-"""ERA5 samples from the one-``.npy``-per-variable-level-and-hour layout (SPEC.md section 5).
+"""ERA5 samples from the one-``.npy``-per-variable-level-and-hour layout (described in ``docs/design.md``).
 
 ``ERA5NpyDataset(params, mode)`` indexes the samples of ``params.<mode>_period``: input times every
 ``<mode>_interval`` hours from the period's first day 00:00, such that every input state
 (``t_in`` of them, ``lead_time`` hours apart, the last at the sample time) and every target state
 (``t_out_<mode>`` of them at ``+lead_time``, ``+2 lead_time``, ...) lies within the period (first
 day 00:00 to last day 23:00). Item ``i`` is ``(inp, tar, time_hours)``: ``inp`` float32 ``(C, H, W)``
-(``(t_in, C, H, W)`` when ``t_in > 1``), ``tar`` ``(C, H, W)`` (``(T, C, H, W)`` when ``T > 1``),
+(``(t_in, C, H, W)`` when ``t_in > 1``), ``tar`` ``(T, C, H, W)`` (the time axis also for T = 1),
 z-score normalised per channel in the order of ``params.layout``, and the valid time of the (last)
 input state in hours since 1970-01-01T00:00 UTC.
 
@@ -227,7 +227,7 @@ class ERA5NpyDataset(Dataset):
     def __getitem__(self, i: int):
         inp, tar, times = self._load([i])
         inp = inp[0, 0] if self.t_in == 1 else inp[0]
-        tar = tar[0, 0] if self.t_out == 1 else tar[0]
+        tar = tar[0]
         return inp, tar, int(times[0])
 
     def __getitems__(self, indices: Sequence[int]) -> _Batch:
@@ -235,13 +235,11 @@ class ERA5NpyDataset(Dataset):
         return _Batch(self.read_batch(indices))
 
     def read_batch(self, indices: Sequence[int], pin_memory: bool = False) -> list:
-        """``[inp (B, C, H, W) or (B, t_in, C, H, W), tar (B, C, H, W) or (B, T, C, H, W),
-        time_hours int64 (B,)]`` of the samples ``indices``, read into one buffer each."""
+        """``[inp (B, C, H, W) or (B, t_in, C, H, W), tar (B, T, C, H, W), time_hours int64
+        (B,)]`` of the samples ``indices``, read into one buffer each."""
         inp, tar, times = self._load(indices, pin_memory)
         if self.t_in == 1:
             inp = inp[:, 0]
-        if self.t_out == 1:
-            tar = tar[:, 0]
         return [inp, tar, torch.from_numpy(times)]
 
     # ----------------------------------------------------------------------------- checks

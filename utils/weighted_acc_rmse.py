@@ -1,26 +1,28 @@
-"""Latitude-weighted verification metrics (WeatherBench 2 conventions).
+"""Latitude-weighted verification metrics (WeatherBench 2 conventions), one implementation each.
 
-Conventions
------------
-* **Latitude weights** come from the grid's actual latitudes: cell centres
-  ``90 - (i + 1/2) * 180 / H`` (±89.296875° for the 128-row 1.40625° grid, never ±90°), and
-  ``w_i = cos(lat_i) / mean_j cos(lat_j)``, so the weights have mean 1 over the rows
-  (:func:`utils.grid.latitude_weights`). A weighted spatial mean of a field ``f`` is
-  ``mean_{h,w}(w_h * f[h, w])``.
-* **MSE / RMSE** per field: ``MSE = mean_{h,w}(w_h (pred - target)^2)``, ``RMSE = sqrt(MSE)``,
-  in the units of the inputs (pass physical, i.e. de-normalised, fields).
-* **ACC** per field: anomalies against a climatology, ``a = pred - clim``, ``b = target - clim``,
-  *without* removing their spatial mean (WB2 / the paper's code):
-  ``ACC = sum(w a b) / sqrt(sum(w a^2) * sum(w b^2))``.
-  When either anomaly is identically zero (e.g. the climatology forecast, ``pred == clim``) the
-  correlation is undefined: the entry is **NaN** (never inf, never an exception).
-* **Aggregation over initial conditions** (ICs): ``RMSE = sqrt(mean_ic MSE_ic)`` (the WB2
-  convention; not the mean of per-IC RMSEs) and ``ACC = nanmean_ic ACC_ic``, reporting how many
-  per-IC values were undefined (:func:`aggregate_rmse`, :func:`aggregate_acc`).
+Per field (pure functions, ``(..., H, W) -> (...)``):
 
-All per-field functions take ``(N, C, H, W)`` tensors (CPU or CUDA), ``lat`` in degrees of length
-``H`` (tensor, array or list), and return ``(N, C)`` tensors. Reductions are computed in float64
-(float32 on devices without float64 support, e.g. MPS), whatever the input dtype.
+* **latitude weights** ``w_h`` from :func:`utils.grid.latitude_weights` (the only definition),
+  as an ``(H, 1)`` tensor (:func:`lat_weights_torch`); a weighted spatial mean of ``f`` is
+  ``mean_{h,w}(w_h f[h, w])`` (:func:`weighted_mean_hw`);
+* **MSE** ``mean_{h,w}(w_h (pred - truth)^2)`` in the units of the inputs (:func:`weighted_mse`);
+* **ACC** of the anomalies ``a = pred - clim`` and ``b = truth - clim`` *without* removing their
+  spatial mean: ``mean(w a b) / sqrt(mean(w a^2) mean(w b^2))``, NaN when either anomaly is
+  identically zero (e.g. the climatology forecast itself) or not finite
+  (:func:`weighted_acc_terms`, :func:`acc_from_terms`).
+
+:func:`score_fields` gives both scores of a batch of forecasts; it is what the evaluation, the
+training validation and :meth:`MetricAccumulator.update` call.
+
+Over initial conditions (ICs), :class:`MetricAccumulator` keeps running sums per channel and lead:
+
+* ``rmse()`` = ``sqrt(mean_ic MSE_ic)`` (WeatherBench 2; the headline everywhere here);
+* ``rmse_ic_mean()`` = ``mean_ic sqrt(MSE_ic)`` (what FourCastNet-derived code, the paper's
+  included, reports; never larger than ``rmse()``);
+* ``acc()`` = mean of the defined per-IC ACCs, ``acc_undefined()`` = how many were NaN.
+
+Reductions run in float64 (float32 on devices without float64, e.g. MPS). The conventions are
+described in ``docs/design.md`` (evaluation).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from utils.distributed import all_reduce_sum
 from utils.grid import latitude_weights
 
 __all__ = [
@@ -37,13 +40,10 @@ __all__ = [
     "weighted_mean_hw",
     "weighted_mse",
     "weighted_acc_terms",
-    "weighted_mse_torch_channels",
-    "weighted_rmse_torch_channels",
-    "weighted_acc_terms_torch_channels",
-    "weighted_acc_torch_channels",
     "acc_from_terms",
-    "aggregate_rmse",
-    "aggregate_acc",
+    "score_fields",
+    "RunningMean",
+    "MetricAccumulator",
 ]
 
 
@@ -63,18 +63,7 @@ def latitudes_numpy(lat) -> np.ndarray:
 
 
 def lat_weights_torch(lat, device=None, dtype=torch.float64) -> torch.Tensor:
-    """Latitude weights ``cos(lat)`` normalised to mean 1, shape ``(H, 1)`` (broadcasts over W).
-
-    A tensor ``lat`` is converted on its device (no host round trip); anything else goes through
-    :func:`utils.grid.latitude_weights`.
-    """
-    if isinstance(lat, torch.Tensor):
-        if lat.dim() != 1:
-            raise ValueError(f"lat must be 1-D latitudes in degrees, got shape {tuple(lat.shape)}")
-        w = torch.cos(
-            torch.deg2rad(lat.to(device=device if device is not None else lat.device, dtype=dtype))
-        )
-        return (w / w.mean()).reshape(-1, 1)
+    """:func:`utils.grid.latitude_weights` of latitudes in degrees (length H) as ``(H, 1)``."""
     w = latitude_weights(latitudes_numpy(lat))
     return torch.as_tensor(w, dtype=dtype, device=device).reshape(-1, 1)
 
@@ -84,23 +73,8 @@ def weighted_mean_hw(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return (x.sum(dim=-1) @ w[:, 0].to(x.dtype)) / (x.shape[-2] * x.shape[-1])
 
 
-def _check(pred: torch.Tensor, target: torch.Tensor, lat) -> tuple[torch.Tensor, torch.dtype]:
-    if pred.dim() != 4:
-        raise ValueError(f"expected (N, C, H, W) fields, got shape {tuple(pred.shape)}")
-    if pred.shape != target.shape:
-        raise ValueError(
-            f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape"
-        )
-    dtype = accumulation_dtype(pred.device)
-    w = lat_weights_torch(lat, pred.device, dtype)
-    if w.shape[0] != pred.shape[-2]:
-        raise ValueError(f"{w.shape[0]} latitudes given for fields with H = {pred.shape[-2]}")
-    return w, dtype
-
-
 def weighted_mse(pred: torch.Tensor, target: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``mean_{h,w}(w_h (pred - target)^2)``, ``(..., H, W) -> (...)``, for fields already in the
-    accumulation dtype and weights ``(H, 1)`` from :func:`lat_weights_torch`."""
+    """``mean_{h,w}(w_h (pred - target)^2)``, ``(..., H, W) -> (...)``, weights ``(H, 1)``."""
     diff = pred - target
     return weighted_mean_hw(diff * diff, w)
 
@@ -115,30 +89,6 @@ def weighted_acc_terms(
     return weighted_mean_hw(a * b, w), weighted_mean_hw(a * a, w), var_b
 
 
-def weighted_mse_torch_channels(pred: torch.Tensor, target: torch.Tensor, lat) -> torch.Tensor:
-    """Latitude-weighted mean squared error per sample and channel, ``(N, C)``."""
-    w, dtype = _check(pred, target, lat)
-    return weighted_mse(pred.to(dtype), target.to(dtype), w)
-
-
-def weighted_rmse_torch_channels(pred: torch.Tensor, target: torch.Tensor, lat) -> torch.Tensor:
-    """Latitude-weighted RMSE per sample and channel, ``(N, C)``."""
-    return weighted_mse_torch_channels(pred, target, lat).sqrt()
-
-
-def weighted_acc_terms_torch_channels(
-    pred: torch.Tensor, target: torch.Tensor, clim, lat
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The three weighted sums of the ACC: ``(sum w a b, sum w a^2, sum w b^2)``, each ``(N, C)``.
-
-    ``a = pred - clim`` and ``b = target - clim``; ``clim`` is anything broadcastable to the fields
-    (a ``(C, H, W)`` or ``(N, C, H, W)`` tensor or array). Sums are spatial means (same ratio).
-    """
-    w, dtype = _check(pred, target, lat)
-    clim = torch.as_tensor(clim, device=pred.device).to(dtype)
-    return weighted_acc_terms(pred.to(dtype) - clim, target.to(dtype) - clim, w)
-
-
 def acc_from_terms(cov: torch.Tensor, var_a: torch.Tensor, var_b: torch.Tensor) -> torch.Tensor:
     """``cov / sqrt(var_a var_b)``, NaN where either variance is zero (or not finite)."""
     denom = var_a.sqrt() * var_b.sqrt()  # product of roots: no underflow of var_a * var_b
@@ -148,29 +98,127 @@ def acc_from_terms(cov: torch.Tensor, var_a: torch.Tensor, var_b: torch.Tensor) 
     return torch.where(ok, (cov / safe).clamp(-1.0, 1.0), nan)
 
 
-def weighted_acc_torch_channels(
-    pred: torch.Tensor, target: torch.Tensor, clim, lat
-) -> torch.Tensor:
-    """Latitude-weighted anomaly correlation per sample and channel, ``(N, C)``; NaN: undefined."""
-    return acc_from_terms(*weighted_acc_terms_torch_channels(pred, target, clim, lat))
+def score_fields(
+    pred: torch.Tensor,
+    truth: torch.Tensor,
+    w: torch.Tensor,
+    clim: torch.Tensor | None = None,
+    var_b: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted MSE and ACC of forecasts ``pred`` against ``truth``, both ``(B, C, H, W)``.
 
+    Args:
+        pred, truth: fields in physical units and the accumulation dtype.
+        w: latitude weights ``(H, 1)`` from :func:`lat_weights_torch`.
+        clim: climatology ``(B, C, H, W)`` (or broadcastable); None: every ACC is NaN.
+        var_b: ``mean(w (truth - clim)^2)`` ``(B, C)`` when already computed (shared by several
+            forecasters of the same truth).
 
-def aggregate_rmse(mse, axis: int = 0) -> np.ndarray:
-    """RMSE over initial conditions: ``sqrt(mean(mse, axis))`` (WB2), from per-IC weighted MSEs."""
-    mse = mse.detach().cpu().numpy() if isinstance(mse, torch.Tensor) else np.asarray(mse)
-    return np.sqrt(np.mean(mse.astype(np.float64), axis=axis))
-
-
-def aggregate_acc(acc, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """ACC over initial conditions: ``(nanmean(acc, axis), number of NaN entries)``.
-
-    Where every entry along ``axis`` is undefined the mean is NaN (no warning is raised).
+    Returns:
+        ``(mse, acc)``, each ``(B, C)``; ACC is NaN where undefined.
     """
-    acc = acc.detach().cpu().numpy() if isinstance(acc, torch.Tensor) else np.asarray(acc)
-    acc = acc.astype(np.float64)
-    defined = ~np.isnan(acc)
-    count = defined.sum(axis=axis)
-    total = np.where(defined, acc, 0.0).sum(axis=axis)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-    return mean, (~defined).sum(axis=axis)
+    if pred.shape != truth.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and truth {tuple(truth.shape)} differ")
+    if w.shape[0] != pred.shape[-2]:
+        raise ValueError(f"{w.shape[0]} latitude weights for fields with H = {pred.shape[-2]}")
+    mse = weighted_mse(pred, truth, w)
+    if clim is None:
+        return mse, torch.full_like(mse, float("nan"))
+    terms = weighted_acc_terms(pred - clim, truth - clim, w, var_b)
+    return mse, acc_from_terms(*terms)
+
+
+class RunningMean:
+    """Running mean per (channel, lead) of per-IC values ``(B, C)``, summed where they live.
+
+    ``skip_nan``: NaN values are counted in ``n_nan`` and left out of the mean (ACC); otherwise
+    they propagate into it (a non-finite forecast error must show).
+    """
+
+    def __init__(self, n_channels: int, n_leads: int, device, skip_nan: bool = False):
+        dtype = accumulation_dtype(device)
+        self.n_leads = int(n_leads)
+        self.skip_nan = skip_nan
+        self.total = torch.zeros(int(n_channels), self.n_leads, dtype=dtype, device=device)
+        self.count = torch.zeros_like(self.total)
+        self.n_nan = torch.zeros_like(self.total)
+
+    def add(self, lead: int, values: torch.Tensor) -> None:
+        """Add per-IC values ``(B, C)`` at lead index ``lead``."""
+        if not 0 <= lead < self.n_leads:
+            raise IndexError(f"lead index {lead} outside 0..{self.n_leads - 1}")
+        values = values.to(self.total)
+        if self.skip_nan:
+            nan = torch.isnan(values)
+            self.total[:, lead] += torch.where(nan, torch.zeros_like(values), values).sum(0)
+            self.count[:, lead] += (~nan).sum(0).to(values)
+            self.n_nan[:, lead] += nan.sum(0).to(values)
+        else:
+            self.total[:, lead] += values.sum(0)
+            self.count[:, lead] += values.shape[0]
+
+    def all_reduce(self) -> None:
+        """Sum over ranks (no-op unless torch.distributed is initialised)."""
+        for buf in (self.total, self.count, self.n_nan):
+            all_reduce_sum(buf)
+
+    def mean(self) -> np.ndarray:
+        """``(C, n_leads)`` float64; NaN where nothing was added."""
+        s, n = self.total.cpu().numpy(), self.count.cpu().numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(n > 0, s / np.maximum(n, 1), np.nan)
+
+
+class MetricAccumulator:
+    """Scores of one forecaster over initial conditions, per channel and lead.
+
+    Args:
+        n_channels: C.
+        n_leads: number of lead columns (``T + 1`` with lead 0 in evaluation, T in validation).
+        device: where the sums live (the fields' device; no host sync per update).
+
+    :meth:`update` scores a batch of fields with :func:`score_fields`; :meth:`add` takes per-IC
+    scores already computed. The scores are ``(C, n_leads)`` float64 numpy arrays, NaN where
+    nothing was accumulated. Call :meth:`all_reduce` before reading them in data-parallel runs.
+    """
+
+    def __init__(self, n_channels: int, n_leads: int, device="cpu"):
+        self.n_channels, self.n_leads = int(n_channels), int(n_leads)
+        self.device = torch.device(device)
+        self.mse_ = RunningMean(n_channels, n_leads, self.device)
+        self.rmse_ = RunningMean(n_channels, n_leads, self.device)
+        self.acc_ = RunningMean(n_channels, n_leads, self.device, skip_nan=True)
+
+    def add(self, lead: int, mse: torch.Tensor, acc: torch.Tensor) -> None:
+        """Add per-IC MSEs and ACCs (NaN: undefined), each ``(B, C)``, at lead index ``lead``."""
+        self.mse_.add(lead, mse)
+        self.rmse_.add(lead, mse.sqrt())
+        self.acc_.add(lead, acc)
+
+    def update(self, lead, pred, truth, w, clim=None, var_b=None) -> None:
+        """Score ``(B, C, H, W)`` physical-unit fields (arguments of :func:`score_fields`)."""
+        self.add(lead, *score_fields(pred, truth, w, clim, var_b))
+
+    def all_reduce(self) -> None:
+        for part in (self.mse_, self.rmse_, self.acc_):
+            part.all_reduce()
+
+    def n_samples(self) -> int:
+        """ICs accumulated at lead index 0."""
+        return int(self.mse_.count[0, 0].item())
+
+    def rmse(self) -> np.ndarray:
+        """``sqrt(mean_ic MSE)`` (WeatherBench 2)."""
+        return np.sqrt(self.mse_.mean())
+
+    def rmse_ic_mean(self) -> np.ndarray:
+        """``mean_ic RMSE`` (FourCastNet-style; never larger than :meth:`rmse`)."""
+        return self.rmse_.mean()
+
+    def acc(self) -> np.ndarray:
+        """Mean of the defined per-IC ACCs."""
+        return self.acc_.mean()
+
+    def acc_undefined(self) -> np.ndarray:
+        """Number of per-IC ACCs that were NaN, int64."""
+        return self.acc_.n_nan.cpu().numpy().astype(np.int64)
