@@ -1,6 +1,6 @@
 """Analytic FLOP count of the VA-MoE network from its configuration.
 
-Counted: the matrix products of the *model function* (SPEC.md section 2), one multiply-add = 2
+Counted: the matrix products of the *model function* (docs/design.md), one multiply-add = 2
 FLOPs, so a ``(m x k) @ (k x n)`` product is ``2 m k n``. Not counted: element-wise work (biases,
 LayerNorm, softmax, SiLU/GELU, top-k, gather, residual adds, the loss, the optimiser). The count
 belongs to the function, not to an implementation: the ``fast`` and ``loop`` channel MoE have the

@@ -13,7 +13,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "config", "vamoe.yaml")
 README = os.path.join(ROOT, "README.md")
 CONFIG_DOC = os.path.join(ROOT, "docs", "configuration.md")
-DOCS = [README, CONFIG_DOC, os.path.join(ROOT, "docs", "incremental.md")]
+DOCS = [README, CONFIG_DOC] + [
+    os.path.join(ROOT, "docs", name) for name in ("incremental.md", "design.md")
+]
 
 # Modules run with `python -m` that are not part of this repository.
 EXTERNAL_MODULES = {"pytest", "venv", "pip", "torch.distributed.run"}
@@ -144,3 +146,28 @@ def test_readme_quoted_counts_match_summary():
     assert quoted, "no parameter counts quoted in README.md"
     bad = sorted(quoted - set(counts))
     assert not bad, f"counts in README.md that networks.summary does not produce: {bad}"
+
+
+def _text_files():
+    for dirpath, dirnames, filenames in os.walk(ROOT):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") or d == ".ci"]
+        dirnames[:] = [d for d in dirnames if d not in ("data", "exp", "results", "__pycache__")]
+        for name in filenames:
+            if name.endswith((".py", ".md", ".yaml", ".sh", ".toml", ".txt")) or name == "run":
+                yield os.path.join(dirpath, name)
+
+
+def test_docs_referenced_anywhere_exist_and_no_outside_document_is_cited():
+    """Every ``docs/<name>.md`` named in code, config or docs exists; no file cites a design
+    document that is not in the repository (its name is spelled in two parts here)."""
+    outside = "SP" + "EC"
+    referenced, citing = set(), []
+    for path in _text_files():
+        text = read(path)
+        referenced |= set(re.findall(r"docs/[\w-]+\.md", text))
+        if outside in text:
+            citing.append(os.path.relpath(path, ROOT))
+    assert "docs/design.md" in referenced
+    missing = sorted(r for r in referenced if not os.path.isfile(os.path.join(ROOT, r)))
+    assert not missing, f"referenced docs that do not exist: {missing}"
+    assert not citing, f"files citing a document outside the repository: {citing}"

@@ -1,4 +1,4 @@
-"""The VA-MoE network of SPEC.md sections 1-3, checked against independent computations."""
+"""The VA-MoE network of docs/design.md (sections 1-3), checked against independent computations."""
 
 import math
 
@@ -82,7 +82,7 @@ def test_global_attention_is_one_window_over_the_whole_grid():
 
 
 def _reference_channel_moe(moe, h, e, topk):
-    """SPEC.md section 2.4 written out directly: per expert gate, top-k, softmax, gather, SwiGLU."""
+    """The channel MoE of docs/design.md (section 2) written out directly: per expert gate, top-k, softmax, gather, SwiGLU."""
     d = h.shape[-1]
     k = d // topk
     g = torch.softmax(e @ moe.pos_proj.weight.t() + moe.pos_proj.bias, dim=-1)

@@ -1,4 +1,4 @@
-"""Paths and times of the on-disk ERA5 layout (SPEC.md section 5), shared by the loader, the
+"""Paths and times of the on-disk ERA5 layout (docs/design.md), shared by the loader, the
 synthetic generator, the netCDF converter and the statistics tools.
 
 ::

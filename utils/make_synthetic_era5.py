@@ -330,7 +330,7 @@ def write_analytic_climatology(generator: SyntheticERA5, root_dir: str, times) -
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description="Write a synthetic ERA5 dataset in the layout of SPEC.md section 5."
+        description="Write a synthetic ERA5 dataset in the project's data layout (docs/design.md)."
     )
     parser.add_argument("--root_dir", required=True)
     parser.add_argument("--start", default="2020-01-01", help="first date, YYYY-MM-DD")

@@ -1,4 +1,4 @@
-"""Convert ERA5 netCDF files into the project's layout (SPEC.md section 5), then compute the
+"""Convert ERA5 netCDF files into the project's layout (docs/design.md), then compute the
 statistics and the climatology.
 
 ::
