@@ -1,13 +1,18 @@
 """Score a VA-MoE checkpoint: autoregressive rollout over the test period.
 
-    python inference.py --yaml_config config/vamoe.yaml --config vamoe \
-        --weights exp/vamoe/0/training_checkpoints/best_ckpt.tar --override_dir results/vamoe
+    python inference.py --weights exp/vamoe/0/training_checkpoints/best_ckpt.tar \
+        --out_dir results/vamoe [--config vamoe] [--set root_dir=/data/era5]
+
+Without ``--config`` the configuration recorded in the checkpoint is used (``--set`` still
+applies); with it, that section of ``--yaml_config`` is used and a checkpoint trained on other
+channels or another grid is refused. ``--override_dir`` is accepted for ``--out_dir`` (the
+original code's name).
 
 From every test initial condition (every ``test_interval`` hours of ``test_period``) the model's
 6-hour forecast is fed back as its next input for ``t_out_test`` steps. Latitude-weighted RMSE
 (physical units) and ACC (against the climatology of ``climatology_path``) are accumulated per
 channel and lead time, for the model and for the persistence and climatology baselines, without
-keeping forecasts in memory. Written to ``--override_dir``:
+keeping forecasts in memory. Written to ``--out_dir``:
 
 - ``denormalized_lat_weight_rmse.npy``, ``lat_weight_acc.npy``: model scores, channels x leads
   (column 0 is lead 0, the initial state); ``persistence_*`` and ``climatology_*`` likewise;
@@ -30,7 +35,7 @@ import torch
 
 from networks.vamoe import VAMoE
 from utils.atomic_io import atomic_save_npy, atomic_write_text
-from utils.checkpoint import check_channel_names, load_checkpoint
+from utils.checkpoint import check_channel_names, load_checkpoint, params_of_checkpoint
 from utils.climatology import Climatology, default_climatology_path
 from utils.data_loader_npyfiles import get_data_loader
 from utils.era5_layout import from_hours
@@ -39,7 +44,7 @@ from utils.logging_utils import setup_logging
 from utils.plots import nearest_leads, plot_maps, plot_rmse_acc
 from utils.results import format_headline_table, save_results
 from utils.rollout import evaluate_rollout
-from utils.YParams import ConfigError, YParams
+from utils.YParams import ConfigError
 
 MAP_VARIABLES = ("z500", "t2m")
 MAP_DAYS = (1, 5)
@@ -48,9 +53,19 @@ MAP_DAYS = (1, 5)
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Evaluate VA-MoE by autoregressive rollout.")
     parser.add_argument("--yaml_config", default="config/vamoe.yaml")
-    parser.add_argument("--config", default="vamoe")
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="config section (default: the configuration recorded in the checkpoint)",
+    )
     parser.add_argument("--weights", required=True, help="checkpoint (ckpt.tar or best_ckpt.tar)")
-    parser.add_argument("--override_dir", required=True, help="folder for the result files")
+    parser.add_argument(
+        "--out_dir",
+        "--override_dir",
+        dest="out_dir",
+        required=True,
+        help="folder for the result files (--override_dir: the original code's name)",
+    )
     parser.add_argument("--enable_amp", action="store_true", help="autocast to amp_dtype")
     parser.add_argument(
         "--max_batches",
@@ -69,9 +84,10 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def load_model(params, weights: str, device) -> VAMoE:
-    """The model of ``params`` with the weights of a checkpoint written by one process or DDP."""
-    ckpt = load_checkpoint(weights)
+def load_model(params, weights: str, device, ckpt=None) -> VAMoE:
+    """The model of ``params`` with the weights of a checkpoint written by one process or DDP
+    (``ckpt``: the checkpoint already loaded from ``weights``)."""
+    ckpt = load_checkpoint(weights) if ckpt is None else ckpt
     check_channel_names(
         ckpt, weights, params.layout.names, f"config section {params.config_name!r}"
     )
@@ -91,14 +107,21 @@ def _init_time_name(time_hours: int) -> str:
 
 
 def evaluate(
-    params, weights: str, out_dir: str, enable_amp: bool = False, max_batches=None, log=None
+    params,
+    weights: str,
+    out_dir: str,
+    enable_amp: bool = False,
+    max_batches=None,
+    log=None,
+    ckpt=None,
 ) -> dict:
-    """Run the evaluation and write every result file; returns ``{label: path}``."""
+    """Run the evaluation and write every result file; returns ``{label: path}`` (``ckpt``: the
+    checkpoint already loaded from ``weights``)."""
     log = log or logging.getLogger("vamoe")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     loader, dataset, _ = get_data_loader(params, False, "test")
     layout = params.layout
-    model = load_model(params, weights, device)
+    model = load_model(params, weights, device, ckpt)
     if params.compile:
         model = torch.compile(model)
     clim_path = default_climatology_path(params)
@@ -180,9 +203,12 @@ def main(argv=None):
     args = parse_args(argv)
     log = setup_logging()
     try:
-        params = YParams(args.yaml_config, args.config, args.overrides)
-        os.makedirs(args.override_dir, exist_ok=True)
-        evaluate(params, args.weights, args.override_dir, args.enable_amp, args.max_batches, log)
+        ckpt = load_checkpoint(args.weights)
+        params = params_of_checkpoint(
+            ckpt, args.weights, args.yaml_config, args.config, args.overrides
+        )
+        os.makedirs(args.out_dir, exist_ok=True)
+        evaluate(params, args.weights, args.out_dir, args.enable_amp, args.max_batches, log, ckpt)
     except (ConfigError, FileNotFoundError, ValueError, LookupError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

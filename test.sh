@@ -19,4 +19,4 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 echo "test.sh: config $CONFIG, weights $WEIGHTS, results in $OUT_DIR"
 exec "$PYTHON" inference.py --yaml_config "$YAML_CONFIG" --config "$CONFIG" --weights "$WEIGHTS" \
-  --override_dir "$OUT_DIR" "$@"
+  --out_dir "$OUT_DIR" "$@"

@@ -313,8 +313,7 @@ class Trainer:
         data = self.train_set
         return Stepper(model, data.mean, data.std, self.device, self.amp_dtype)
 
-    @staticmethod
-    def _rollout_loss(stepper: Stepper, inp, tar):
+    def _rollout_loss(self, stepper: Stepper, inp, tar):
         """Mean loss over the target's T lead times, ``tar`` ``(B, T, C, H, W)``, forecasts fed
         back; returns the loss, the mean loss terms and the T forecasts ``(B, C, H, W)``."""
         n_steps = tar.shape[1]

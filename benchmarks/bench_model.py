@@ -21,7 +21,7 @@ One run measures, on one device:
 4. ``rollout``: autoregressive inference steps/s (``model.eval()``, ``torch.inference_mode``, each
    forecast fed back as the next input).
 
-Defaults. CPU: a mid-size model, section ``tiny`` with ``embed_dim=256 depth=6 num_blocks=8
+Defaults. CPU: a mid-size model, section ``tiny`` with ``embed_dim=256 depth=6 num_heads=8
 window_size=[8,8]`` on the 32 x 64 grid (512 tokens per sample, 20 channels, 6 experts), batch 4,
 fp32. CUDA: the paper configuration ``vamoe`` (128 x 256, D = 768, 24 blocks, 376 M parameters),
 batch 1, bf16 autocast, the training step measured without and with ``checkpoint_blocks``.
@@ -57,7 +57,7 @@ CPU_DEFAULT_CONFIG = "tiny"
 CPU_DEFAULT_SET = [
     "embed_dim=256",
     "depth=6",
-    "num_blocks=8",
+    "num_heads=8",
     "window_size=[8, 8]",
     "drop_path=0.0",
 ]
@@ -135,7 +135,7 @@ def bench_moe(
 
     ``speedup_ceiling`` = loop time / (matmul FLOPs / ``peak_flops`` + sorted top-k time).
     """
-    d, e, topk = params.embed_dim, params.num_experts, params.topk
+    d, e, topk = params.embed_dim, params.num_experts, params.expert_channels_divisor
     n = (params.h_size // params.patch_size) * (params.w_size // params.patch_size)
     torch.manual_seed(0)
     loop = ChannelMoE(d, e, topk, eps=params.layer_norm_eps, impl="loop").to(device)

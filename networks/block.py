@@ -29,7 +29,7 @@ class Block(nn.Module):
         window_size: Sequence[int] | None,
         ffn: str,
         num_experts: int,
-        topk: int,
+        expert_channels_divisor: int,
         mlp_ratio: float,
         moe_topk_tokens: int = 2,
         drop_path: float = 0.0,
@@ -42,7 +42,7 @@ class Block(nn.Module):
         self.attn = Attention(dim, num_heads, grid_size, window_size)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         if ffn == "channelmoe":
-            self.ffn = ChannelMoE(dim, num_experts, topk, eps=eps, impl=moe_impl)
+            self.ffn = ChannelMoE(dim, num_experts, expert_channels_divisor, eps=eps, impl=moe_impl)
         elif ffn == "mlp":
             self.ffn = Mlp(dim, int(dim * mlp_ratio))
         elif ffn == "moe":

@@ -1,7 +1,7 @@
 """Channel-adaptive mixture of experts: the feed-forward layer of every VA-MoE block.
 
 Inputs are tokens ``h`` of shape ``(B, N, D)`` and the variable embedding ``e`` of shape ``(E, D)``
-(one row per variable group). With ``k = D / topk``:
+(one row per variable group). With ``k = D / expert_channels_divisor``:
 
 - gate distribution per group: ``g = softmax(W_pos e + b_pos, dim=-1)``, ``(E, D)``;
 - shared expert: ``y = SwiGLU_shared(h)`` (hidden 2D);
@@ -66,21 +66,29 @@ class ChannelMoE(nn.Module):
     Args:
         dim: embedding dimension D.
         num_experts: number of experts E (= variable groups).
-        topk: D / topk channels are routed to each expert.
+        expert_channels_divisor: D / expert_channels_divisor channels are routed to each expert.
         eps: LayerNorm epsilon.
         impl: ``fast`` or ``loop``.
     """
 
     def __init__(
-        self, dim: int, num_experts: int, topk: int, eps: float = 1e-6, impl: str = "fast"
+        self,
+        dim: int,
+        num_experts: int,
+        expert_channels_divisor: int,
+        eps: float = 1e-6,
+        impl: str = "fast",
     ):
         super().__init__()
-        if dim % topk:
-            raise ValueError(f"embed_dim ({dim}) must be divisible by topk ({topk})")
+        if dim % expert_channels_divisor:
+            raise ValueError(
+                f"embed_dim ({dim}) must be divisible by expert_channels_divisor "
+                f"({expert_channels_divisor})"
+            )
         if impl not in ("fast", "loop"):
             raise ValueError(f"moe_impl must be 'fast' or 'loop', got {impl!r}")
         self.dim = dim
-        self.k = dim // topk
+        self.k = dim // expert_channels_divisor
         self.impl = impl
         self.pos_proj = nn.Linear(dim, dim)
         self.gate_proj = nn.Linear(dim, dim)

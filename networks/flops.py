@@ -8,7 +8,7 @@ same count (folding the gate scaling into the gate weight is element-wise work o
 numbers and is not counted).
 
 Notation: batch ``B``; token grid ``Hg x Wg = (H/p) x (W/p)``, ``N = Hg Wg`` tokens per sample,
-``T = B N`` tokens; ``C`` channels; embedding ``D``; ``E`` experts (variable groups); ``k = D / topk``
+``T = B N`` tokens; ``C`` channels; embedding ``D``; ``E`` experts (variable groups); ``k = D / expert_channels_divisor``
 routed channels per expert; ``p`` patch size; ``L`` depth.
 
 Forward FLOPs, per component::
@@ -94,7 +94,7 @@ def forward_flops_by_component(
 
     if use_moe == "channelmoe":
         for key, value in channel_moe_flops_by_component(
-            t, d, params["num_experts"], params["topk"]
+            t, d, params["num_experts"], params["expert_channels_divisor"]
         ).items():
             f[f"moe.{key}"] = depth * value
     elif use_moe is False:
@@ -119,10 +119,10 @@ def training_step_flops(params, batch_size: int = 1) -> int:
 
 
 def channel_moe_flops_by_component(
-    tokens: int, dim: int, num_experts: int, topk: int
+    tokens: int, dim: int, num_experts: int, expert_channels_divisor: int
 ) -> dict[str, int]:
     """Forward FLOPs of one channel-MoE layer on ``tokens`` tokens, by component."""
-    t, d, e, k = tokens, dim, num_experts, dim // topk
+    t, d, e, k = tokens, dim, num_experts, dim // expert_channels_divisor
     return OrderedDict(
         [
             ("pos_proj", 2 * e * d * d),
@@ -134,9 +134,10 @@ def channel_moe_flops_by_component(
     )
 
 
-def channel_moe_flops(tokens: int, dim: int, num_experts: int, topk: int) -> int:
+def channel_moe_flops(tokens: int, dim: int, num_experts: int, expert_channels_divisor: int) -> int:
     """Forward FLOPs of one channel-MoE layer on ``tokens`` tokens (pos_proj included)."""
-    return sum(channel_moe_flops_by_component(tokens, dim, num_experts, topk).values())
+    parts = channel_moe_flops_by_component(tokens, dim, num_experts, expert_channels_divisor)
+    return sum(parts.values())
 
 
 if __name__ == "__main__":  # python -m networks.flops --config vamoe [--batch 1]

@@ -308,8 +308,8 @@ def test_paper_component_counts():
     "override,keys",
     [
         ("num_experts=4", ["num_experts", "higher_features"]),
-        ("num_blocks=5", ["embed_dim", "num_blocks"]),
-        ("topk=3", ["embed_dim", "topk"]),
+        ("num_heads=5", ["embed_dim", "num_heads"]),
+        ("expert_channels_divisor=3", ["embed_dim", "expert_channels_divisor"]),
         ("patch_size=3", ["h_size", "patch_size"]),
         ("pressure_level=[500, 505]", ["pressure_level"]),
         ("use_moe=sparse", ["use_moe"]),

@@ -100,12 +100,12 @@ def test_kill_and_resume_equals_uninterrupted_run(synthetic_root, tmp_path, monk
     calls = {"n": 0}
     original = train.Trainer._rollout_loss
 
-    def dying(self, inp, tar, model=None):
+    def dying(self, stepper, inp, tar):
         calls["n"] += 1
         if calls["n"] == 19:  # epoch 2 (11 steps + 1 validation batch per epoch), after
             # the mid-epoch checkpoint at global step 16
             raise _Killed()
-        return original(self, inp, tar, model)
+        return original(self, stepper, inp, tar)
 
     monkeypatch.setattr(train.Trainer, "_rollout_loss", dying)
     with pytest.raises(_Killed):
@@ -215,8 +215,8 @@ def test_set_errors_and_typing(synthetic_root, tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "unknown config key 'max_epoch'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        run_train(synthetic_root, tmp_path, "num_blocks=5")
-    assert "'num_blocks'" in capsys.readouterr().err
+        run_train(synthetic_root, tmp_path, "num_heads=5")
+    assert "'num_heads'" in capsys.readouterr().err
 
 
 def test_missing_file_stops_training_with_its_name(synthetic_root, tmp_path, capsys):

@@ -4,9 +4,13 @@
 ``--set key=value`` overrides (values parsed as YAML), fills derived values and validates the whole
 configuration, raising :class:`ConfigError` with the offending keys named.
 
-Derived values (never written in the YAML): ``layout`` (a :class:`utils.channels.ChannelLayout`),
-``N_in_channels`` / ``N_out_channels`` (the channel count) and ``num_experts`` (the paper code's
-spelling ``num_exports`` is accepted as an alias).
+Derived value (never written in the YAML): ``layout`` (a :class:`utils.channels.ChannelLayout`).
+
+Keys of the original code are accepted as aliases (in the YAML and in ``--set``) and renamed to
+the names the code uses: ``num_blocks`` -> ``num_heads`` (it counts attention heads), ``topk`` ->
+``expert_channels_divisor`` (each expert keeps ``embed_dim / topk`` channels) and ``num_exports``
+-> ``num_experts``. ``nettype`` (the backbone, of which there is one) is accepted when it is
+``vit`` and dropped.
 """
 
 from __future__ import annotations
@@ -27,15 +31,19 @@ class ConfigError(ValueError):
     """An inconsistent or unknown configuration value; the message names the keys at fault."""
 
 
-DERIVED_KEYS = ("layout", "N_in_channels", "N_out_channels")
-_ALIASES = {"num_exports": "num_experts"}
+DERIVED_KEYS = ("layout",)
+ALIASES = {
+    "num_blocks": "num_heads",
+    "topk": "expert_channels_divisor",
+    "num_exports": "num_experts",
+}
+IGNORED_KEYS = {"nettype": "vit"}  # original keys with one allowed value: checked, then dropped
 _CHOICES = {
     "use_moe": ("channelmoe", False, "moe"),
     "moe_impl": ("fast", "loop"),
     "loss": ("trainl2", "l2"),
     "recons_target": ("input", "target"),
     "amp_dtype": ("bf16", "fp16"),
-    "nettype": ("vit",),
     "loader_backend": ("threads", "processes"),
 }
 _POSITIVE_INTS = (
@@ -44,8 +52,8 @@ _POSITIVE_INTS = (
     "patch_size",
     "embed_dim",
     "depth",
-    "num_blocks",
-    "topk",
+    "num_heads",
+    "expert_channels_divisor",
     "batch_size",
     "valid_batch_size",
     "eval_batch_size",
@@ -103,12 +111,18 @@ def load_section(path: str, name: str) -> dict:
     if not isinstance(document, dict) or name not in document:
         sections = sorted(document) if isinstance(document, dict) else []
         raise ConfigError(f"config section {name!r} not found in {path}; sections: {sections}")
-    section = _plain(document[name])
-    for alias, key in _ALIASES.items():
-        if alias in section:
-            value = section.pop(alias)
-            if key not in section:
-                section[key] = value
+    return resolve_aliases(_plain(document[name]), f"section {name!r} of {path}")
+
+
+def resolve_aliases(section: dict, where: str) -> dict:
+    """Rename the original code's keys (:data:`ALIASES`) and drop the checked :data:`IGNORED_KEYS`
+    of a plain config dict, in place; ``where`` names it in errors."""
+    for alias, key in ALIASES.items():
+        if alias in section:  # wins over the key it names (which may come from a merge key)
+            section[key] = section.pop(alias)
+    for key, allowed in IGNORED_KEYS.items():
+        if key in section and section.pop(key) != allowed:
+            raise ConfigError(f"{where}: '{key}' must be {allowed!r} (the only one there is)")
     return section
 
 
@@ -129,6 +143,31 @@ class YParams:
         self.params: dict = load_section(yaml_filename, config_name)
         self.apply_overrides(overrides or [])
         self.update_derived()
+
+    @classmethod
+    def from_dict(
+        cls,
+        section: dict,
+        config_name: str,
+        overrides: Iterable[str] | None = None,
+        defaults: dict | None = None,
+        source: str = "",
+    ) -> YParams:
+        """A configuration from a plain dict, e.g. the one a checkpoint records (``params``).
+
+        ``defaults`` (e.g. the ``full_field`` section) fill the keys the dict lacks, such as keys
+        added to the project after it was written; ``source`` names where the dict came from.
+        """
+        self = cls.__new__(cls)
+        self._yaml_filename = source
+        self._config_name = config_name
+        where = f"configuration of {source or config_name!r}"
+        merged = dict(defaults or {})
+        merged.update(resolve_aliases(_plain(dict(section)), where))
+        self.params = merged
+        self.apply_overrides(overrides or [])
+        self.update_derived()
+        return self
 
     # -- access -------------------------------------------------------------------------------
     def __getattr__(self, key: str):
@@ -166,7 +205,7 @@ class YParams:
             if "=" not in item:
                 raise ConfigError(f"--set expects key=value, got {item!r}")
             key, text = item.split("=", 1)
-            key = _ALIASES.get(key.strip(), key.strip())
+            key = ALIASES.get(key.strip(), key.strip())
             if key not in self.params or key in DERIVED_KEYS:
                 raise ConfigError(
                     f"--set {item!r}: unknown config key {key!r} in section {self._config_name!r}"
@@ -178,8 +217,6 @@ class YParams:
         validate(self.params, self._config_name)
         layout = ChannelLayout.from_params(self.params)
         self.params["layout"] = layout
-        self.params["N_in_channels"] = layout.n_channels
-        self.params["N_out_channels"] = layout.n_channels
         if self.params.get("cl_ckpt_path") is not None or self.params.get("old_higher_features"):
             validate_incremental(self.params, layout)
 
@@ -227,12 +264,15 @@ def validate(params: dict, section: str = "") -> None:
         )
 
     d, p = params["embed_dim"], params["patch_size"]
-    if d % params["num_blocks"]:
+    if d % params["num_heads"]:
         problems.append(
-            f"'embed_dim' ({d}) is not divisible by 'num_blocks' (heads, {params['num_blocks']})"
+            f"'embed_dim' ({d}) is not divisible by 'num_heads' ({params['num_heads']})"
         )
-    if params.get("use_moe") == "channelmoe" and d % params["topk"]:
-        problems.append(f"'embed_dim' ({d}) is not divisible by 'topk' ({params['topk']})")
+    divisor = params["expert_channels_divisor"]
+    if params.get("use_moe") == "channelmoe" and d % divisor:
+        problems.append(
+            f"'embed_dim' ({d}) is not divisible by 'expert_channels_divisor' ({divisor})"
+        )
     for key in ("h_size", "w_size"):
         if params[key] % p:
             problems.append(f"'{key}' ({params[key]}) is not divisible by 'patch_size' ({p})")

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from utils.atomic_io import atomic_write
-from utils.YParams import ConfigError
+from utils.YParams import ConfigError, YParams, load_section
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -106,3 +106,49 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def _to_lists(value):
     return [list(v) if isinstance(v, tuple) else v for v in value]
+
+
+GRID_KEYS = ("h_size", "w_size")
+
+
+def params_of_checkpoint(
+    ckpt: dict[str, Any],
+    path: str,
+    yaml_filename: str,
+    config_name: str | None = None,
+    overrides=(),
+) -> YParams:
+    """The configuration to use a checkpoint with.
+
+    Without ``config_name`` it is the one the checkpoint records (``params``, written by
+    ``train.py``), keys it lacks filled from the ``full_field`` section of ``yaml_filename``.
+    With ``config_name`` it is that section of ``yaml_filename``; a checkpoint that records other
+    channels or another grid is refused, the error naming the difference. ``overrides`` are
+    ``key=value`` strings applied either way.
+    """
+    recorded = ckpt.get("params")
+    if config_name is None:
+        if not isinstance(recorded, dict):
+            raise ConfigError(
+                f"checkpoint {path!r} records no configuration (written before checkpoints "
+                "carried one): pass --config SECTION"
+            )
+        defaults = (
+            load_section(yaml_filename, "full_field") if os.path.isfile(yaml_filename) else {}
+        )
+        name = str(ckpt.get("config_name") or "checkpoint")
+        params = YParams.from_dict(recorded, name, overrides, defaults, source=path)
+    else:
+        params = YParams(yaml_filename, config_name, overrides)
+    where = f"config section {params.config_name!r}"
+    check_channel_names(ckpt, path, params.layout.names, where)
+    if isinstance(recorded, dict):
+        differ = [k for k in GRID_KEYS if k in recorded and recorded[k] != params[k]]
+        if differ:
+            raise ConfigError(
+                f"checkpoint {path!r} was trained on a "
+                + ", ".join(f"{k}={recorded[k]}" for k in differ)
+                + f" grid, but {where} gives "
+                + ", ".join(f"{k}={params[k]}" for k in differ)
+            )
+    return params
