@@ -147,6 +147,36 @@ class Trainer:
             )
             for line in report.format(frozen).splitlines():
                 self.log.info(line)
+        self._log_setup(model, frozen)
+
+        self.model = model
+        if info.distributed:
+            self.model = DistributedDataParallel(
+                model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=params.use_moe == "moe",
+                broadcast_buffers=False,
+            )
+        if params.compile:
+            self.model = torch.compile(self.model)
+        self.optimizer = build_optimizer(model, params)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            _cosine_factor(
+                params.lr, params.min_lr, max(1, params.max_epochs * self.steps_per_epoch)
+            ),
+        )
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype is torch.float16 else None
+        if resume is not None:
+            self._restore(resume, resume_path)
+        if info.is_main and resume is None:
+            params.dump(os.path.join(self.run_dir, "hyperparams.yaml"))
+        self.wandb = self._init_wandb(args) if params.log_to_wandb and info.is_main else None
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _log_setup(self, model, frozen) -> None:
+        """Log the run's configuration, parameter counts and data sizes."""
+        params, info = self.params, self.info
         n_total = sum(p.numel() for p in model.parameters())
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         self.log.info(
@@ -174,31 +204,6 @@ class Trainer:
             params.w_size,
         )
 
-        self.model = model
-        if info.distributed:
-            self.model = DistributedDataParallel(
-                model,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=params.use_moe == "moe",
-                broadcast_buffers=False,
-            )
-        if params.compile:
-            self.model = torch.compile(self.model)
-        self.optimizer = build_optimizer(model, params)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            _cosine_factor(
-                params.lr, params.min_lr, max(1, params.max_epochs * self.steps_per_epoch)
-            ),
-        )
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype is torch.float16 else None
-        if resume is not None:
-            self._restore(resume, resume_path)
-        if info.is_main and resume is None:
-            params.dump(os.path.join(self.run_dir, "hyperparams.yaml"))
-        self.wandb = self._init_wandb(args) if params.log_to_wandb and info.is_main else None
-
-    # ------------------------------------------------------------------ bookkeeping
     @property
     def steps_per_epoch(self) -> int:
         cap = self.params.max_steps_per_epoch
@@ -325,6 +330,24 @@ class Trainer:
             forecasts.append(step.forecast)
         return loss / n_steps, terms, forecasts
 
+    def _optimizer_step(self, loss, trainable) -> torch.Tensor:
+        """Backward, clip, step (through the GradScaler with fp16) and advance the schedule;
+        returns the gradient norm before clipping (a device tensor: no sync)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, self.params.clip_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        return grad_norm
+
     def train_one_epoch(self, epoch):
         params, info = self.params, self.info
         self.model.train()
@@ -355,19 +378,7 @@ class Trainer:
             # repeats the uninterrupted one exactly.
             torch.manual_seed(params.seed + 1_000_003 * self.global_step + info.rank)
             loss, terms, _ = self._rollout_loss(stepper, inp, tar)
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                self.scaler.unscale_(self.optimizer)
-            else:
-                loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, params.clip_grad_norm)
-            if self.scaler is not None:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
-            self.scheduler.step()
+            grad_norm = self._optimizer_step(loss, trainable)
             self.global_step += 1
             samples += inp.shape[0] * info.world_size
             # The step's scalars as global means in one small all-reduce and one device sync,

@@ -233,6 +233,8 @@ class YParams:
         atomic_write_text(path, text.getvalue())
 
 
+# A flat list of independent checks appending to one list, so that every problem is reported in
+# one error; splitting it would only scatter that list.
 def validate(params: dict, section: str = "") -> None:
     """Raise :class:`ConfigError` naming the keys of any inconsistent setting."""
     where = f" (section {section!r})" if section else ""
