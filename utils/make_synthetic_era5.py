@@ -241,7 +241,7 @@ def generate(
 ) -> dict:
     """Write ``days`` days from ``start`` (every ``hour_step`` hours) under ``root_dir``, then the
     statistics and the climatology. Refuses a non-empty ``root_dir`` unless ``overwrite``."""
-    from tqdm import tqdm
+    from utils.progress import progress_bar
 
     if days < 1 or hour_step < 1 or 24 % hour_step:
         raise ValueError("--days must be >= 1 and --hour_step must divide 24")
@@ -256,7 +256,7 @@ def generate(
     t0 = to_hours(first_day)
     times = np.arange(t0, t0 + 24 * int(days), int(hour_step), dtype=np.int64)
     made_dirs = set()
-    for t in tqdm(times, desc="synthetic ERA5", unit="step", disable=not progress):
+    for t in progress_bar(times, "synthetic ERA5", unit="step", enabled=progress):
         dt = from_hours(t)
         upper_dir, single_dir = day_dir(root_dir, dt), day_dir(root_dir, dt, surface=True)
         if dt.date() not in made_dirs:

@@ -195,9 +195,8 @@ def compute_statistics(
     Returns ``{"mean_std": path, "mean_std_single": path, "climatology": dir or None, "n_times": N}``.
     Every file is read once; only one channel's accumulators are in memory at a time.
     """
-    from tqdm import tqdm
-
     from utils.climatology import ClimatologyWriter, climatology_slots
+    from utils.progress import progress_bar
 
     times = period_times(start, end, hour_step)
     if upper is None or surface is None:
@@ -245,12 +244,8 @@ def compute_statistics(
     upper_mean: dict = {v: {} for v in upper}
     upper_std: dict = {v: {} for v in upper}
     surface_mean, surface_std = {}, {}
-    bar = tqdm(
-        total=len(channels) * len(times),
-        desc="statistics",
-        unit="file",
-        disable=not progress,
-        mininterval=1.0,
+    bar = progress_bar(
+        total=len(channels) * len(times), desc="statistics", unit="file", enabled=progress
     )
     for ch in channels:
         moments = RunningMoments()
