@@ -159,6 +159,7 @@ class SampleCapture:
         self.capture_ic, self.channels = capture_ic, channels
         self.sample: dict | None = None
         self._row: int | None = None
+        self._times: Sequence[int] = ()
         self._forecast: list[torch.Tensor] = []
         self._truth: list[torch.Tensor] = []
 
@@ -229,9 +230,9 @@ def _score_lead(run: _Run, k: int, truth, forecasts: dict, times) -> None:
     if clim is not None:  # the truth's anomaly variance, shared by the forecasters
         b = truth - clim
         var_b = weighted_mean_hw(b * b, run.weights)
-    for name, acc in run.scores.items():
+    for name, scores in run.scores.items():
         pred = clim if name == "climatology" else forecasts[name]
-        acc.update(k, pred, truth, run.weights, clim, var_b)
+        scores.update(k, pred, truth, run.weights, clim, var_b)
 
 
 def _rollout_batch(run: _Run, inp, tar, times) -> None:
@@ -364,7 +365,7 @@ def evaluate_rollout(
         raw_forecast_writer=raw_forecast_writer if "model" in forecasters else None,
     )
     n_ics = 0
-    batches = loader if max_batches is None else _first(loader, max_batches)
+    batches = loader if max_batches is None else _FirstItems(loader, max_batches)
     with torch.inference_mode():
         for batch in progress_bar(batches, "rollout", unit="batch", enabled=progress):
             inp, tar, times = split_batch(batch, n_steps)
@@ -393,7 +394,7 @@ def evaluate_rollout(
     return _results(run, n_ics, names, meta, lead_time, climatology, notes)
 
 
-class _first:
+class _FirstItems:
     """The first ``n`` items of an iterable, with a length when the iterable has one."""
 
     def __init__(self, iterable: Iterable, n: int):
