@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from utils.atomic_io import atomic_write
-from utils.YParams import ConfigError
+from utils.errors import CheckpointError, ConfigError
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -48,16 +48,16 @@ def atomic_save(obj: Any, path: str) -> None:
 def load_checkpoint(path: str, map_location="cpu") -> dict[str, Any]:
     """Load a checkpoint safely; errors name the file."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+        raise CheckpointError(f"checkpoint {path!r} does not exist or is not a file")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise RuntimeError(
+        raise CheckpointError(
             f"cannot load checkpoint {path!r} (corrupt, or holds objects other "
             f"than tensors and plain containers): {err}"
         ) from err
     if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise RuntimeError(
+        raise CheckpointError(
             f"checkpoint {path!r} has no 'model' entry; keys: "
             f"{sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__}"
         )
