@@ -9,7 +9,6 @@ import pytest
 from conftest import SYNTHETIC_DAYS, SYNTHETIC_START, make_params
 
 from utils.channels import ERA5_LEVELS, ChannelLayout
-from utils.errors import DataError
 from utils.climatology import Climatology, ClimatologyWriter, default_climatology_path
 from utils.era5_layout import (
     day_of_year_index,
@@ -19,6 +18,7 @@ from utils.era5_layout import (
     to_hours,
     upper_path,
 )
+from utils.errors import DataError
 from utils.make_synthetic_era5 import SyntheticERA5
 from utils.statistics import RunningMoments, StatisticsError, compute_statistics, load_mean_std
 
