@@ -26,8 +26,14 @@ def _file_mode(path: str) -> int:
         return 0o666 & ~_UMASK
 
 
-def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write(f)`` on a temporary binary file, then move it to ``path`` atomically."""
+def atomic_write(
+    path: str, write: Callable[[BinaryIO], None], keep_previous: str | None = None
+) -> None:
+    """Call ``write(f)`` on a temporary binary file, then move it to ``path`` atomically.
+
+    ``keep_previous``: a path where the file being replaced is kept (a hard link made just before
+    the rename, so ``path`` never goes missing; a rename where links are not supported).
+    """
     directory = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(directory, exist_ok=True)
@@ -40,6 +46,8 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, _file_mode(path))  # mkstemp creates 0o600
+        if keep_previous is not None and os.path.exists(path):
+            _keep(path, keep_previous)
         os.replace(tmp, path)
     except BaseException as err:
         try:
@@ -49,6 +57,21 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
         if isinstance(err, OSError) and not isinstance(err, OutputError):
             raise OutputError(f"cannot write {path}: {err.strerror or err}") from err
         raise
+
+
+def _keep(path: str, previous: str) -> None:
+    """Make ``previous`` a copy of the current ``path`` atomically (hard link, else rename)."""
+    link = os.path.join(
+        os.path.dirname(os.path.abspath(previous)), _tmp_prefix(previous) + "link.tmp"
+    )
+    try:
+        if os.path.lexists(link):
+            os.remove(link)
+        os.link(path, link)
+    except OSError:  # no hard links here: the rename leaves path missing until the next one
+        os.replace(path, previous)
+    else:
+        os.replace(link, previous)
 
 
 def _tmp_prefix(path: str) -> str:

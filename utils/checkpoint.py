@@ -40,9 +40,22 @@ def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return cleaned
 
 
-def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save`` to ``path`` through a temporary file and an atomic rename."""
-    atomic_write(path, lambda f: torch.save(obj, f))
+def atomic_save(obj: Any, path: str, keep_previous: str | None = None) -> None:
+    """``torch.save`` to ``path`` through a temporary file and an atomic rename; the file it
+    replaces is kept as ``keep_previous`` when given."""
+    atomic_write(path, lambda f: torch.save(obj, f), keep_previous)
+
+
+def load_latest_checkpoint(path: str, previous: str, log) -> tuple[dict[str, Any], str]:
+    """``(checkpoint, its path)``: ``path``, or ``previous`` with a warning when ``path`` is
+    missing or cannot be read (a truncated file, a disk error)."""
+    try:
+        return load_checkpoint(path), path
+    except CheckpointError as err:
+        if not os.path.isfile(previous):
+            raise
+        log.warning("%s; falling back to the previous checkpoint %s", err, previous)
+        return load_checkpoint(previous), previous
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict[str, Any]:
