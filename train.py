@@ -705,7 +705,10 @@ def main(argv=None):
         report_error(err, info.rank, info.world_size)
         code = EXIT_USER_ERROR
     except Exception as err:
-        report_error(err, info.rank, info.world_size)
+        brief = None
+        if info.distributed and "Connection closed by peer" in str(err):
+            brief = "another rank stopped (its error is above and in out.log); " + str(err)
+        report_error(err, info.rank, info.world_size, brief)
         code = 1
     if code in (0, EXIT_PREEMPTED):
         dist_utils.cleanup()  # after an error a peer may be gone: leave the teardown to exit

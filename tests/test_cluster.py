@@ -216,9 +216,10 @@ def test_a_data_error_on_rank_1_names_the_file_on_the_console_and_in_out_log(
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
-    line = f"[rank 1] error: NaN/inf values in {victim}"
-    assert line in proc.stderr, proc.stderr[-3000:]
-    assert line in open(os.path.join(tmp_path, "tiny", "0", "out.log")).read()
+    message = f"error: NaN/inf values in {victim}"
+    assert f"[rank 1] {message}" in proc.stderr, proc.stderr[-3000:]
+    with open(os.path.join(tmp_path, "tiny", "0", "out.log")) as f:
+        assert [ln for ln in f if ln.startswith("[rank 1] ") and message in ln]
 
 
 def test_a_bug_keeps_its_traceback_and_a_config_error_is_one_line(

@@ -53,11 +53,15 @@ def setup_logging(
     return logger
 
 
-def report_error(err: BaseException, rank: int = 0, world_size: int = 1) -> None:
+def report_error(
+    err: BaseException, rank: int = 0, world_size: int = 1, brief: str | None = None
+) -> None:
     """Print ``err`` on stderr and log it to the ``vamoe`` logger's files: one line for a
-    :class:`VAMoEError`, the traceback for anything else."""
+    :class:`VAMoEError` (or ``brief`` when given), the traceback for anything else."""
     prefix = rank_prefix(rank, world_size)
-    if isinstance(err, VAMoEError):
+    if brief is not None:
+        text = f"error: {brief}"
+    elif isinstance(err, VAMoEError):
         text = f"error: {err}"
     else:
         text = "".join(traceback.format_exception(err)).rstrip()
