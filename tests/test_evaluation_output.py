@@ -31,6 +31,19 @@ def _killed(*args, **kwargs):
     raise _Killed()
 
 
+def _placeholder_plot(*args, **kwargs):
+    """Stands in for the (slow) plots: an empty file where the plot would go."""
+    path = next(a for a in args if isinstance(a, str) and a.endswith(".png"))
+    open(path, "wb").close()
+    return path
+
+
+@pytest.fixture(autouse=True)
+def no_plots(monkeypatch):
+    monkeypatch.setattr(inference, "plot_rmse_acc", _placeholder_plot)
+    monkeypatch.setattr(inference, "plot_maps", _placeholder_plot)
+
+
 @pytest.fixture(scope="module")
 def weights(synthetic_root, tmp_path_factory):
     """An untrained checkpoint of the small network (the files, not the skill, are tested)."""
@@ -75,7 +88,7 @@ def test_results_are_staged_replaced_only_with_overwrite_and_record_their_source
     monkeypatch.setattr(inference, "plot_rmse_acc", _killed)
     with pytest.raises(_Killed):
         evaluate(synthetic_root, weights, out, "t_out_test=1", overwrite=True)
-    monkeypatch.undo()
+    monkeypatch.setattr(inference, "plot_rmse_acc", _placeholder_plot)
     assert (out / "metrics.json").read_text() == before and (out / "stale_marker").exists()
     assert sorted(os.listdir(tmp_path)) == ["results"]
 
@@ -106,3 +119,27 @@ def test_climatology_fallback_is_an_error_unless_allowed_then_listed(
     note = "t2m: time-mean climatology used (no per-day file t2m.npy)"
     assert json.loads((out / "metrics.json").read_text())["climatology_fallbacks"] == [note]
     assert note in (out / "summary.txt").read_text()
+
+
+def test_entry_points_print_one_line_naming_the_culprit(synthetic_root, tmp_path, capsys):
+    from networks import summary
+
+    missing = str(tmp_path / "missing.tar")
+    cases = [
+        (
+            inference.main,
+            ["--config", "tiny", "--weights", missing, "--override_dir", str(tmp_path / "out")],
+            [f"root_dir={synthetic_root}", *FAST],
+            missing,
+        ),
+        (summary.main, ["--config", "tiny"], ["num_heads_typo=4"], "'num_heads_typo'"),
+    ]
+    for main, argv, overrides, culprit in cases:
+        for item in overrides:
+            argv += ["--set", item]
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and culprit in err, err
+    assert not (tmp_path / "out").exists()

@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 
-from utils.errors import VAMoEError
+from utils.errors import OutputError, VAMoEError
 
 LOCK_NAME = ".lock"
 logger = logging.getLogger("vamoe")
@@ -84,15 +84,18 @@ class RunLock:
 
     def _create(self) -> bool:
         tmp = f"{self.path}.{self.owner['pid']}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.owner, f)
         try:
-            os.link(tmp, self.path)
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            os.remove(tmp)
+            with open(tmp, "w") as f:
+                json.dump(self.owner, f)
+            try:
+                os.link(tmp, self.path)
+                return True
+            except FileExistsError:
+                return False
+            finally:
+                os.remove(tmp)
+        except OSError as err:
+            raise OutputError(f"cannot lock {self.directory}: {err.strerror or err}") from err
 
     def _read(self) -> dict | None:
         try:
