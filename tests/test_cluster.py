@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from utils.data_loader_npyfiles import ERA5NpyDataset, ShardedEpochSampler
 from utils.era5_layout import channel_paths, read_field
 from utils.errors import ConfigError, DataFileError
 from utils.preemption import EXIT_PREEMPTED
-from utils.run_lock import RunLock, RunLockedError
+from utils.run_lock import STALE_AFTER_S, RunLock, RunLockedError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A small network and short epochs: every run here takes seconds.
@@ -180,6 +181,17 @@ def test_a_locked_run_directory_is_refused_naming_host_and_pid(synthetic_root, t
     lock.release()
     assert not os.path.exists(run_dir / ".lock")
 
+    # From another host only the heartbeat tells: a lock not refreshed for long is stale.
+    with open(run_dir / ".lock", "w") as f:
+        json.dump({"host": "elsewhere", "pid": 1, "start": None}, f)
+    with pytest.raises(RunLockedError, match="pid 1 on host elsewhere"):
+        RunLock(str(run_dir)).acquire()
+    old = os.path.getmtime(run_dir / ".lock") - STALE_AFTER_S - 1
+    os.utime(run_dir / ".lock", (old, old))
+    lock = RunLock(str(run_dir))
+    lock.acquire()
+    lock.release()
+
 
 def _nan_file_read_only_by_rank_1(params):
     """A channel file of the first batch of rank 1 that neither rank 0's first batch nor the
@@ -296,3 +308,51 @@ def test_npy_with_trailing_bytes_is_refused(tmp_path):
         f.write(b"garbage")
     with pytest.raises(DataFileError, match="trailing data"):
         read_field(path, (4, 8))
+
+
+def _gone(pid):
+    """The process has exited (a zombie nobody reaps counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def test_a_rank_stops_when_its_launcher_dies(tmp_path):
+    ready = str(tmp_path / "watching")
+    child = (
+        f"import sys, time; sys.path.insert(0, {REPO!r}); "
+        "from utils.preemption import watch_launcher; watch_launcher(0.05); "
+        f"open({ready!r}, 'w').close(); time.sleep(120)"
+    )
+    launcher = (
+        "import subprocess, sys, time; "
+        f"p = subprocess.Popen([sys.executable, '-c', {child!r}]); "
+        "print(p.pid, flush=True); time.sleep(120)"
+    )
+    env = dict(os.environ, TORCHELASTIC_RUN_ID="test")
+    proc = subprocess.Popen([sys.executable, "-c", launcher], stdout=subprocess.PIPE, env=env)
+    rank = int(proc.stdout.readline())
+    for _ in range(1200):
+        if os.path.exists(ready):
+            break
+        threading.Event().wait(0.05)
+    assert not _gone(rank)
+    proc.kill()
+    proc.wait()
+    for _ in range(600):  # the rank's SIGTERM comes within ~0.05 s of noticing
+        if _gone(rank):
+            break
+        threading.Event().wait(0.05)
+    assert _gone(rank)
+
+
+def test_a_truncated_statistics_file_is_named(tmp_path):
+    from utils.channels import ChannelLayout
+    from utils.statistics import load_mean_std
+
+    os.makedirs(tmp_path / "statistic")
+    (tmp_path / "statistic" / "mean_std_single.json").write_text('{"mean": {"t2m": 1.0,')
+    with pytest.raises(DataFileError, match="mean_std_single.json"):
+        load_mean_std(str(tmp_path), ChannelLayout([], [], ["t2m"]))

@@ -64,13 +64,14 @@ class StopSignals:
 
 
 def watch_launcher(interval_s: float = 1.0) -> threading.Thread | None:
-    """Under torchrun, SIGTERM this process when its parent (the launcher) is gone."""
+    """Under torchrun, SIGTERM this process when its parent (the launcher) is gone (a parent
+    that is already init means the launcher died before the watch began)."""
     if "TORCHELASTIC_RUN_ID" not in os.environ:
         return None
     parent = os.getppid()
 
     def watch():
-        while os.getppid() == parent:
+        while os.getppid() == parent and parent != 1:
             threading.Event().wait(interval_s)
         os.kill(os.getpid(), signal.SIGTERM)
 

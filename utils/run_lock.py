@@ -4,8 +4,9 @@
 start time from ``/proc``, so a recycled pid is not mistaken for the holder). It is created
 complete and atomically (a hard link of a finished temporary file), removed on a clean exit, and
 left behind by a killed process: a lock whose process is gone from this host is taken over with a
-warning. A lock held from another host cannot be checked from here; the error says to delete it
-once that job is known to be gone.
+warning. A process on another host cannot be checked from here, so the holder touches the lock
+every :data:`HEARTBEAT_S` seconds and a lock from another host untouched for :data:`STALE_AFTER_S`
+seconds (a job requeued elsewhere after its node died) is taken over too.
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ import json
 import logging
 import os
 import socket
+import threading
+import time
 
 from utils.errors import OutputError, VAMoEError
 
 LOCK_NAME = ".lock"
+HEARTBEAT_S = 60.0
+STALE_AFTER_S = 600.0
 logger = logging.getLogger("vamoe")
 
 
@@ -58,11 +63,13 @@ class RunLock:
             "start": _start_time(os.getpid()),
         }
         self.held = False
+        self._stop_heartbeat = threading.Event()
 
     def acquire(self) -> None:
         for _ in range(3):
             if self._create():
                 self.held = True
+                threading.Thread(target=self._heartbeat, name="run-lock", daemon=True).start()
                 return
             holder = self._read()
             if holder == {}:  # released meanwhile
@@ -74,13 +81,26 @@ class RunLock:
                 f"run directory {self.directory} is in use by pid {holder.get('pid')} on host "
                 f"{holder.get('host')} (lock {self.path}); stop that training first, or delete "
                 "the lock file if that process is gone"
+                + (
+                    ""
+                    if holder.get("host") == self.owner["host"]
+                    else f"; it is taken over once not refreshed for {STALE_AFTER_S:.0f} s"
+                )
             )
         raise RunLockedError(f"could not lock {self.directory}: {self.path} keeps changing")
 
     def release(self) -> None:
+        self._stop_heartbeat.set()
         if self.held and self._read() == self.owner:
             os.remove(self.path)
         self.held = False
+
+    def _heartbeat(self) -> None:
+        while not self._stop_heartbeat.wait(HEARTBEAT_S):
+            try:
+                os.utime(self.path)
+            except OSError:  # removed or unreachable: the next start decides
+                pass
 
     def _create(self) -> bool:
         tmp = f"{self.path}.{self.owner['pid']}.tmp"
@@ -108,13 +128,18 @@ class RunLock:
         return holder if isinstance(holder, dict) else None
 
     def _is_stale(self, holder: dict) -> bool:
-        if holder.get("host") != self.owner["host"] or not isinstance(holder.get("pid"), int):
+        if holder.get("host") != self.owner["host"]:
+            try:
+                return time.time() - os.path.getmtime(self.path) > STALE_AFTER_S
+            except FileNotFoundError:
+                return False
+        if not isinstance(holder.get("pid"), int):
             return False
         return not process_alive(holder["pid"], holder.get("start"))
 
     def _take_over(self, holder: dict | None) -> None:
         logger.warning(
-            "taking over the stale lock %s of pid %s on %s (process gone)",
+            "taking over the stale lock %s of pid %s on %s (process gone or lock not refreshed)",
             self.path,
             (holder or {}).get("pid", "?"),
             (holder or {}).get("host", "?"),
