@@ -121,7 +121,7 @@ def _remove_stale_staging(out_dir: str) -> None:
     parent = os.path.dirname(prefix)
     for name in os.listdir(parent) if os.path.isdir(parent) else []:
         path = os.path.join(parent, name)
-        pid = path[len(prefix) :] if path.startswith(prefix) else ""
+        pid = path[len(prefix) :].removesuffix(".old") if path.startswith(prefix) else ""
         if pid.isdigit() and not process_alive(int(pid), None):
             shutil.rmtree(path, ignore_errors=True)
 

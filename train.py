@@ -283,13 +283,15 @@ class Trainer:
         """Settings that differ from those the checkpoint was written with: warned about and
         appended to ``config_changes.jsonl`` (``hyperparams.yaml`` then holds the new ones)."""
         saved = dict(ckpt.get("params") or {})
+        if not saved:  # a checkpoint from before settings were stored
+            return {}
         if "world_size" in ckpt:
             saved["world_size"] = ckpt["world_size"]
         current = {**_plain_params(self.params), "world_size": self.info.world_size}
         changes = {
             k: [saved.get(k), current.get(k)]
             for k in sorted(set(saved) | set(current))
-            if saved and saved.get(k) != current.get(k)
+            if saved.get(k) != current.get(k)
         }
         if changes:
             self.log.warning(
@@ -475,6 +477,8 @@ class Trainer:
                 )
             if self._stop_requested(stop):
                 bar.close()
+                if hasattr(batches, "close"):
+                    batches.close()
                 self.save_checkpoint(epoch, step + 1)
                 self._stopping()
             every = params.checkpoint_every_steps
