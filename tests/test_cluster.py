@@ -141,6 +141,27 @@ def test_stop_signal_checkpoints_exits_75_and_the_same_command_resumes_identical
     assert_same_run(reference_run, run_dir)
 
 
+@pytest.mark.slow
+def test_a_stop_signal_on_one_rank_stops_every_rank_after_the_same_step(synthetic_root, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    cmd += ["--master_port", "29618", os.path.join(REPO, "tests", "stop_worker.py")]
+    cmd += ["--config", "tiny", "--exp_dir", str(tmp_path)]
+    for item in (f"root_dir={synthetic_root}", *FAST):
+        cmd += ["--set", item]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0  # torchrun reports the ranks' exit code 75 as a failure
+    run_dir = os.path.join(tmp_path, "tiny", "0")
+    stopped = load_checkpoint(os.path.join(ckpt_dir(run_dir), "ckpt.tar"))
+    assert (stopped["epoch"], stopped["step_in_epoch"], stopped["global_step"]) == (0, 2, 2)
+    log = open(os.path.join(run_dir, "out.log")).read()
+    assert (
+        "[rank 1]" in log and "stop signal SIGTERM: checkpoint written after global step 2" in log
+    )
+    assert "stop signal on another rank: checkpoint written after global step 2" in log
+    assert not os.path.exists(os.path.join(run_dir, ".lock"))
+
+
 def test_unreadable_ckpt_falls_back_to_the_previous_one(synthetic_root, tmp_path, capsys):
     run_dir = run_train(synthetic_root, tmp_path, "max_epochs=1", "checkpoint_every_steps=1")
     path = os.path.join(ckpt_dir(run_dir), "ckpt.tar")
@@ -211,6 +232,7 @@ def _nan_file_read_only_by_rank_1(params):
     raise AssertionError("no input state read by rank 1 alone")
 
 
+@pytest.mark.slow
 def test_a_data_error_on_rank_1_names_the_file_on_the_console_and_in_out_log(
     synthetic_root, tmp_path
 ):
