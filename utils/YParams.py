@@ -226,16 +226,13 @@ def validate(params: dict, section: str = "") -> None:
             f"'pressure_level' has {bad_levels}, which are not ERA5 levels {ERA5_LEVELS}"
         )
 
-    d, p = params["embed_dim"], params["patch_size"]
+    d = params["embed_dim"]
     if d % params["num_blocks"]:
         problems.append(
             f"'embed_dim' ({d}) is not divisible by 'num_blocks' (heads, {params['num_blocks']})"
         )
     if params.get("use_moe") == "channelmoe" and d % params["topk"]:
         problems.append(f"'embed_dim' ({d}) is not divisible by 'topk' ({params['topk']})")
-    for key in ("h_size", "w_size"):
-        if params[key] % p:
-            problems.append(f"'{key}' ({params[key]}) is not divisible by 'patch_size' ({p})")
     window = params.get("window_size")
     if not (
         isinstance(window, list)

@@ -2,10 +2,10 @@
 
 Conventions
 -----------
-* **Latitude weights** come from the grid's actual latitudes: cell centres
-  ``90 - (i + 1/2) * 180 / H`` (±89.296875° for the 128-row 1.40625° grid, never ±90°), and
-  ``w_i = cos(lat_i) / mean_j cos(lat_j)``, so the weights have mean 1 over the rows
-  (:func:`utils.grid.latitude_weights`). A weighted spatial mean of a field ``f`` is
+* **Latitude weights** come from the dataset's recorded latitudes (``statistic/grid.json``; the
+  cell centres ``90 - (i + 1/2) * 180 / H`` when none is recorded): the area of each row's cells,
+  normalised to mean 1 over the rows (:func:`utils.grid.latitude_weights`; ``cos(lat)`` on the
+  cell-centre grid). A weighted spatial mean of a field ``f`` is
   ``mean_{h,w}(w_h * f[h, w])``.
 * **MSE / RMSE** per field: ``MSE = mean_{h,w}(w_h (pred - target)^2)``, ``RMSE = sqrt(MSE)``,
   in the units of the inputs (pass physical, i.e. de-normalised, fields).
@@ -63,18 +63,12 @@ def latitudes_numpy(lat) -> np.ndarray:
 
 
 def lat_weights_torch(lat, device=None, dtype=torch.float64) -> torch.Tensor:
-    """Latitude weights ``cos(lat)`` normalised to mean 1, shape ``(H, 1)`` (broadcasts over W).
-
-    A tensor ``lat`` is converted on its device (no host round trip); anything else goes through
-    :func:`utils.grid.latitude_weights`.
-    """
+    """Row area weights normalised to mean 1 (:func:`utils.grid.latitude_weights`), shape
+    ``(H, 1)`` (broadcasts over W), on ``device`` (default: the device of a tensor ``lat``)."""
     if isinstance(lat, torch.Tensor):
+        device = lat.device if device is None else device
         if lat.dim() != 1:
             raise ValueError(f"lat must be 1-D latitudes in degrees, got shape {tuple(lat.shape)}")
-        w = torch.cos(
-            torch.deg2rad(lat.to(device=device if device is not None else lat.device, dtype=dtype))
-        )
-        return (w / w.mean()).reshape(-1, 1)
     w = latitude_weights(latitudes_numpy(lat))
     return torch.as_tensor(w, dtype=dtype, device=device).reshape(-1, 1)
 
