@@ -3,9 +3,10 @@
     python inference.py --yaml_config config/vamoe.yaml --config vamoe \
         --weights exp/vamoe/0/training_checkpoints/best_ckpt.tar --override_dir results/vamoe
 
-From every test initial condition (every ``test_interval`` hours of ``test_period``) the model's
-6-hour forecast is fed back as its next input for ``t_out_test`` steps. Latitude-weighted RMSE
-(physical units) and ACC (against the climatology of ``climatology_path``) are accumulated per
+From every test initial condition (every ``test_interval`` hours of ``test_period``, read from
+``test_root_dir`` when set) the model's ``lead_time``-hour forecast is fed back as its next input
+for ``t_out_test`` steps. Latitude-weighted RMSE (physical units, row weights from the data's
+recorded grid) and ACC (against the climatology of ``climatology_path``) are accumulated per
 channel and lead time, for the model and for the persistence and climatology baselines, without
 keeping forecasts in memory. Written to ``--override_dir``:
 
@@ -34,7 +35,6 @@ from utils.checkpoint import check_channel_names, load_checkpoint
 from utils.climatology import Climatology, default_climatology_path
 from utils.data_loader_npyfiles import get_data_loader
 from utils.era5_layout import from_hours
-from utils.grid import latitudes, longitudes
 from utils.logging_utils import setup_logging
 from utils.plots import nearest_leads, plot_maps, plot_rmse_acc
 from utils.results import format_headline_table, save_results
@@ -131,7 +131,7 @@ def evaluate(
         params.t_out_test,
         dataset.mean,
         dataset.std,
-        latitudes(params.h_size),
+        dataset.lat,
         climatology,
         device,
         amp_dtype=params.amp_dtype if enable_amp else None,
@@ -151,8 +151,8 @@ def evaluate(
         written["maps"] = plot_maps(
             sample["forecast"][leads],
             sample["truth"][leads],
-            latitudes(params.h_size),
-            longitudes(params.w_size),
+            dataset.lat,
+            dataset.lon,
             map_names,
             [results.lead_hours[k] for k in leads],
             os.path.join(out_dir, "maps.png"),

@@ -39,9 +39,9 @@ from utils.checkpoint import (
 )
 from utils.data_loader_npyfiles import get_data_loader
 from utils.freezing import freeze_from_params
-from utils.grid import latitudes
 from utils.incremental import load_initial_stage
 from utils.logging_utils import setup_logging
+from utils.results import lead_label
 from utils.rollout import MetricAccumulator, autocast_context, resolve_amp_dtype
 from utils.weighted_acc_rmse import weighted_mse_torch_channels
 from utils.YParams import ConfigError, YParams
@@ -121,10 +121,10 @@ class Trainer:
         self.std2 = (
             torch.as_tensor(self.train_set.std, dtype=torch.float64, device=self.device) ** 2
         )
-        self.lat = torch.as_tensor(latitudes(params.h_size), device=self.device)
+        self.lat = self.train_set.lat  # degrees, (H,): the dataset's recorded grid
         self.headline = [n for n in params.headline_variables if n in self.layout.names]
 
-        model = VAMoE.from_params(params).to(self.device)
+        model = VAMoE.from_params(params, lat=self.lat).to(self.device)
         self.start_epoch, self.start_step, self.global_step = 0, 0, 0
         self.best_valid = math.inf
         self.epoch_sums = {}
@@ -498,7 +498,7 @@ class Trainer:
             rmse = ", ".join(f"{k} {v:.4g}" for k, v in valid_stats["valid_rmse"].items())
             self.log.info(
                 "epoch %d/%d | train loss %.5f | valid loss %.5f%s | %.1f samples/s | "
-                "%.1f s | lr %.2e | rmse(6h): %s",
+                "%.1f s | lr %.2e | rmse(%s): %s",
                 epoch + 1,
                 params.max_epochs,
                 train_stats["train_loss"],
@@ -507,6 +507,7 @@ class Trainer:
                 train_stats["samples_per_s"],
                 train_stats["epoch_time_s"],
                 record["lr"],
+                lead_label(params.lead_time),
                 rmse,
             )
         if self.wandb is not None:

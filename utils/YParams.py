@@ -272,6 +272,15 @@ def validate(params: dict, section: str = "") -> None:
                 f"'{key}' ({params[key]}) and 'lead_time' ({params['lead_time']}) "
                 "must divide one another"
             )
+    step = params.get("data_step")
+    if step is not None and not (isinstance(step, int) and not isinstance(step, bool) and step > 0):
+        problems.append(f"'data_step' must be null or a positive integer (hours), got {step!r}")
+    elif step:
+        for key in ("lead_time", "train_interval", "valid_interval", "test_interval"):
+            if isinstance(params.get(key), int) and params[key] % step:
+                problems.append(
+                    f"'{key}' ({params[key]}) is not a multiple of 'data_step' ({step})"
+                )
     if problems:
         raise ConfigError("invalid config" + where + ": " + "; ".join(problems))
 
