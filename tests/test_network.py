@@ -417,3 +417,19 @@ def test_padded_cells_do_not_enter_the_loss():
     t = torch.randn_like(x)
     out = model(x, t)
     torch.testing.assert_close(out.loss, ((out.forecast - t) ** 2).mean())
+
+
+def test_latitude_weighted_loss_uses_the_given_latitudes():
+    from utils.grid import latitude_weights, pole_latitudes
+
+    lat = pole_latitudes(33)
+    torch.manual_seed(0)
+    params = YParams(CONFIG, "tiny", ["h_size=33", "lat_weight_loss=true", "loss=l2"])
+    model = VAMoE.from_params(params, lat=lat)
+    w = torch.as_tensor(latitude_weights(lat), dtype=torch.float32)
+    torch.testing.assert_close(model.forecast_loss.lat_weights, w)
+    pred, target = torch.randn(2, 20, 33, 64), torch.randn(2, 20, 33, 64)
+    want = (((pred - target) ** 2) * w.view(1, 1, -1, 1)).mean()
+    torch.testing.assert_close(model.forecast_loss(pred, target), want)
+    with pytest.raises(ValueError, match="32 latitudes for a grid of 33 rows"):
+        VAMoE.from_params(params, lat=lat[:32])
