@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import make_params
+from conftest import CONFIG, make_params
 
 import inference
 import train
@@ -328,3 +328,24 @@ def test_a_period_without_data_is_named(tmp_path, twelve_hourly):
     p["test_period"] = ["2021-01-01", "2021-01-02"]
     with pytest.raises(MissingDataError, match="test period"):
         ERA5NpyDataset(p, "test")
+
+
+def test_a_separate_root_must_record_the_training_grid(tmp_path, twelve_hourly):
+    other = str(tmp_path / "gauss")
+    generate(other, "2020-01-01", 1, 8, 16, hour_step=12, grid="gaussian", statistics=False)
+    common = ["num_data_workers=0", "h_size=8", "w_size=16", "lead_time=12", "test_interval=12"]
+    p = make_params(twelve_hourly, "tiny", [*common, f"test_root_dir={other}", "t_out_test=1"])
+    p["test_period"] = ["2020-01-01", "2020-01-01"]
+    with pytest.raises(GridError, match="record different grids"):
+        ERA5NpyDataset(p, "test")
+    os.remove(grid_path(other))  # a folder without a grid file is read on the training grid
+    ds = ERA5NpyDataset(p, "test")
+    np.testing.assert_array_equal(ds.lat, latitudes(8))
+    assert ds.stats_root == twelve_hourly and ds.root == other
+
+
+def test_configured_data_step_is_checked():
+    from utils.YParams import ConfigError, YParams
+
+    with pytest.raises(ConfigError, match=r"'lead_time' \(6\) is not a multiple of 'data_step'"):
+        YParams(CONFIG, "tiny", ["data_step=12"])

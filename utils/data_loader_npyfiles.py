@@ -56,7 +56,7 @@ from utils.era5_layout import (
     scan_missing,
     time_step,
 )
-from utils.grid import GridError, dataset_grid
+from utils.grid import GridError, dataset_grid, read_grid
 from utils.statistics import load_mean_std
 
 logger = logging.getLogger(__name__)
@@ -163,39 +163,46 @@ class ERA5NpyDataset(Dataset):
             self._load([0])
 
     def _grid(self) -> tuple[np.ndarray, np.ndarray]:
-        """The grid of the data root, else of the training root (the two must agree)."""
+        """The grid of the training root; a separate data root that records its own grid must
+        record the same one."""
         lat, lon = dataset_grid(self.stats_root, self.h, self.w)
-        if self.root != self.stats_root:
+        if self.root != self.stats_root and read_grid(self.root) is not None:
             own_lat, own_lon = dataset_grid(self.root, self.h, self.w)
             if not (np.allclose(own_lat, lat) and np.allclose(own_lon, lon)):
                 raise GridError(
                     f"the {self.mode} data {self.root!r} and the training data "
                     f"{self.stats_root!r} record different grids"
                 )
-            lat, lon = own_lat, own_lon
         return lat, lon
 
     def _first_sample_time(self, params, first: int, last: int) -> int:
         """The first sample time: the first stored time from which a sample's inputs lie in the
-        period. Checks that ``lead_time`` and ``<mode>_interval`` are multiples of the data step
-        (``data_step``, or read from the stored times of the period)."""
-        stored = available_times(self.root, self.layout.channels, first, last)
-        step = params.get("data_step") or time_step(stored)
+        period. ``lead_time`` and ``<mode>_interval`` must be multiples of the data step:
+        ``data_step``, or the step of the times stored in the period's first three days (the
+        whole period when those hold fewer than two)."""
+        earliest = first - int(self._offsets[0])
+        configured = params.get("data_step")
         where = f"the {self.mode} period {self.period} under {self.root}"
-        if step is None:
-            raise MissingDataError(
-                f"{len(stored)} stored time(s) of the configured channels in {where}: "
-                "no sample fits"
-            )
-        self.data_step = int(step)
+        if configured:
+            self.data_step = int(configured)
+            phase = earliest
+        else:
+            channels = self.layout.channels
+            stored = available_times(self.root, channels, first, min(last, first + 71))
+            if len(stored) < 2:
+                stored = available_times(self.root, channels, first, last)
+            if len(stored) < 2:
+                raise MissingDataError(
+                    f"{len(stored)} stored time(s) of the configured channels in {where}: "
+                    "no sample fits"
+                )
+            self.data_step, phase = time_step(stored), int(stored[0])
         for key, value in (("lead_time", self.lead), (f"{self.mode}_interval", self.interval)):
             if value % self.data_step:
                 raise ValueError(
                     f"'{key}' ({value} h) is not a multiple of the data step "
-                    f"({self.data_step} h, {'data_step' if params.get('data_step') else where})"
+                    f"({self.data_step} h, {'data_step' if configured else 'read from ' + where})"
                 )
-        phase = int(stored[0]) if len(stored) else first
-        earliest = first - int(self._offsets[0])
         return earliest + (phase - earliest) % self.data_step
 
     # ----------------------------------------------------------------------------- indexing

@@ -25,6 +25,8 @@ All per-field functions take ``(N, C, H, W)`` tensors (CPU or CUDA), ``lat`` in 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -64,12 +66,22 @@ def latitudes_numpy(lat) -> np.ndarray:
 
 def lat_weights_torch(lat, device=None, dtype=torch.float64) -> torch.Tensor:
     """Row area weights normalised to mean 1 (:func:`utils.grid.latitude_weights`), shape
-    ``(H, 1)`` (broadcasts over W), on ``device`` (default: the device of a tensor ``lat``)."""
+    ``(H, 1)`` (broadcasts over W), on ``device`` (default: the device of a tensor ``lat``).
+
+    The weights of the last few grids are cached per device and dtype: callers scoring every
+    batch move them to the device once (read-only: do not modify the returned tensor).
+    """
     if isinstance(lat, torch.Tensor):
         device = lat.device if device is None else device
         if lat.dim() != 1:
             raise ValueError(f"lat must be 1-D latitudes in degrees, got shape {tuple(lat.shape)}")
-    w = latitude_weights(latitudes_numpy(lat))
+    lat = latitudes_numpy(lat)
+    return _cached_weights(lat.tobytes(), torch.device(device or "cpu"), dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_weights(lat_bytes: bytes, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    w = latitude_weights(np.frombuffer(lat_bytes, dtype=np.float64))
     return torch.as_tensor(w, dtype=dtype, device=device).reshape(-1, 1)
 
 
