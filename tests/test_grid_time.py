@@ -159,7 +159,7 @@ def _read_stats(root, layout):
 
 
 def _independent_rmse(params, weights, data_root, stats_root):
-    """Model RMSE per (channel, lead) from the checkpoint, the raw files and the stored latitudes."""
+    """Model RMSE ``(C, T)`` from the checkpoint, the raw files and the stored latitudes."""
     layout = params.layout
     model = VAMoE.from_params(params)
     model.load_state_dict(torch.load(weights, weights_only=True)["model"])

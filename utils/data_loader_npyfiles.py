@@ -10,8 +10,8 @@ period at which a whole sample fits, such that every input state (``t_in`` of th
 hours apart, the last at the sample time) and every target state (``t_out_<mode>`` of them at
 ``+lead_time``, ``+2 lead_time``, ...) lies within the period. Normalisation statistics always
 come from the training ``root_dir``; the grid (``lat``, ``lon`` in degrees) from the dataset's
-``statistic/grid.json`` (:func:`utils.grid.dataset_grid`). Item ``i`` is ``(inp, tar, time_hours)``: ``inp`` float32 ``(C, H, W)``
-(``(t_in, C, H, W)`` when ``t_in > 1``), ``tar`` ``(C, H, W)`` (``(T, C, H, W)`` when ``T > 1``),
+``statistic/grid.json`` (:func:`utils.grid.dataset_grid`). Item ``i`` is
+``(inp, tar, time_hours)``: ``inp`` float32 ``(C, H, W)`` (``(t_in, C, H, W)`` when ``t_in > 1``), ``tar`` ``(C, H, W)`` (``(T, C, H, W)`` when ``T > 1``),
 z-score normalised per channel in the order of ``params.layout``, and the valid time of the (last)
 input state in hours since 1970-01-01T00:00 UTC.
 
