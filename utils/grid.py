@@ -23,6 +23,7 @@ import os
 import numpy as np
 
 from utils.atomic_io import atomic_write_text
+from utils.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ GRID_FILE = "grid.json"
 GRID_KINDS = ("centres", "poles", "gaussian")
 
 
-class GridError(ValueError):
+class GridError(DataError, ValueError):
     """A recorded grid that is unreadable or does not match the configured ``h_size``/``w_size``."""
 
 
@@ -43,7 +44,7 @@ def pole_latitudes(h_size: int) -> np.ndarray:
     """Equally spaced latitudes from 90 to -90 degrees, both poles included, shape ``(H,)``
     (e.g. 721 rows for ERA5 at 0.25 degrees, 121 at 1.5 degrees)."""
     if h_size < 2:
-        raise ValueError(f"a grid with both poles needs at least 2 rows, got {h_size}")
+        raise ConfigError(f"a grid with both poles needs at least 2 rows, got {h_size}")
     return np.linspace(90.0, -90.0, h_size, dtype=np.float64)
 
 
@@ -58,7 +59,7 @@ def grid_latitudes(kind: str, h_size: int) -> np.ndarray:
     """Latitudes of a grid ``kind`` (``centres``, ``poles`` or ``gaussian``), shape ``(H,)``."""
     makers = {"centres": latitudes, "poles": pole_latitudes, "gaussian": gaussian_latitudes}
     if kind not in makers:
-        raise ValueError(f"grid kind must be one of {GRID_KINDS}, got {kind!r}")
+        raise ConfigError(f"grid kind must be one of {GRID_KINDS}, got {kind!r}")
     return makers[kind](h_size)
 
 
