@@ -8,9 +8,10 @@ applies); with it, that section of ``--yaml_config`` is used and a checkpoint tr
 channels or another grid is refused. ``--override_dir`` is accepted for ``--out_dir`` (the
 original code's name).
 
-From every test initial condition (every ``test_interval`` hours of ``test_period``) the model's
-6-hour forecast is fed back as its next input for ``t_out_test`` steps. Latitude-weighted RMSE
-(physical units) and ACC (against the climatology of ``climatology_path``) are accumulated per
+From every test initial condition (every ``test_interval`` hours of ``test_period``, read from
+``test_root_dir`` when set) the model's ``lead_time``-hour forecast is fed back as its next input
+for ``t_out_test`` steps. Latitude-weighted RMSE (physical units, row weights from the data's
+recorded grid) and ACC (against the climatology of ``climatology_path``) are accumulated per
 channel and lead time, for the model and for the persistence and climatology baselines, without
 keeping forecasts in memory. Written to ``--out_dir``:
 
@@ -50,7 +51,6 @@ from utils.climatology import Climatology, default_climatology_path
 from utils.data_loader_npyfiles import get_data_loader
 from utils.era5_layout import from_hours
 from utils.errors import EXIT_USER_ERROR, ConfigError, OutputError, OutputExistsError, VAMoEError
-from utils.grid import latitudes, longitudes
 from utils.logging_utils import report_error, setup_logging
 from utils.plots import nearest_leads, plot_maps, plot_rmse_acc
 from utils.results import format_headline_table, save_results
@@ -234,7 +234,7 @@ def _evaluate_into(
         params.t_out_test,
         dataset.mean,
         dataset.std,
-        latitudes(params.h_size),
+        dataset.lat,
         climatology,
         device,
         amp_dtype=params.amp_dtype if enable_amp else None,
@@ -262,8 +262,8 @@ def _evaluate_into(
         written["maps"] = plot_maps(
             sample["forecast"][leads],
             sample["truth"][leads],
-            latitudes(params.h_size),
-            longitudes(params.w_size),
+            dataset.lat,
+            dataset.lon,
             map_names,
             [results.lead_hours[k] for k in leads],
             os.path.join(out_dir, "maps.png"),

@@ -55,11 +55,11 @@ from utils.errors import (
     VAMoEError,
 )
 from utils.freezing import freeze_from_params
-from utils.grid import latitudes
 from utils.incremental import load_initial_stage
 from utils.logging_utils import report_error, setup_logging
 from utils.preemption import EXIT_PREEMPTED, Preempted, StopSignals, watch_launcher
 from utils.progress import progress_bar
+from utils.results import lead_label
 from utils.run_lock import RunLock
 from utils.stepper import Stepper, resolve_amp_dtype
 from utils.weighted_acc_rmse import MetricAccumulator, accumulation_dtype, lat_weights_torch
@@ -134,11 +134,11 @@ class Trainer:
         )
         self.valid_loader, self.valid_set, _ = get_data_loader(params, info.distributed, "valid")
         self.layout = params.layout
-        self.lat = torch.as_tensor(latitudes(params.h_size), device=self.device)
+        self.lat = torch.as_tensor(self.train_set.lat, device=self.device)  # the dataset's grid
         self.lat_weights = lat_weights_torch(self.lat, self.device, accumulation_dtype(self.device))
         self.headline = [n for n in params.headline_variables if n in self.layout.names]
 
-        model = VAMoE.from_params(params).to(self.device)
+        model = VAMoE.from_params(params, lat=self.train_set.lat).to(self.device)
         self.start_epoch, self.start_step, self.global_step = 0, 0, 0
         self.best_valid = math.inf
         self.epoch_sums = {}
@@ -584,7 +584,7 @@ class Trainer:
             rmse = ", ".join(f"{k} {v:.4g}" for k, v in valid_stats["valid_rmse"].items())
             self.log.info(
                 "epoch %d/%d | train loss %.5f | valid loss %.5f%s | %.1f samples/s | "
-                "%.1f s | lr %.2e | rmse(6h): %s",
+                "%.1f s | lr %.2e | rmse(%s): %s",
                 epoch + 1,
                 params.max_epochs,
                 train_stats["train_loss"],
@@ -593,6 +593,7 @@ class Trainer:
                 train_stats["samples_per_s"],
                 train_stats["epoch_time_s"],
                 record["lr"],
+                lead_label(params.lead_time),
                 rmse,
             )
             if epoch + 1 < params.max_epochs and self._stop_requested():

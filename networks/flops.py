@@ -7,9 +7,10 @@ belongs to the function, not to an implementation: the ``fast`` and ``loop`` cha
 same count (folding the gate scaling into the gate weight is element-wise work on ``E x D x D``
 numbers and is not counted).
 
-Notation: batch ``B``; token grid ``Hg x Wg = (H/p) x (W/p)``, ``N = Hg Wg`` tokens per sample,
-``T = B N`` tokens; ``C`` channels; embedding ``D``; ``E`` experts (variable groups); ``k = D / expert_channels_divisor``
-routed channels per expert; ``p`` patch size; ``L`` depth.
+Notation: batch ``B``; token grid ``Hg x Wg = ceil(H/p) x ceil(W/p)`` (the input padded to whole
+patches), ``N = Hg Wg`` tokens per sample, ``T = B N`` tokens; ``C`` channels; embedding ``D``;
+``E`` experts (variable groups); ``k = D / expert_channels_divisor`` routed channels per expert; ``p`` patch size;
+``L`` depth.
 
 Forward FLOPs, per component::
 
@@ -67,7 +68,7 @@ def forward_flops_by_component(
     d = params["embed_dim"]
     depth = params["depth"]
     c = params["layout"].n_channels
-    hg, wg = h // p, w // p
+    hg, wg = -(-h // p), -(-w // p)  # the input is padded to whole patches
     n = hg * wg
     t = b * n
     use_moe = params["use_moe"]

@@ -1,8 +1,10 @@
 """The VA-MoE network: a ViT over the token grid whose feed-forward layers are channel MoEs.
 
-Forward on a normalised state ``x`` of shape ``(B, C, H, W)``:
+Forward on a normalised state ``x`` of shape ``(B, C, H, W)`` (any ``H``, ``W``: the patch
+embedding pads the state to a multiple of the patch size and the head crops it back, see
+:mod:`networks.patch_embedding`):
 
-1. tokens = PatchEmbed(x) + pos_embed, ``(B, N, D)`` with ``N = (H/p)(W/p)``;
+1. tokens = PatchEmbed(x) + pos_embed, ``(B, N, D)`` with ``N = ceil(H/p) ceil(W/p)``;
 2. recons = Head(tokens) -- the reconstruction branch, ``(B, C, H, W)``;
 3. e = VariableEmbedding(P), ``(E, D)``, from the variable index matrix ``P`` (a buffer; only the
    channel-MoE network has it);
@@ -24,7 +26,7 @@ from torch.utils.checkpoint import checkpoint
 
 from networks.block import Block
 from networks.losses import LOSSES
-from networks.patch_embedding import DecoderHead, PatchEmbed
+from networks.patch_embedding import DecoderHead, PatchEmbed, padded_size
 from networks.variable_embedding import VariableEmbedding
 from utils.channels import ChannelLayout
 from utils.grid import latitude_weights, latitudes
@@ -44,7 +46,11 @@ class VAMoEOutput:
 
 
 class VAMoE(nn.Module):
-    """VA-MoE for the channels of ``layout`` on an ``img_size`` grid (see module docstring)."""
+    """VA-MoE for the channels of ``layout`` on an ``img_size`` grid (see module docstring).
+
+    ``lat``: latitudes in degrees of the grid rows, ``(H,)``, for the latitude-weighted loss
+    (``lat_weight_loss``; default: the cell-centre grid).
+    """
 
     def __init__(
         self,
@@ -70,6 +76,7 @@ class VAMoE(nn.Module):
         recons_target: str = "input",
         lat_weight_loss: bool = False,
         checkpoint_blocks: bool = False,
+        lat=None,
     ):
         super().__init__()
         if use_moe not in FFN_KINDS:
@@ -78,7 +85,8 @@ class VAMoE(nn.Module):
         num_experts = layout.n_groups if num_experts is None else num_experts
         self.layout = layout
         self.img_size = tuple(img_size)
-        self.grid_size = (img_size[0] // patch_size, img_size[1] // patch_size)
+        padded = padded_size(self.img_size, patch_size)
+        self.grid_size = (padded[0] // patch_size, padded[1] // patch_size)
         self.loss_weight = loss_weight
         self.recons_target = recons_target
         self.moe_aux_loss_weight = moe_aux_loss_weight
@@ -111,15 +119,20 @@ class VAMoE(nn.Module):
             )
             for i in range(depth)
         )
-        self.head = DecoderHead(embed_dim, n_channels, patch_size, self.grid_size)
-        lat_w = latitude_weights(latitudes(img_size[0])) if lat_weight_loss else None
+        self.head = DecoderHead(embed_dim, n_channels, patch_size, self.grid_size, self.img_size)
+        if lat is None:
+            lat = latitudes(img_size[0])
+        if lat_weight_loss and len(lat) != img_size[0]:
+            raise ValueError(f"{len(lat)} latitudes for a grid of {img_size[0]} rows")
+        lat_w = latitude_weights(lat) if lat_weight_loss else None
         self.forecast_loss = LOSSES[loss](n_channels, lat_w)
         self.recons_loss = LOSSES[loss](n_channels, lat_w)
         self.reset_parameters()
 
     @classmethod
-    def from_params(cls, params) -> "VAMoE":
-        """Build from a :class:`utils.YParams.YParams` configuration."""
+    def from_params(cls, params, lat=None) -> "VAMoE":
+        """Build from a :class:`utils.YParams.YParams` configuration; ``lat`` (degrees, ``(H,)``,
+        the dataset's latitudes) weights the loss when ``lat_weight_loss`` is set."""
         if params["t_in"] != 1:
             raise ValueError(
                 f"config key 't_in' is {params['t_in']}; the vit network takes one "
@@ -148,6 +161,7 @@ class VAMoE(nn.Module):
             recons_target=params["recons_target"],
             lat_weight_loss=params["lat_weight_loss"],
             checkpoint_blocks=params["checkpoint_blocks"],
+            lat=lat,
         )
 
     def reset_parameters(self) -> None:

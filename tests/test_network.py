@@ -310,7 +310,6 @@ def test_paper_component_counts():
         ("num_experts=4", ["num_experts", "higher_features"]),
         ("num_heads=5", ["embed_dim", "num_heads"]),
         ("expert_channels_divisor=3", ["embed_dim", "expert_channels_divisor"]),
-        ("patch_size=3", ["h_size", "patch_size"]),
         ("pressure_level=[500, 505]", ["pressure_level"]),
         ("use_moe=sparse", ["use_moe"]),
         ("loss=l1", ["loss"]),
@@ -353,3 +352,84 @@ def test_unknown_section_and_set_key_are_errors():
 def test_set_dates_stay_strings():
     params = YParams(CONFIG, "tiny", ["train_period=[2020-01-13, 2020-01-24]"])
     assert params.train_period == ["2020-01-13", "2020-01-24"]
+
+
+# The paper grid's forward output before grids of any size were padded (computed with the code of
+# that time): tiny network at 128 x 256 with 8 x 8 windows, seed 0, inputs from generator seed 1.
+PAPER_GRID_PARAMS = 862_312
+PAPER_GRID_SUMS = (283.75908431485482, 47046.423712650962, 369.46269031704196, 47012.199971760856)
+PAPER_GRID_FORECAST_ROW0 = [
+    "0x1.a872220000000p-6", "0x1.10a7820000000p-6", "0x1.9896e60000000p-5",
+    "-0x1.7113f80000000p-4", "0x1.8a80c40000000p-5", "-0x1.721a020000000p-4",
+    "-0x1.528dc60000000p-5", "-0x1.df926c0000000p-5", "-0x1.7d3f820000000p-3",
+    "-0x1.ad241e0000000p-5", "-0x1.e1fcbc0000000p-4", "0x1.0fc6f40000000p-5",
+]  # fmt: skip
+
+
+def _paper_grid_model():
+    torch.manual_seed(0)
+    params = YParams(CONFIG, "tiny", ["h_size=128", "w_size=256", "window_size=[8, 8]"])
+    model = VAMoE.from_params(params).eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 20, 128, 256, generator=g)
+    return model, x, torch.randn(1, 20, 128, 256, generator=g)
+
+
+def test_paper_grid_output_unchanged_by_padding_support():
+    model, x, t = _paper_grid_model()
+    assert sum(p.numel() for p in model.parameters()) == PAPER_GRID_PARAMS
+    assert model.pos_embed.shape == (1, 64 * 128, 64)
+    with torch.no_grad():
+        out = model(x, t)
+    f64, r64 = out.forecast.double(), out.recons.double()
+    sums = (f64.sum(), f64.abs().sum(), r64.sum(), r64.abs().sum())
+    for got, want in zip(sums, PAPER_GRID_SUMS, strict=True):
+        assert float(got) == pytest.approx(want, rel=1e-6)
+    want = torch.tensor([float.fromhex(v) for v in PAPER_GRID_FORECAST_ROW0])
+    torch.testing.assert_close(out.forecast[0, ::5, 0, :3].flatten(), want, rtol=1e-5, atol=1e-7)
+    # Bit for bit: on a grid of whole patches the embedding is the bare convolution and the head
+    # the bare unpatchify (nothing padded, nothing cropped).
+    p = model.patch_embed.proj
+    assert torch.equal(model.patch_embed(x), p(x).flatten(2).transpose(1, 2))
+    tokens = model.encode(x)
+    y = (tokens @ model.head.proj.weight.t()).view(1, 64, 128, 2, 2, 20)
+    assert torch.equal(model.head(tokens), y.permute(0, 5, 1, 3, 2, 4).reshape(1, 20, 128, 256))
+
+
+@pytest.mark.parametrize("size", [(31, 64), (33, 62), (9, 14)])
+def test_any_grid_size_is_padded_and_cropped(size):
+    h, w = size
+    model, params = tiny_model("tiny", f"h_size={h}", f"w_size={w}")
+    assert model.grid_size == (-(-h // 2), -(-w // 2))
+    x = torch.randn(2, 20, h, w)
+    out = model(x, torch.randn_like(x))
+    assert out.forecast.shape == out.recons.shape == (2, 20, h, w)
+    # The padding: east columns wrap around, south rows repeat the last row.
+    padded = torch.cat([x, x[..., : w % 2]], -1)
+    padded = torch.cat([padded, padded[..., -1:, :].expand(-1, -1, h % 2, -1)], -2)
+    conv = model.patch_embed.proj
+    torch.testing.assert_close(model.patch_embed(x), conv(padded).flatten(2).transpose(1, 2))
+
+
+def test_padded_cells_do_not_enter_the_loss():
+    model, _ = tiny_model("tiny", "h_size=31", "w_size=63", "loss=l2", "loss_weight=0")
+    x = torch.randn(1, 20, 31, 63)
+    t = torch.randn_like(x)
+    out = model(x, t)
+    torch.testing.assert_close(out.loss, ((out.forecast - t) ** 2).mean())
+
+
+def test_latitude_weighted_loss_uses_the_given_latitudes():
+    from utils.grid import latitude_weights, pole_latitudes
+
+    lat = pole_latitudes(33)
+    torch.manual_seed(0)
+    params = YParams(CONFIG, "tiny", ["h_size=33", "lat_weight_loss=true", "loss=l2"])
+    model = VAMoE.from_params(params, lat=lat)
+    w = torch.as_tensor(latitude_weights(lat), dtype=torch.float32)
+    torch.testing.assert_close(model.forecast_loss.lat_weights, w)
+    pred, target = torch.randn(2, 20, 33, 64), torch.randn(2, 20, 33, 64)
+    want = (((pred - target) ** 2) * w.view(1, 1, -1, 1)).mean()
+    torch.testing.assert_close(model.forecast_loss(pred, target), want)
+    with pytest.raises(ValueError, match="32 latitudes for a grid of 33 rows"):
+        VAMoE.from_params(params, lat=lat[:32])

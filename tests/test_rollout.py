@@ -341,11 +341,20 @@ def test_headline_table(results):
         assert col in header
     rows = [l for l in lines if l.split() and l.split()[0] in names]  # noqa: E741
     assert [r.split()[0] for r in rows] == ["z500", "z500", "t850", "t850", "t2m", "t2m"]
-    assert rows[0].split()[1:3] == ["6", "h"] and rows[1].split()[1:4] == ["1", "d", "(24"]
+    assert rows[0].split()[1:3] == ["6", "h"] and rows[1].split()[1:3] == ["1", "d"]
     z = "{:.4g}".format(results.rmse["model"][0, 1])
     assert z in rows[0]
     assert "u10 skipped" in text and "q500 skipped" in text
-    assert "lead 3 d (72 h) skipped" in text
+    assert "lead 3 d skipped" in text
+
+
+@pytest.mark.parametrize(
+    "hours,label", [(1, "1 h"), (6, "6 h"), (24, "1 d"), (36, "36 h"), (120, "5 d"), (0.5, "0.5 h")]
+)
+def test_lead_labels_in_hours_unless_whole_days(hours, label):
+    from utils.results import lead_label
+
+    assert lead_label(hours) == label
 
 
 def test_plots(tmp_path, results):

@@ -307,7 +307,7 @@ def validate(params: dict, section: str = "") -> None:
             f"'pressure_level' has {bad_levels}, which are not ERA5 levels {ERA5_LEVELS}"
         )
 
-    d, p = params["embed_dim"], params["patch_size"]
+    d = params["embed_dim"]
     if d % params["num_heads"]:
         problems.append(
             f"'embed_dim' ({d}) is not divisible by 'num_heads' ({params['num_heads']})"
@@ -317,9 +317,6 @@ def validate(params: dict, section: str = "") -> None:
         problems.append(
             f"'embed_dim' ({d}) is not divisible by 'expert_channels_divisor' ({divisor})"
         )
-    for key in ("h_size", "w_size"):
-        if params[key] % p:
-            problems.append(f"'{key}' ({params[key]}) is not divisible by 'patch_size' ({p})")
     window = params.get("window_size")
     if not (
         isinstance(window, list)
@@ -354,6 +351,15 @@ def validate(params: dict, section: str = "") -> None:
                 f"'{key}' ({params[key]}) and 'lead_time' ({params['lead_time']}) "
                 "must divide one another"
             )
+    step = params.get("data_step")
+    if step is not None and not (isinstance(step, int) and not isinstance(step, bool) and step > 0):
+        problems.append(f"'data_step' must be null or a positive integer (hours), got {step!r}")
+    elif step:
+        for key in ("lead_time", "train_interval", "valid_interval", "test_interval"):
+            if isinstance(params.get(key), int) and params[key] % step:
+                problems.append(
+                    f"'{key}' ({params[key]}) is not a multiple of 'data_step' ({step})"
+                )
     if problems:
         raise ConfigError("invalid config" + where + ": " + "; ".join(problems))
 

@@ -1,11 +1,17 @@
 """ERA5 samples from the one-``.npy``-per-variable-level-and-hour layout (described in ``docs/design.md``).
 
-``ERA5NpyDataset(params, mode)`` indexes the samples of ``params.<mode>_period``: input times every
-``<mode>_interval`` hours from the period's first day 00:00, such that every input state
-(``t_in`` of them, ``lead_time`` hours apart, the last at the sample time) and every target state
-(``t_out_<mode>`` of them at ``+lead_time``, ``+2 lead_time``, ...) lies within the period (first
-day 00:00 to last day 23:00). Item ``i`` is ``(inp, tar, time_hours)``: ``inp`` float32 ``(C, H, W)``
-(``(t_in, C, H, W)`` when ``t_in > 1``), ``tar`` ``(T, C, H, W)`` (the time axis also for T = 1),
+``ERA5NpyDataset(params, mode)`` indexes the samples of ``params.<mode>_period`` in the dataset at
+``<mode>_root_dir`` (``valid_root_dir`` / ``test_root_dir``; ``root_dir`` when unset or in
+training). A period's ends are dates or date-times (``'2019-01-05T01'``; a bare end date includes
+its whole day). The data step (hours between stored times) is ``data_step`` or, when that is null,
+read from the times the period's files hold; ``lead_time`` and ``<mode>_interval`` must be
+multiples of it. Input times run every ``<mode>_interval`` hours from the first stored time of the
+period at which a whole sample fits, such that every input state (``t_in`` of them, ``lead_time``
+hours apart, the last at the sample time) and every target state (``t_out_<mode>`` of them at
+``+lead_time``, ``+2 lead_time``, ...) lies within the period. Normalisation statistics always
+come from the training ``root_dir``; the grid (``lat``, ``lon`` in degrees) from the dataset's
+``statistic/grid.json`` (:func:`utils.grid.dataset_grid`). Item ``i`` is
+``(inp, tar, time_hours)``: ``inp`` float32 ``(C, H, W)`` (``(t_in, C, H, W)`` when ``t_in > 1``), ``tar`` ``(T, C, H, W)`` (the time axis also for T = 1),
 z-score normalised per channel in the order of ``params.layout``, and the valid time of the (last)
 input state in hours since 1970-01-01T00:00 UTC.
 
@@ -39,6 +45,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from utils.era5_layout import (
     DataFileError,
     MissingDataError,
+    available_times,
     channel_paths,
     dates_of,
     from_hours,
@@ -47,8 +54,10 @@ from utils.era5_layout import (
     period_bounds,
     read_field,
     scan_missing,
+    time_step,
 )
 from utils.errors import ConfigError
+from utils.grid import GridError, dataset_grid, read_grid
 from utils.statistics import load_mean_std
 
 logger = logging.getLogger(__name__)
@@ -90,7 +99,8 @@ class ERA5NpyDataset(Dataset):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
-        self.root = str(params["root_dir"])
+        self.stats_root = str(params["root_dir"])
+        self.root = str(params.get(f"{mode}_root_dir") or self.stats_root)
         self.layout = params["layout"]
         self.h, self.w = int(params["h_size"]), int(params["w_size"])
         self.t_in = int(params["t_in"])
@@ -105,19 +115,19 @@ class ERA5NpyDataset(Dataset):
                 "`python -m utils.make_synthetic_era5 --root_dir ...` or convert ERA5 with "
                 "`python -m utils.prepare_era5 ...`)"
             )
+        self.lat, self.lon = self._grid()
 
         first, last = period_bounds(self.period)
         self._offsets = np.arange(-(self.t_in - 1), self.t_out + 1, dtype=np.int64) * self.lead
-        times = np.arange(
-            first - self._offsets[0], last - self._offsets[-1] + 1, self.interval, dtype=np.int64
-        )
+        start = self._first_sample_time(params, first, last)
+        times = np.arange(start, last - self._offsets[-1] + 1, self.interval, dtype=np.int64)
         if len(times) == 0:
             raise ConfigError(
                 f"'{mode}_period' {self.period} is too short for t_in={self.t_in} and "
                 f"t_out_{mode}={self.t_out} at lead_time={self.lead} h: no sample fits"
             )
 
-        self.mean, self.std = load_mean_std(self.root, self.layout)
+        self.mean, self.std = load_mean_std(self.stats_root, self.layout)
         self._inv_std = (1.0 / self.std.astype(np.float64)).astype(np.float32)
 
         needed = np.unique((times[:, None] + self._offsets[None, :]).ravel())
@@ -152,6 +162,49 @@ class ERA5NpyDataset(Dataset):
             self.check_values()
         else:  # at least the first sample's files (shape, dtype, values) before training starts
             self._load([0])
+
+    def _grid(self) -> tuple[np.ndarray, np.ndarray]:
+        """The grid of the training root; a separate data root that records its own grid must
+        record the same one."""
+        lat, lon = dataset_grid(self.stats_root, self.h, self.w)
+        if self.root != self.stats_root and read_grid(self.root) is not None:
+            own_lat, own_lon = dataset_grid(self.root, self.h, self.w)
+            if not (np.allclose(own_lat, lat) and np.allclose(own_lon, lon)):
+                raise GridError(
+                    f"the {self.mode} data {self.root!r} and the training data "
+                    f"{self.stats_root!r} record different grids"
+                )
+        return lat, lon
+
+    def _first_sample_time(self, params, first: int, last: int) -> int:
+        """The first sample time: the first stored time from which a sample's inputs lie in the
+        period. ``lead_time`` and ``<mode>_interval`` must be multiples of the data step:
+        ``data_step``, or the step of the times stored in the period's first three days (the
+        whole period when those hold fewer than two)."""
+        earliest = first - int(self._offsets[0])
+        configured = params.get("data_step")
+        where = f"the {self.mode} period {self.period} under {self.root}"
+        if configured:
+            self.data_step = int(configured)
+            phase = earliest
+        else:
+            channels = self.layout.channels
+            stored = available_times(self.root, channels, first, min(last, first + 71))
+            if len(stored) < 2:
+                stored = available_times(self.root, channels, first, last)
+            if len(stored) < 2:
+                raise MissingDataError(
+                    f"{len(stored)} stored time(s) of the configured channels in {where}: "
+                    "no sample fits"
+                )
+            self.data_step, phase = time_step(stored), int(stored[0])
+        for key, value in (("lead_time", self.lead), (f"{self.mode}_interval", self.interval)):
+            if value % self.data_step:
+                raise ConfigError(
+                    f"'{key}' ({value} h) is not a multiple of the data step "
+                    f"({self.data_step} h, {'data_step' if configured else 'read from ' + where})"
+                )
+        return earliest + (phase - earliest) % self.data_step
 
     # ----------------------------------------------------------------------------- indexing
     def __len__(self) -> int:

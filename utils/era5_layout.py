@@ -44,15 +44,36 @@ def parse_date(value) -> _dt.date:
         raise ConfigError(f"expected a date 'YYYY-MM-DD', got {value!r}") from None
 
 
-def to_hours(value) -> int:
-    """A date (00:00) or datetime to hours since the epoch."""
+def _is_bare_date(value) -> bool:
+    if isinstance(value, _dt.datetime):
+        return False
+    return isinstance(value, _dt.date) or len(str(value).strip()) == 10
+
+
+def to_hours(value, end_of_day: bool = False) -> int:
+    """A date or date-time to hours since the epoch.
+
+    Accepts ``date``/``datetime`` objects and ISO strings: ``'YYYY-MM-DD'`` (a bare date is its
+    00:00, or its 23:00 with ``end_of_day``) and date-times such as ``'2019-01-05T01'``,
+    ``'2019-01-05T01:00'`` or ``'2019-01-05 01:00:00'``. A time that is not a whole hour is an
+    error.
+    """
     if isinstance(value, _dt.datetime):
         dt = value
-    else:
+    elif _is_bare_date(value):
         d = parse_date(value)
-        dt = _dt.datetime(d.year, d.month, d.day)
+        dt = _dt.datetime(d.year, d.month, d.day, 23 if end_of_day else 0)
+    else:
+        try:
+            dt = _dt.datetime.fromisoformat(str(value).strip())
+        except ValueError:
+            raise ConfigError(
+                f"expected a date 'YYYY-MM-DD' or a date-time 'YYYY-MM-DDTHH', got {value!r}"
+            ) from None
     if dt.tzinfo is not None:
         dt = dt.astimezone(_dt.timezone.utc).replace(tzinfo=None)
+    if (dt.minute, dt.second, dt.microsecond) != (0, 0, 0):
+        raise ConfigError(f"times must be whole hours, got {value!r}")
     return int((dt - EPOCH) // _dt.timedelta(hours=1))
 
 
@@ -61,20 +82,33 @@ def from_hours(hours) -> _dt.datetime:
     return EPOCH + _dt.timedelta(hours=int(hours))
 
 
+def format_hours(hours) -> str:
+    """Hours since the epoch as ``'YYYY-MM-DDTHH'``."""
+    return from_hours(hours).strftime("%Y-%m-%dT%H")
+
+
 def period_bounds(period: Sequence) -> tuple[int, int]:
-    """Inclusive date period ``[start, end]`` to ``(first hour, last hour)``: start 00:00 to end 23:00."""
+    """Inclusive period ``[start, end]`` to ``(first hour, last hour)``. Each end is a date or a
+    date-time (:func:`to_hours`); a bare end date includes its whole day (to 23:00)."""
     if len(period) != 2:
-        raise ConfigError(f"a period is [start_date, end_date], got {period!r}")
-    first, last = to_hours(period[0]), to_hours(period[1]) + 23
+        raise ConfigError(f"a period is [start, end] (dates or date-times), got {period!r}")
+    first, last = to_hours(period[0]), to_hours(period[1], end_of_day=True)
     if last < first:
         raise ConfigError(f"period {list(period)} ends before it starts")
     return first, last
 
 
 def period_times(start, end, step_hours: int = 6) -> np.ndarray:
-    """Hours from ``start`` 00:00 to ``end`` 23:00 (inclusive dates) every ``step_hours``."""
+    """Hours from ``start`` to ``end`` (:func:`period_bounds`) every ``step_hours``."""
     first, last = period_bounds([start, end])
     return np.arange(first, last + 1, int(step_hours), dtype=np.int64)
+
+
+def time_step(times) -> int | None:
+    """The step of a sorted sequence of times (hours): the greatest common divisor of their
+    differences, or None for fewer than two times."""
+    diffs = np.diff(np.asarray(times, dtype=np.int64))
+    return int(np.gcd.reduce(diffs)) if diffs.size else None
 
 
 def day_of_year_index(hours) -> int:
@@ -270,6 +304,29 @@ def scan_missing(root: str, channels: Sequence, times: Iterable[int]) -> list[tu
                     if name not in upper_files:
                         missing.append((t, os.path.join(upper_dir, name)))
     return missing
+
+
+def available_times(root: str, channels: Sequence, first: int, last: int) -> np.ndarray:
+    """Sorted times (hours) in ``[first, last]`` at which at least one of ``channels`` has a file,
+    read from the file names (one ``listdir`` per day directory): the times a dataset holds,
+    whatever its step."""
+    upper_suffix = {f"-{c.variable}-{level_token(c.level)}.npy" for c in channels if c.level}
+    surface_suffix = {f"-{c.variable}.npy" for c in channels if c.level is None}
+    found = []
+    day = from_hours(first).date()
+    while day <= from_hours(last).date():
+        hours = set()
+        for surface, suffixes in ((False, upper_suffix), (True, surface_suffix)):
+            if suffixes:
+                hours.update(
+                    int(name[:2])
+                    for name in list_day(root, day, surface)
+                    if name[2:8] == ":00:00" and name[:2].isdigit() and name[8:] in suffixes
+                )
+        base = to_hours(day)
+        found += [base + h for h in hours if first <= base + h <= last]
+        day += _dt.timedelta(days=1)
+    return np.array(sorted(found), dtype=np.int64)
 
 
 def missing_files_message(

@@ -3,6 +3,14 @@
 ::
 
     python -m utils.make_synthetic_era5 --root_dir ./data/synthetic_era5 --start 2020-01-01 --days 31
+    python -m utils.make_synthetic_era5 --root_dir DIR --grid poles --h_size 61 --w_size 120 \
+        --hour_step 1 --start 2020-01-01T01 --hours 6
+
+Grids (``--grid``): ``centres`` (default; cell centres, no poles, as the 128 x 256 ERA5 set),
+``poles`` (equally spaced from 90 to -90 degrees, both poles included, e.g. 61 or 121 rows) and
+``gaussian`` (a regular Gaussian grid); the grid is recorded in ``statistic/grid.json``. Times run
+from ``--start`` (a date, or a date-time ``YYYY-MM-DDTHH``) every ``--hour_step`` hours over
+``--days`` days or ``--hours`` hours.
 
 The fields are deterministic given the seed, smooth and physically plausible in magnitude, and
 *learnable*: geopotential waves in latitude bands travel eastward at band-dependent speeds (about
@@ -13,7 +21,8 @@ wind) times the saturation humidity of the temperature, and the surface fields a
 lowest generated level plus a fixed orography. A 6-hour forecast therefore amounts to moving the
 waves, which a small ViT learns, while persistence misses it.
 
-Besides the fields it writes ``statistic/mean_std.json`` (null for levels not generated),
+Besides the fields it writes ``statistic/grid.json`` (:func:`utils.grid.write_grid`),
+``statistic/mean_std.json`` (null for levels not generated),
 ``statistic/mean_std_single.json`` (both computed from the written files by
 :func:`utils.statistics.compute_statistics`) and a climatology (``statistic/climatology/``) that is
 the generator's wave-free background state (seasonal and diurnal cycle) for the days of year
@@ -23,7 +32,6 @@ generated: the true expected state of this synthetic climate, so ACC anomalies a
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
 import shutil
@@ -36,14 +44,14 @@ from utils.era5_layout import (
     CLIMATOLOGY_DIR,
     STATISTIC_DIR,
     day_dir,
+    format_hours,
     from_hours,
-    parse_date,
     surface_name,
     to_hours,
     upper_name,
 )
 from utils.errors import ConfigError, OutputExistsError, cli_errors
-from utils.grid import latitudes, longitudes
+from utils.grid import GRID_KINDS, grid_latitudes, longitudes, write_grid
 
 UPPER_VARIABLES = ("z", "q", "u", "v", "t")
 SURFACE_VARIABLES = ("t2m", "u10", "v10", "msl", "sp")
@@ -56,10 +64,11 @@ _EARTH_RADIUS = 6.371e6
 
 
 class SyntheticERA5:
-    """Deterministic synthetic atmosphere on an ``h_size`` x ``w_size`` grid.
+    """Deterministic synthetic atmosphere on an ``h_size`` x ``w_size`` grid of kind ``grid``
+    (``centres``, ``poles`` or ``gaussian``; latitudes in ``lat_deg``, longitudes in ``lon_deg``).
 
-    ``fields(time_hours)`` returns ``{name: float32 (H, W)}`` with names ``z500``-style for upper-air
-    channels and ``t2m``-style for surface ones; ``waves=False`` gives the background state.
+        ``fields(time_hours)`` returns ``{name: float32 (H, W)}`` with names ``z500``-style for upper-air
+        channels and ``t2m``-style for surface ones; ``waves=False`` gives the background state.
     """
 
     def __init__(
@@ -70,6 +79,7 @@ class SyntheticERA5:
         seed: int = 0,
         variables: Sequence[str] = UPPER_VARIABLES,
         surface: Sequence[str] = SURFACE_VARIABLES,
+        grid: str = "centres",
     ):
         bad = [p for p in levels if int(p) not in ERA5_LEVELS]
         if bad:
@@ -88,9 +98,10 @@ class SyntheticERA5:
         self.h, self.w = int(h_size), int(w_size)
         self.levels = [int(p) for p in levels]
         self.variables, self.surface = list(variables), list(surface)
-        self.lat_deg = latitudes(self.h)
+        self.lat_deg = grid_latitudes(grid, self.h)
+        self.lon_deg = longitudes(self.w)
         self.lat = np.deg2rad(self.lat_deg)[:, None]
-        self.lon = np.deg2rad(longitudes(self.w))[None, :]
+        self.lon = np.deg2rad(self.lon_deg)[None, :]
         rng = np.random.default_rng(seed)
         # Wave components: (band centre, band width, wavenumber, amplitude, speed (rad/h), phase,
         # amplitude-pulse period (h), pulse phase). Speed peaks in mid-latitudes.
@@ -123,12 +134,17 @@ class SyntheticERA5:
                 - (dlon / np.deg2rad(rng.uniform(15, 40))) ** 2
             )
         self.orography = orog
-        self._coslat = np.cos(self.lat)
+        # Kept away from 0 at pole rows, where the meridional wind divides by it.
+        self._coslat = np.maximum(np.cos(self.lat), 1e-3)
         self._sinlat = np.sin(self.lat)
         # Regularised 1/f: sin(lat) / (2 Omega (sin^2 + s0^2)), smooth through the equator.
         s0 = np.sin(np.deg2rad(15.0))
         self._inv_f = self._sinlat / (2 * _OMEGA * (self._sinlat**2 + s0**2))
-        self._dlat = np.deg2rad(180.0 / self.h)
+        # d/dlat along the rows (north to south): a negative spacing on the regular cell-centre
+        # grid, the latitudes themselves on any other.
+        self._lat_spacing = (
+            -np.deg2rad(180.0 / self.h) if grid == "centres" else self.lat[:, 0].copy()
+        )
         self._dlon = 2 * np.pi / self.w
 
     # ------------------------------------------------------------------------------ components
@@ -160,7 +176,7 @@ class SyntheticERA5:
         return np.cos(2 * np.pi * (local - 15.0) / 24.0)
 
     def _gradients(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        dz_dlat = np.gradient(z, self._dlat, axis=0) * -1.0  # rows run north to south
+        dz_dlat = np.gradient(z, self._lat_spacing, axis=0)
         dz_dlon = (np.roll(z, -1, axis=1) - np.roll(z, 1, axis=1)) / (2 * self._dlon)
         return dz_dlat, dz_dlon
 
@@ -229,7 +245,7 @@ class SyntheticERA5:
 def generate(
     root_dir: str,
     start,
-    days: int,
+    days: int = 31,
     h_size: int = 32,
     w_size: int = 64,
     levels: Sequence[int] = DEFAULT_LEVELS,
@@ -241,23 +257,26 @@ def generate(
     statistics: bool = True,
     climatology: bool = True,
     progress: bool = False,
+    grid: str = "centres",
+    hours: int | None = None,
 ) -> dict:
-    """Write ``days`` days from ``start`` (every ``hour_step`` hours) under ``root_dir``, then the
-    statistics and the climatology. Refuses a non-empty ``root_dir`` unless ``overwrite``."""
+    """Write ``days`` days (or ``hours`` hours) from ``start`` (a date, or a date-time for a
+    partial day) every ``hour_step`` hours under ``root_dir``, then the grid file, the statistics
+    and the climatology. Refuses a non-empty ``root_dir`` unless ``overwrite``."""
     from utils.progress import progress_bar
 
-    if days < 1 or hour_step < 1 or 24 % hour_step:
-        raise ConfigError("--days must be >= 1 and --hour_step must divide 24")
+    span = 24 * int(days) if hours is None else int(hours)
+    if span < 1 or hour_step < 1 or 24 % hour_step:
+        raise ConfigError("--days / --hours must be >= 1 and --hour_step must divide 24")
     if os.path.isdir(root_dir) and os.listdir(root_dir):
         if not overwrite:
             raise OutputExistsError(
                 f"{root_dir} exists and is not empty; pass --overwrite to write into it"
             )
         shutil.rmtree(os.path.join(root_dir, STATISTIC_DIR), ignore_errors=True)
-    generator = SyntheticERA5(h_size, w_size, levels, seed, variables, surface)
-    first_day = parse_date(start)
-    t0 = to_hours(first_day)
-    times = np.arange(t0, t0 + 24 * int(days), int(hour_step), dtype=np.int64)
+    generator = SyntheticERA5(h_size, w_size, levels, seed, variables, surface, grid)
+    t0 = to_hours(start)
+    times = np.arange(t0, t0 + span, int(hour_step), dtype=np.int64)
     made_dirs = set()
     for t in progress_bar(times, "synthetic ERA5", unit="step", enabled=progress):
         dt = from_hours(t)
@@ -273,12 +292,13 @@ def generate(
                 np.save(os.path.join(upper_dir, upper_name(dt.hour, v, p)), fields[f"{v}{p}"])
         for s in generator.surface:
             np.save(os.path.join(single_dir, surface_name(dt.hour, s)), fields[s])
-    end = (first_day + _dt.timedelta(days=int(days) - 1)).isoformat()
+    first, last = format_hours(times[0]), format_hours(times[-1])
     result = {
         "root_dir": root_dir,
-        "start": first_day.isoformat(),
-        "end": end,
+        "start": first,
+        "end": last,
         "n_times": int(len(times)),
+        "grid": write_grid(root_dir, generator.lat_deg, generator.lon_deg),
         "channels": None,
         "climatology": None,
     }
@@ -287,9 +307,8 @@ def generate(
 
         stats = compute_statistics(
             root_dir,
-            first_day.isoformat(),
-            end,
-            hour_step,
+            first,
+            last,
             upper={v: generator.levels for v in generator.variables},
             surface=generator.surface,
             climatology=False,
@@ -324,7 +343,7 @@ def write_analytic_climatology(generator: SyntheticERA5, root_dir: str, times) -
         doys,
         overwrite=True,
         source="synthetic-analytic",
-        period=[from_hours(times[0]).date().isoformat(), from_hours(times[-1]).date().isoformat()],
+        period=[format_hours(times[0]), format_hours(times[-1])],
     )
     for n in names:
         writer.add(n, total[n] / len(times), cube[n])
@@ -336,8 +355,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         description="Write a synthetic ERA5 dataset in the project's data layout (docs/design.md)."
     )
     parser.add_argument("--root_dir", required=True)
-    parser.add_argument("--start", default="2020-01-01", help="first date, YYYY-MM-DD")
+    parser.add_argument(
+        "--start", default="2020-01-01", help="first date YYYY-MM-DD or date-time YYYY-MM-DDTHH"
+    )
     parser.add_argument("--days", type=int, default=31)
+    parser.add_argument(
+        "--hours", type=int, default=None, help="length in hours instead of --days (part of a day)"
+    )
+    parser.add_argument(
+        "--grid",
+        choices=GRID_KINDS,
+        default="centres",
+        help="latitudes: cell centres (no poles), poles (both included) or a Gaussian grid",
+    )
     parser.add_argument("--h_size", type=int, default=32)
     parser.add_argument("--w_size", type=int, default=64)
     parser.add_argument(
@@ -352,6 +382,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--hour_step", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty root_dir")
+    parser.add_argument(
+        "--no_statistics",
+        action="store_true",
+        help="fields and grid only (e.g. a held-out test folder: statistics come from training)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     with cli_errors():
@@ -367,7 +402,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.variables,
             args.surface,
             args.overwrite,
+            statistics=not args.no_statistics,
+            climatology=not args.no_statistics,
             progress=not args.quiet,
+            grid=args.grid,
+            hours=args.hours,
         )
     print(json.dumps(result))
 

@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from utils.atomic_io import atomic_write  # noqa: E402
+from utils.results import lead_label  # noqa: E402
 
 __all__ = ["plot_rmse_acc", "plot_maps", "nearest_leads"]
 
@@ -39,7 +40,8 @@ def _save(fig, path: str, dpi: int) -> str:
 
 
 def plot_rmse_acc(results, headline_names: Sequence[str], path: str, dpi: int = 110) -> str:
-    """RMSE (top rows) and ACC (bottom rows) vs lead days for the headline variables present.
+    """RMSE (top rows) and ACC (bottom rows) vs lead time for the headline variables present
+    (lead axis in days when the rollout reaches two days, else in hours).
 
     ``results`` is a :class:`utils.rollout.RolloutResults`. Lead 0 is left out (it is the
     initial state). Returns ``path``.
@@ -55,7 +57,8 @@ def plot_rmse_acc(results, headline_names: Sequence[str], path: str, dpi: int = 
     )
     leads = np.asarray(results.lead_hours, dtype=float)
     sel = leads > 0
-    days = leads[sel] / 24.0
+    in_days = leads.max(initial=0.0) >= 48
+    x = leads[sel] / 24.0 if in_days else leads[sel]
     for block, metric in enumerate(("rmse", "acc")):
         table = results.rmse if metric == "rmse" else results.acc
         for i in range(grid_rows * cols):
@@ -68,10 +71,10 @@ def plot_rmse_acc(results, headline_names: Sequence[str], path: str, dpi: int = 
                 values = np.asarray(table[f][c], dtype=float)[sel]
                 if metric == "acc" and np.all(np.isnan(values)):
                     continue
-                ax.plot(days, values, label=f, **_STYLE[f])
+                ax.plot(x, values, label=f, **_STYLE[f])
             ax.set_title(f"{names[i]} {metric.upper()}", fontsize=10)
             ax.grid(alpha=0.3)
-            ax.set_xlabel("lead (days)", fontsize=8)
+            ax.set_xlabel("lead (days)" if in_days else "lead (hours)", fontsize=8)
             ax.tick_params(labelsize=8)
             if metric == "acc":
                 ax.set_ylim(top=1.02)
@@ -160,7 +163,7 @@ def plot_maps(
             err = f - t
             lo, hi = np.nanmin([f.min(), t.min()]), np.nanmax([f.max(), t.max()])
             emax = float(np.nanmax(np.abs(err))) or 1e-12
-            label = f"{names[v]} +{leads[k]:g} h"
+            label = f"{names[v]} +{lead_label(leads[k])}"
             panels = (
                 (row[0], f, "forecast", dict(cmap="viridis", vmin=lo, vmax=hi)),
                 (row[1], t, "truth", dict(cmap="viridis", vmin=lo, vmax=hi)),

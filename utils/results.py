@@ -209,10 +209,13 @@ def _fmt(x: float, kind: str) -> str:
     return f"{x:.3f}" if kind == "acc" else f"{x:.4g}"
 
 
-def _lead_label(days: float) -> str:
-    hours = days * 24.0
-    h = f"{hours:g} h"
-    return f"{days:g} d ({h})" if float(days).is_integer() else h
+def lead_label(hours: float) -> str:
+    """A lead time for people: whole days as ``'1 d'``, ``'5 d'``; anything under a day or not a
+    whole number of days in hours (``'1 h'``, ``'6 h'``, ``'36 h'``)."""
+    hours = float(hours)
+    if hours >= 24 and (hours / 24).is_integer():
+        return f"{hours / 24:g} d"
+    return f"{hours:g} h"
 
 
 def format_headline_table(
@@ -236,7 +239,7 @@ def format_headline_table(
         k = results.lead_index(float(d) * 24.0)
         if k is None:
             notes.append(
-                f"lead {_lead_label(float(d))} skipped: not in the rollout "
+                f"lead {lead_label(24.0 * float(d))} skipped: not in the rollout "
                 f"(leads {int(results.lead_hours[0])}..{int(results.lead_hours[-1])} h "
                 f"every {results.lead_time} h)"
             )
@@ -249,7 +252,7 @@ def format_headline_table(
         c = results.channel_index(name)
         for d, k in leads:
             rows.append(
-                [name, _lead_label(d)]
+                [name, lead_label(24.0 * d)]
                 + [_fmt(float(results.rmse[f][c, k]), "rmse") for f in fcs]
                 + [_fmt(float(results.acc[f][c, k]), "acc") for f in fcs]
             )

@@ -5,7 +5,10 @@ ERA5's level order (``utils.channels.ERA5_LEVELS``, 1000 hPa first); ``null`` ma
 not computed. ``mean_std_single.json`` holds ``{"mean": {var: value}, "std": {var: value}}``.
 
 Computing them streams over a period one file at a time (never the whole period in memory) and
-also writes the data climatology (by day of year and hour, plus the time mean)::
+also writes the data climatology (by day of year and hour, plus the time mean). The period's ends
+are dates (whole days) or date-times (``2019-01-05T01``); the times used are exactly those the
+dataset holds in the period (hourly, 3-, 6-, 12-hourly, or part of a day), read from its file
+names, never an assumed calendar; their count is reported (``n_times``)::
 
     python -m utils.statistics --root_dir DIR --start 1979-01-01 --end 2020-12-31 [--hour_step 6]
 """
@@ -13,6 +16,7 @@ also writes the data climatology (by day of year and hour, plus the time mean)::
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import json
 import math
 import os
@@ -27,11 +31,14 @@ from utils.era5_layout import (
     MEAN_STD_FILE,
     MEAN_STD_SINGLE_FILE,
     STATISTIC_DIR,
+    available_times,
     channel_path,
     discover_variables,
+    format_hours,
     from_hours,
+    list_day,
     missing_files_message,
-    period_times,
+    period_bounds,
     read_field,
     scan_missing,
     statistic_path,
@@ -193,7 +200,7 @@ def compute_statistics(
     root_dir: str,
     start,
     end,
-    hour_step: int = 6,
+    hour_step: int | None = None,
     upper: dict | None = None,
     surface: Sequence[str] | None = None,
     climatology: bool = True,
@@ -201,10 +208,12 @@ def compute_statistics(
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Stream over ``[start, end]`` (inclusive dates, every ``hour_step`` hours) and write
-    ``mean_std.json``, ``mean_std_single.json`` and (``climatology``) the data climatology.
+    """Stream over the times the dataset holds in ``[start, end]`` (dates or date-times, see
+    :func:`utils.era5_layout.period_bounds`) and write ``mean_std.json``, ``mean_std_single.json``
+    and (``climatology``) the data climatology.
 
     Args:
+        hour_step: use only the times whose hour of day is a multiple of it (default: all).
         upper: ``{var: [levels]}`` to compute (default: discovered from the first day's files).
         surface: surface variables (default: discovered).
     Returns ``{"mean_std": path, "mean_std_single": path, "climatology": dir or None, "n_times": N}``.
@@ -213,20 +222,26 @@ def compute_statistics(
     from utils.climatology import ClimatologyWriter, climatology_slots
     from utils.progress import progress_bar
 
-    times = period_times(start, end, hour_step)
+    first, last = period_bounds([start, end])
     if upper is None or surface is None:
-        found_upper, found_surface = discover_variables(root_dir, from_hours(times[0]).date())
+        found_upper, found_surface = discover_variables(
+            root_dir, _first_day_with_data(root_dir, first, last)
+        )
         upper = found_upper if upper is None else upper
         surface = found_surface if surface is None else surface
     channels = [Channel(v, int(p)) for v, levels in upper.items() for p in levels]
     channels += [Channel(s) for s in surface]
     if not channels:
         raise ConfigError(f"no variables to compute statistics for under {root_dir}")
+    times = available_times(root_dir, channels, first, last)
+    if hour_step:
+        times = times[times % 24 % int(hour_step) == 0]
+    what = f"statistics over {start}..{end}" + (f" every {hour_step} h" if hour_step else "")
+    if not len(times):
+        raise MissingDataError(f"no data files under {root_dir} for the {what}")
     missing = scan_missing(root_dir, channels, times)
     if missing:
-        raise MissingDataError(
-            missing_files_message(missing, f"statistics over {start}..{end} every {hour_step} h")
-        )
+        raise MissingDataError(missing_files_message(missing, what))
     stat_paths = [
         statistic_path(root_dir, MEAN_STD_FILE),
         statistic_path(root_dir, MEAN_STD_SINGLE_FILE),
@@ -251,8 +266,8 @@ def compute_statistics(
             doys,
             overwrite=overwrite,
             source="data",
-            period=[str(start), str(end)],
-            hour_step=int(hour_step),
+            period=[format_hours(times[0]), format_hours(times[-1])],
+            n_times=int(len(times)),
         )
         if climatology
         else None
@@ -301,14 +316,36 @@ def compute_statistics(
     }
 
 
+def _first_day_with_data(root_dir: str, first: int, last: int):
+    """The first day of ``[first, last]`` (hours) whose upper-air or surface directory holds
+    files (the first day when none does, for the error that follows)."""
+    day, end = from_hours(first).date(), from_hours(last).date()
+    while day <= end:
+        if list_day(root_dir, day) or list_day(root_dir, day, surface=True):
+            return day
+        day += _dt.timedelta(days=1)
+    return from_hours(first).date()
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--root_dir", required=True)
-    parser.add_argument("--start", required=True, help="first date YYYY-MM-DD (inclusive)")
-    parser.add_argument("--end", required=True, help="last date YYYY-MM-DD (inclusive)")
-    parser.add_argument("--hour_step", type=int, default=6)
+    parser.add_argument(
+        "--start",
+        required=True,
+        help="first date YYYY-MM-DD or date-time YYYY-MM-DDTHH (inclusive)",
+    )
+    parser.add_argument(
+        "--end", required=True, help="last date (whole day) or date-time YYYY-MM-DDTHH (inclusive)"
+    )
+    parser.add_argument(
+        "--hour_step",
+        type=int,
+        default=None,
+        help="use only hours of day that are multiples of it (default: every stored time)",
+    )
     parser.add_argument(
         "--variables", nargs="*", default=None, help="upper-air variables (default: all found)"
     )

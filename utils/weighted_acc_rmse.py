@@ -2,8 +2,9 @@
 
 Per field (pure functions, ``(..., H, W) -> (...)``):
 
-* **latitude weights** ``w_h`` from :func:`utils.grid.latitude_weights` (the only definition),
-  as an ``(H, 1)`` tensor (:func:`lat_weights_torch`); a weighted spatial mean of ``f`` is
+* **latitude weights** ``w_h``: the area of each row's cells at the dataset's recorded latitudes,
+  normalised to mean 1, from :func:`utils.grid.latitude_weights` (the only definition), as an
+  ``(H, 1)`` tensor (:func:`lat_weights_torch`); a weighted spatial mean of ``f`` is
   ``mean_{h,w}(w_h f[h, w])`` (:func:`weighted_mean_hw`);
 * **MSE** ``mean_{h,w}(w_h (pred - truth)^2)`` in the units of the inputs (:func:`weighted_mse`);
 * **ACC** of the anomalies ``a = pred - clim`` and ``b = truth - clim`` *without* removing their
@@ -26,6 +27,8 @@ described in ``docs/design.md`` (evaluation).
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
@@ -63,8 +66,23 @@ def latitudes_numpy(lat) -> np.ndarray:
 
 
 def lat_weights_torch(lat, device=None, dtype=torch.float64) -> torch.Tensor:
-    """:func:`utils.grid.latitude_weights` of latitudes in degrees (length H) as ``(H, 1)``."""
-    w = latitude_weights(latitudes_numpy(lat))
+    """Row area weights normalised to mean 1 (:func:`utils.grid.latitude_weights`), shape
+    ``(H, 1)`` (broadcasts over W), on ``device`` (default: the device of a tensor ``lat``).
+
+    The weights of the last few grids are cached per device and dtype: callers scoring every
+    batch move them to the device once (read-only: do not modify the returned tensor).
+    """
+    if isinstance(lat, torch.Tensor):
+        device = lat.device if device is None else device
+        if lat.dim() != 1:
+            raise ValueError(f"lat must be 1-D latitudes in degrees, got shape {tuple(lat.shape)}")
+    lat = latitudes_numpy(lat)
+    return _cached_weights(lat.tobytes(), torch.device(device or "cpu"), dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_weights(lat_bytes: bytes, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    w = latitude_weights(np.frombuffer(lat_bytes, dtype=np.float64))
     return torch.as_tensor(w, dtype=dtype, device=device).reshape(-1, 1)
 
 
