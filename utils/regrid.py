@@ -3,9 +3,9 @@
 Every target cell gets the area-weighted mean of the source cells it overlaps, with weights equal
 to the exact spherical area of each overlap. On a latitude-longitude grid the overlap of two cells
 factorises into a latitude part (the difference of ``sin(lat)`` over the common latitude band) and
-a longitude part (the common longitude interval, periodic), so the regridding is two small dense
-matrices: ``out = A @ field @ B.T`` with ``A`` of shape ``(h, H)`` and ``B`` of shape ``(w, W)``,
-each row summing to 1. Hence a constant field stays constant and the area-weighted global mean
+a longitude part (the common longitude interval, periodic), so the regridding is two small matrices: ``out = A @ field @ B.T`` with ``A`` of shape ``(h, H)``
+and ``B`` of shape ``(w, W)``, each row summing to 1 (applied as sparse matrices: a target cell
+overlaps only a few source rows and columns). Hence a constant field stays constant and the area-weighted global mean
 is preserved up to rounding.
 
 Cell edges lie half-way between neighbouring centres; the outer edges are extrapolated by half a
@@ -90,8 +90,12 @@ class ConservativeRegridder:
     """
 
     def __init__(self, src_lat, src_lon, dst_lat, dst_lon):
+        from scipy import sparse
+
         self.lat_matrix = latitude_weights_matrix(src_lat, dst_lat)
         self.lon_matrix = longitude_weights_matrix(src_lon, dst_lon)
+        self._lat_sparse = sparse.csr_matrix(self.lat_matrix)
+        self._lon_sparse = sparse.csr_matrix(self.lon_matrix)
 
     @property
     def source_shape(self) -> tuple[int, int]:
@@ -108,4 +112,11 @@ class ConservativeRegridder:
             raise ValueError(
                 f"fields of shape {data.shape} do not match the source grid {self.source_shape}"
             )
-        return self.lat_matrix @ data @ self.lon_matrix.T
+        (h, w), (src_h, src_w) = self.target_shape, self.source_shape
+        lead = data.shape[:-2]
+        stack = data.reshape(-1, src_h, src_w)  # (N, H, W)
+        n = stack.shape[0]
+        rows = self._lat_sparse @ stack.transpose(1, 0, 2).reshape(src_h, n * src_w)  # (h, N W)
+        rows = rows.reshape(h, n, src_w).transpose(1, 0, 2).reshape(n * h, src_w)  # (N h, W)
+        out = (self._lon_sparse @ rows.T).T  # (N h, w)
+        return np.ascontiguousarray(out).reshape(*lead, h, w)
