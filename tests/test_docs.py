@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "config", "vamoe.yaml")
 README = os.path.join(ROOT, "README.md")
 CONFIG_DOC = os.path.join(ROOT, "docs", "configuration.md")
-DOCS = [README, CONFIG_DOC, os.path.join(ROOT, "docs", "incremental.md")]
+DOCS = [README, CONFIG_DOC] + [os.path.join(ROOT, "docs", f) for f in ("incremental.md", "data.md")]
 
 # Modules run with `python -m` that are not part of this repository.
 EXTERNAL_MODULES = {"pytest", "venv", "pip", "torch.distributed.run"}
