@@ -132,9 +132,16 @@ def run_jobs(
         from concurrent.futures import ProcessPoolExecutor
 
         parallel = WriteContext(**{**context.__dict__, "parallel": True})
+        # Workers start from a clean process (no inherited HDF5/netCDF handles); with forkserver
+        # the heavy imports happen once in the server rather than once per worker.
+        if "forkserver" in multiprocessing.get_all_start_methods():
+            mp_context = multiprocessing.get_context("forkserver")
+            mp_context.set_forkserver_preload(["xarray", "dask.array", "utils.era5_writer"])
+        else:
+            mp_context = multiprocessing.get_context("spawn")
         pool = ProcessPoolExecutor(
             max_workers=workers,
-            mp_context=multiprocessing.get_context("spawn"),
+            mp_context=mp_context,
             initializer=_set_context,
             initargs=(parallel,),
         )
