@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+pytest.importorskip("scipy")  # an optional requirement of the converter
+
 from utils.grid import latitudes, longitudes
 from utils.regrid import ConservativeRegridder, cell_edges
 

@@ -137,7 +137,7 @@ def normalise(
     ``member``: ensemble member to keep (value of the ensemble coordinate); ``level``: pressure
     level (hPa) of upper-air variables that have neither a level dimension nor a level coordinate.
     """
-    every = {**{k: ds[k] for k in ds.variables}, **{d: ds[d] for d in ds.dims if d in ds.variables}}
+    every = {k: ds[k] for k in ds.variables}
     lat_name = find_coordinate(every, LAT_NAMES, "latitude", ("degrees_north", "degree_north"))
     lon_name = find_coordinate(every, LON_NAMES, "longitude", ("degrees_east", "degree_east"))
     time_name = find_coordinate(every, TIME_NAMES, "time")
