@@ -12,10 +12,13 @@ in each of ``--repeats`` rounds:
 
 - ``plain read``: xarray opens the input and loads every field of every step into memory, one step
   and variable at a time, as the converter reads it (the floor: the converter cannot be faster);
+- ``read + atomic writes``: the same, plus writing every field as one ``.npy`` with
+  ``utils.atomic_io.atomic_save_npy`` (fsync and rename): the floor of any atomic converter;
 - ``convert`` on the input's grid and ``convert --grid`` (default 128x256, conservative regridding)
   with each of ``--workers``, into a fresh output directory (every file fsynced and renamed).
 
-It prints fields/s (medians over rounds) and each run's ratio to the plain read of the same round.
+It prints fields/s (medians over rounds) and each run's ratios to the plain read and to the read
+with atomic writes of the same round.
 """
 
 from __future__ import annotations
@@ -90,6 +93,27 @@ def plain_read(path: str, fmt: str) -> float:
     return time.perf_counter() - start
 
 
+def read_and_write(path: str, fmt: str, out: str) -> float:
+    """Seconds to load every field like :func:`plain_read` and write each atomically to ``out``."""
+    import xarray as xr
+
+    from utils.atomic_io import atomic_save_npy
+
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    start = time.perf_counter()
+    ds = xr.open_zarr(path) if fmt == "zarr" else xr.open_dataset(path)
+    count = 0
+    for t in range(ds.sizes["time"]):
+        for name in ds.data_vars:
+            values = np.asarray(ds[name].isel(time=t).values)
+            for field in values.reshape(-1, *values.shape[-2:]):
+                atomic_save_npy(os.path.join(out, f"{count}.npy"), field)
+                count += 1
+    ds.close()
+    return time.perf_counter() - start
+
+
 def convert_once(path: str, out: str, grid: str | None, workers: int) -> tuple[float, int]:
     from utils.prepare_era5 import convert
 
@@ -116,26 +140,39 @@ def main(argv=None) -> None:
     try:
         path, n_fields = make_input(work, args.h_in, args.w_in, args.times, args.format)
         runs = [(None, w) for w in args.workers] + [(args.grid, w) for w in args.workers]
-        plain_rates = []
+        plain_rates, floor_rates = [], []
         rates: dict = {run: [] for run in runs}
         ratios: dict = {run: [] for run in runs}
+        floor_ratios: dict = {run: [] for run in runs}
         plain_read(path, args.format)  # warm the page cache and the imports
-        for _ in range(args.repeats):
+        for _ in range(args.repeats):  # a round: both references, then every run
+            plain = n_fields / plain_read(path, args.format)
+            floor = n_fields / read_and_write(path, args.format, os.path.join(work, "floor"))
+            plain_rates.append(plain)
+            floor_rates.append(floor)
             for run in runs:
-                plain = n_fields / plain_read(path, args.format)
                 seconds, written = convert_once(path, os.path.join(work, "out"), *run)
                 if written != n_fields:
                     raise RuntimeError(f"converter wrote {written} fields, expected {n_fields}")
-                plain_rates.append(plain)
                 rates[run].append(n_fields / seconds)
                 ratios[run].append(rates[run][-1] / plain)
+                floor_ratios[run].append(rates[run][-1] / floor)
         rows = [
             {
                 "measurement": "plain_read",
                 "input": f"{args.format} {args.h_in}x{args.w_in}",
                 "fields": n_fields,
                 "fields_per_s": statistics.median(plain_rates),
-            }
+                "ratio_to_plain_read": 1.0,
+            },
+            {
+                "measurement": "read_and_atomic_write",
+                "fields_per_s": statistics.median(floor_rates),
+                "ratio_to_plain_read": statistics.median(
+                    [f / p for f, p in zip(floor_rates, plain_rates, strict=True)]
+                ),
+                "ratio_to_read_and_write": 1.0,
+            },
         ]
         for (grid, workers), values in rates.items():
             rows.append(
@@ -145,6 +182,7 @@ def main(argv=None) -> None:
                     "workers": workers,
                     "fields_per_s": statistics.median(values),
                     "ratio_to_plain_read": statistics.median(ratios[(grid, workers)]),
+                    "ratio_to_read_and_write": statistics.median(floor_ratios[(grid, workers)]),
                 }
             )
         if args.json:
@@ -155,11 +193,16 @@ def main(argv=None) -> None:
             f"input: {args.format}, {args.h_in} x {args.w_in}, {n_fields} fields; "
             f"medians of {args.repeats} rounds"
         )
-        print(f"{'run':<34} {'fields/s':>10} {'x plain read':>13}")
-        print(f"{'plain read (xarray)':<34} {rows[0]['fields_per_s']:>10.1f} {1.0:>13.2f}")
-        for row in rows[1:]:
-            label = f"convert -> {row['grid']}, {row['workers']} worker(s)"
-            print(f"{label:<34} {row['fields_per_s']:>10.1f} {row['ratio_to_plain_read']:>13.2f}")
+        print(f"{'run':<40} {'fields/s':>9} {'x plain read':>13} {'x read+write':>13}")
+        labels = ["plain read (xarray)", "read + atomic writes"] + [
+            f"convert -> {row['grid']}, {row['workers']} worker(s)" for row in rows[2:]
+        ]
+        for label, row in zip(labels, rows, strict=True):
+            to_floor = row.get("ratio_to_read_and_write")
+            print(
+                f"{label:<40} {row['fields_per_s']:>9.1f} {row['ratio_to_plain_read']:>13.2f} "
+                f"{'' if to_floor is None else f'{to_floor:.2f}':>13}"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
