@@ -101,6 +101,13 @@ def test_cf_standard_names_any_order_ascending_latitudes(tmp_path):
         convert([str(path)], str(tmp_path / "l"), levels=[850, 700], **quiet())
     with pytest.raises(ConversionError, match="nothing to convert.*2020-01-01..2020-01-02"):
         convert([str(path)], str(tmp_path / "n"), start="2021-01-01", end="2021-01-02", **quiet())
+    odd = tmp_path / "odd_levels_2020.nc"
+    xr.Dataset(
+        {"z": (("time", "level", "lat", "lon"), cube(1, 2, H, W))},
+        coords={"time": TIMES[:1], "level": [850, 123], "lat": LAT_N2S, "lon": LON},
+    ).to_netcdf(odd)
+    with pytest.raises(ConversionError, match=r"'z' has levels \[123\] hPa that are not ERA5"):
+        convert([str(odd)], str(tmp_path / "o"), **quiet())
 
 
 def test_scalar_time_and_one_line_errors(tmp_path, capsys):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from utils.channels import ERA5_LEVELS
 from utils.era5_names import (
     LAT_NAMES,
     LEVEL_NAMES,
@@ -106,8 +107,10 @@ def _scalar_level(da, where: str, override: int | None) -> int | None:
     for key in ("level", "pressure_level", "GRIB_level"):
         if key in da.attrs:
             return int(float(da.attrs[key]))
-    match = re.search(r"_(\d{1,4})(?:hpa)?(?=[_.])", os.path.basename(where).lower())
-    return int(match.group(1)) if match else None
+    for match in re.finditer(r"_(\d{1,4})(?:hpa)?(?=[_.])", os.path.basename(where).lower()):
+        if int(match.group(1)) in ERA5_LEVELS:  # skips years such as _2020_
+            return int(match.group(1))
+    return None
 
 
 def _select_member(da, member_dim: str, member: int | None, where: str):
@@ -193,6 +196,11 @@ def normalise(
             else:
                 da = da.rename({level_name: "level"}).assign_coords(
                     level=_levels_hpa(ds[level_name])
+                )
+            bad = [int(p) for p in da["level"].values if int(p) not in ERA5_LEVELS]
+            if bad:
+                raise ConversionError(
+                    f"{where}: {name!r} has levels {bad} hPa that are not ERA5 pressure levels"
                 )
         elif has_level_dim:
             raise ConversionError(f"{where}: surface variable {name!r} has a level dimension")
