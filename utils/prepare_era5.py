@@ -145,17 +145,95 @@ def _same_grid(lat_a, lon_a, lat_b, lon_b) -> bool:
     )
 
 
-def _time_index(hours: np.ndarray, first, last, hour_step: int) -> np.ndarray:
-    keep = np.isclose(hours, np.round(hours))
-    whole = np.round(hours).astype(np.int64)
-    keep &= (whole % 24) % hour_step == 0
-    if first is not None:
-        keep &= (whole >= first) & (whole <= last)
-    return np.flatnonzero(keep)
+def _time_filter(first, last, hour_step: int):
+    """Function of hours ``(T,)`` giving the positions of the whole hours to keep: hour of day a
+    multiple of ``hour_step``, between ``first`` and ``last`` (hours since 1970) when given."""
+
+    def keep(hours: np.ndarray) -> np.ndarray:
+        mask = np.isclose(hours, np.round(hours))
+        whole = np.round(hours).astype(np.int64)
+        mask &= (whole % 24) % hour_step == 0
+        if first is not None:
+            mask &= (whole >= first) & (whole <= last)
+        return np.flatnonzero(mask)
+
+    return keep
 
 
 def _field_name(hour: int, var: str, level) -> str:
     return surface_name(hour, var) if level is None else upper_name(hour, var, level)
+
+
+def _plans(opened, variables, levels, keep_times) -> list:
+    """``(input index, time indices, fields)`` of every input with something to convert;
+    ``fields`` are ``(variable, level)`` pairs (level None for surface variables)."""
+    plans = []
+    for index, inp in enumerate(opened):
+        fields = []
+        for var in inp.variables:
+            if variables is not None and var not in variables:
+                continue
+            if is_upper(var):
+                fields += [(var, p) for p in inp.levels(var) if levels is None or p in levels]
+            else:
+                fields.append((var, None))
+        time_index = keep_times(inp.times)
+        if fields and time_index.size:
+            plans.append((index, time_index, fields))
+    return plans
+
+
+def _regridders(opened, used: list[int], lat, lon) -> list:
+    """Regridder of each input onto ``(lat, lon)`` (None for inputs already on it or unused);
+    inputs on the same grid share one."""
+    regridders: list = [None] * len(opened)
+    by_grid: dict = {}
+    for index in used:
+        inp = opened[index]
+        if _same_grid(inp.lat, inp.lon, lat, lon):
+            continue
+        key = (inp.lat.tobytes(), inp.lon.tobytes())
+        if key not in by_grid:
+            try:
+                by_grid[key] = ConservativeRegridder(inp.lat, inp.lon, lat, lon)
+            except ValueError as err:
+                raise ConversionError(f"{inp.where}: cannot regrid: {err}") from None
+        regridders[index] = by_grid[key]
+    return regridders
+
+
+def _pending_jobs(opened, plans, root_dir: str, overwrite: bool):
+    """The jobs of the fields not on disk yet (all with ``overwrite``), one listing per day
+    directory (stale temporaries of a killed run are removed on the way).
+
+    Returns ``(jobs, fields skipped, {upper var: levels}, [surface vars], set of times)``."""
+    jobs, skipped, listings = [], 0, {}
+    upper: dict = {}
+    surface: list = []
+    all_times = set()
+    for index, time_index, fields in plans:
+        times = np.round(opened[index].times[time_index]).astype(np.int64)
+        for var, p in fields:
+            if p is None and var not in surface:
+                surface.append(var)
+            elif p is not None:
+                upper.setdefault(var, set()).add(p)
+        for ti, t in zip(time_index, times, strict=True):
+            dt = from_hours(int(t))
+            all_times.add(int(t))
+            todo = []
+            for var, p in fields:
+                key = (dt.date(), p is None)
+                if key not in listings:
+                    listings[key] = list_day(root_dir, dt.date(), p is None)
+                    remove_stale_temporaries(day_dir(root_dir, dt, p is None), listings[key])
+                if overwrite or _field_name(dt.hour, var, p) not in listings[key]:
+                    todo.append((var, p))
+            skipped += len(fields) - len(todo)
+            if todo:
+                jobs.append(Job(index, int(ti), int(t), tuple(todo)))
+    upper = {v: sorted(levels, key=ERA5_LEVELS.index) for v, levels in upper.items()}
+    return jobs, skipped, upper, surface, all_times
 
 
 def convert(
@@ -208,19 +286,7 @@ def convert(
             print(f"{inp.where}: not recognised, not converted: {inp.ignored}", file=sys.stderr)
     _check_request(opened, variables, levels)
 
-    plans = []  # (input index, time indices, fields)
-    for index, inp in enumerate(opened):
-        fields = []
-        for var in inp.variables:
-            if variables is not None and var not in variables:
-                continue
-            if is_upper(var):
-                fields += [(var, p) for p in inp.levels(var) if levels is None or p in levels]
-            else:
-                fields.append((var, None))
-        time_index = _time_index(inp.times, first, last, hour_step)
-        if fields and time_index.size:
-            plans.append((index, time_index, fields))
+    plans = _plans(opened, variables, levels, _time_filter(first, last, hour_step))
     if not plans:
         span = ", ".join(
             f"{from_hours(i.times.min()).date()}..{from_hours(i.times.max()).date()}"
@@ -245,51 +311,12 @@ def convert(
             f"{root_dir} holds data on a {recorded[0].size} x {recorded[1].size} grid "
             f"(statistic/grid.json); this conversion writes {lat.size} x {lon.size}"
         )
-    regridders: list = [None] * len(sources)
-    by_grid: dict = {}
-    for index, _, _ in plans:
-        inp = opened[index]
-        if _same_grid(inp.lat, inp.lon, lat, lon):
-            continue
-        key = (inp.lat.tobytes(), inp.lon.tobytes())
-        if key not in by_grid:
-            try:
-                by_grid[key] = ConservativeRegridder(inp.lat, inp.lon, lat, lon)
-            except ValueError as err:
-                raise ConversionError(f"{inp.where}: cannot regrid: {err}") from None
-        regridders[index] = by_grid[key]
-
-    jobs, skipped, listings = [], 0, {}
-    upper: dict = {}
-    surface: list = []
-    all_times = set()
-    for index, time_index, fields in plans:
-        times = np.round(opened[index].times[time_index]).astype(np.int64)
-        for var, p in fields:
-            if p is None and var not in surface:
-                surface.append(var)
-            elif p is not None:
-                upper.setdefault(var, set()).add(p)
-        for ti, t in zip(time_index, times, strict=True):
-            dt = from_hours(int(t))
-            all_times.add(int(t))
-            todo = []
-            for var, p in fields:
-                key = (dt.date(), p is None)
-                if key not in listings:
-                    listings[key] = list_day(root_dir, dt.date(), p is None)
-                    remove_stale_temporaries(day_dir(root_dir, dt, p is None), listings[key])
-                if overwrite or _field_name(dt.hour, var, p) not in listings[key]:
-                    todo.append((var, p))
-            skipped += len(fields) - len(todo)
-            if todo:
-                jobs.append(Job(index, int(ti), int(t), tuple(todo)))
-
+    regridders = _regridders(opened, [i for i, _, _ in plans], lat, lon)
+    jobs, skipped, upper, surface, all_times = _pending_jobs(opened, plans, root_dir, overwrite)
     write_grid(root_dir, lat, lon)
     context = WriteContext(sources, regridders, root_dir, member, level)
     written = run_jobs(context, jobs, workers, progress)
 
-    upper = {v: sorted(ls, key=ERA5_LEVELS.index) for v, ls in upper.items()}
     first_day = from_hours(min(all_times)).date().isoformat()
     last_day = from_hours(max(all_times)).date().isoformat()
     result = {
