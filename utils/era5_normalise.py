@@ -63,7 +63,9 @@ class NormalisedInput:
             levels = f"@{self.levels(var)}" if "level" in da.dims else ""
             alias = f" ({self.names[var]})" if self.names.get(var, var) != var else ""
             parts.append(f"{var}{levels}{alias}")
-        parts += [f"{name} (not recognised)" for name in self.ignored]
+        parts += [f"{name} (not recognised)" for name in self.ignored[:10]]
+        if len(self.ignored) > 10:
+            parts.append(f"{len(self.ignored) - 10} more not recognised")
         return ", ".join(parts) or "no data variables"
 
 

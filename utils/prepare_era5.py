@@ -283,7 +283,11 @@ def convert(
     opened = [normalise(s.open(), s.location, member, level) for s in sources]
     for inp in opened:
         if inp.ignored:
-            print(f"{inp.where}: not recognised, not converted: {inp.ignored}", file=sys.stderr)
+            more = f" and {len(inp.ignored) - 20} more" if len(inp.ignored) > 20 else ""
+            print(
+                f"{inp.where}: not recognised, not converted: {inp.ignored[:20]}{more}",
+                file=sys.stderr,
+            )
     _check_request(opened, variables, levels)
 
     plans = _plans(opened, variables, levels, _time_filter(first, last, hour_step))
