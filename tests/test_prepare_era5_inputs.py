@@ -128,7 +128,7 @@ def test_scalar_time_and_one_line_errors(tmp_path, capsys):
         main(argv)
     err = capsys.readouterr().err
     assert stop.value.code == 2 and "Traceback" not in err
-    assert err.startswith("prepare_era5: error: variable(s) ['t2m'] not found") and "msl" in err
+    assert err.startswith("error: variable(s) ['t2m'] not found") and "msl" in err
     with pytest.raises(ConversionError):
         main(argv + ["--debug"])
 

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from utils.errors import DataError
 
-class ConversionError(ValueError):
+
+class ConversionError(DataError, ValueError):
     """An input the converter cannot use, or a request it cannot meet; the message names the input
-    and what it holds."""
+    and what it holds. A project error: entry points print it as one line and exit 2."""
 
 
 # Project name -> names used for it in files (compared case-insensitively).

@@ -9,7 +9,6 @@ every input once and keeps it open. A progress bar counts time steps.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -156,14 +155,3 @@ def run_jobs(
         return written
     finally:
         bar.close()
-
-
-def remove_stale_temporaries(directory: str, names: set) -> None:
-    """Delete the temporary files a killed atomic write left in ``directory`` (``names``: its
-    listing); they are hidden (``.<name>.<random>.tmp``) and never read."""
-    for name in names:
-        if name.startswith(".") and name.endswith(".tmp") and ".npy." in name:
-            try:
-                os.unlink(os.path.join(directory, name))
-            except FileNotFoundError:
-                pass

@@ -18,13 +18,14 @@ interrupted run continues when started again (``--overwrite`` rewrites them); fi
 atomically by ``--workers`` processes (``utils.era5_writer``). The grid of the output is recorded
 in ``<root_dir>/statistic/grid.json``.
 
-Errors about the inputs or the request print one line and exit with status 2 (``--debug``: the
-traceback).
+Errors about the inputs or the request (``ConversionError``, and the project's other errors)
+print one line and exit with status 2 (``--debug``: the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -32,11 +33,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from utils.atomic_io import remove_stale_temporaries
 from utils.channels import ERA5_LEVELS
 from utils.era5_layout import (
     MEAN_STD_FILE,
-    DataFileError,
-    MissingDataError,
     day_dir,
     from_hours,
     list_day,
@@ -48,7 +48,8 @@ from utils.era5_layout import (
 from utils.era5_names import PROJECT_VARIABLES, ConversionError, is_upper, project_name
 from utils.era5_normalise import normalise
 from utils.era5_open import find_inputs
-from utils.era5_writer import Job, WriteContext, remove_stale_temporaries, run_jobs
+from utils.era5_writer import Job, WriteContext, run_jobs
+from utils.errors import cli_errors
 from utils.grid import latitudes, longitudes, read_grid, write_grid
 from utils.regrid import ConservativeRegridder
 
@@ -225,8 +226,8 @@ def _pending_jobs(opened, plans, root_dir: str, overwrite: bool):
             for var, p in fields:
                 key = (dt.date(), p is None)
                 if key not in listings:
+                    remove_stale_temporaries(day_dir(root_dir, dt, p is None))
                     listings[key] = list_day(root_dir, dt.date(), p is None)
-                    remove_stale_temporaries(day_dir(root_dir, dt, p is None), listings[key])
                 if overwrite or _field_name(dt.hour, var, p) not in listings[key]:
                     todo.append((var, p))
             skipped += len(fields) - len(todo)
@@ -462,14 +463,10 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """The command line; the project's errors print one line and exit 2 unless ``--debug``."""
     args = build_parser().parse_args(argv)
-    try:
+    with contextlib.nullcontext() if args.debug else cli_errors():
         result = run(args)
-    except (ConversionError, MissingDataError, DataFileError, FileNotFoundError) as err:
-        if args.debug:
-            raise
-        print(f"prepare_era5: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
     print(json.dumps(result, default=str))
 
 
