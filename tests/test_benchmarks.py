@@ -53,3 +53,30 @@ def test_bench_model_json_reports_every_measurement():
     assert step["mfu"] == pytest.approx(step["achieved_gflops"] / peak)
     assert 0 < step["mfu"] < 1.5 and rows["memoryplain"]["peak_rss_gib"] > 0
     assert rows["rollout"]["steps"] == 1 and rows["rollout"]["steps_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_bench_convert_reports_consistent_ratios(capsys):
+    pytest.importorskip("xarray")
+    pytest.importorskip("netCDF4")
+    pytest.importorskip("scipy")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_convert
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    bench_convert.main(
+        ["--h_in", "9", "--w_in", "16", "--times", "2", "--grid", "4x8", "--workers", "1"]
+        + ["--repeats", "1", "--json"]
+    )
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["measurement"] for r in rows] == ["plain_read", "read_and_atomic_write"] + [
+        "convert"
+    ] * 2
+    assert rows[0]["fields"] == 2 * 7
+    assert [r["grid"] for r in rows[2:]] == ["9x16 (input)", "4x8"]
+    plain, floor = rows[0]["fields_per_s"], rows[1]["fields_per_s"]
+    assert rows[1]["ratio_to_plain_read"] == pytest.approx(floor / plain)
+    for row in rows[2:]:  # one round: each ratio is the quotient of the reported rates
+        assert row["ratio_to_plain_read"] == pytest.approx(row["fields_per_s"] / plain)
+        assert row["ratio_to_read_and_write"] == pytest.approx(row["fields_per_s"] / floor)

@@ -14,7 +14,7 @@ CONFIG = os.path.join(ROOT, "config", "vamoe.yaml")
 README = os.path.join(ROOT, "README.md")
 CONFIG_DOC = os.path.join(ROOT, "docs", "configuration.md")
 DOCS = [README, CONFIG_DOC] + [
-    os.path.join(ROOT, "docs", name) for name in ("incremental.md", "design.md")
+    os.path.join(ROOT, "docs", name) for name in ("incremental.md", "design.md", "data.md")
 ]
 
 # Modules run with `python -m` that are not part of this repository.

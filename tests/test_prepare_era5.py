@@ -1,4 +1,5 @@
-"""netCDF -> layout conversion, with small real netCDF files written by xarray."""
+"""netCDF -> layout conversion of Copernicus and WeatherBench files written by xarray; other input
+shapes, Zarr, regridding and resuming are in tests/test_prepare_era5_inputs.py."""
 
 import json
 import os
@@ -16,6 +17,8 @@ from conftest import make_params  # noqa: E402
 from utils.channels import ERA5_LEVELS  # noqa: E402
 from utils.data_loader_npyfiles import ERA5NpyDataset  # noqa: E402
 from utils.era5_layout import statistic_path, surface_path, to_hours, upper_path  # noqa: E402
+from utils.era5_names import ConversionError  # noqa: E402
+from utils.grid import read_grid  # noqa: E402
 from utils.prepare_era5 import convert, main  # noqa: E402
 
 H, W = 4, 8
@@ -160,7 +163,7 @@ def test_copernicus_round_trip(copernicus, tmp_path):
     np.testing.assert_allclose(inp[c].numpy() * ds.std[c] + ds.mean[c], data["t2m"][12], rtol=1e-5)
 
 
-def test_weatherbench_round_trip_and_refuse_overwrite(weatherbench, tmp_path):
+def test_weatherbench_round_trip_rerun_skips_and_overwrite(weatherbench, tmp_path, capsys):
     src, data = weatherbench
     root = str(tmp_path / "wb")
     argv = [
@@ -194,13 +197,20 @@ def test_weatherbench_round_trip_and_refuse_overwrite(weatherbench, tmp_path):
     np.testing.assert_allclose(
         single["mean"]["u10"], data["u10"][[24, 36]].astype(np.float64).mean(), rtol=1e-5
     )
-    before = np.load(upper_path(root, to_hours("2020-01-01"), "z", 500))
-    with pytest.raises(FileExistsError, match="--overwrite"):
-        main(argv)
+    lat, lon = read_grid(root)  # recorded north to south, as written
+    np.testing.assert_array_equal(lat, LAT_N2S)
+    np.testing.assert_array_equal(lon, LON)
+    capsys.readouterr()
+    main(argv)  # a second run finds every file complete and writes nothing
+    rerun = json.loads(capsys.readouterr().out)
+    assert rerun["written"] == 0 and rerun["skipped"] == 4 * 4
+    assert rerun["statistics"].startswith("kept")
+    path = upper_path(root, to_hours("2020-01-01"), "z", 500)
+    before = np.load(path)
+    np.save(path, np.zeros_like(before))
     main(argv + ["--overwrite"])
-    np.testing.assert_array_equal(
-        np.load(upper_path(root, to_hours("2020-01-01"), "z", 500)), before
-    )
+    assert json.loads(capsys.readouterr().out)["written"] == 4 * 4
+    np.testing.assert_array_equal(np.load(path), before)
 
 
 def test_variable_selection_grid_check_and_unknown_level(copernicus, weatherbench, tmp_path):
@@ -216,8 +226,8 @@ def test_variable_selection_grid_check_and_unknown_level(copernicus, weatherbenc
         progress=False,
     )
     assert result["surface"] == ["t2m"] and result["times"] == 4
-    assert not os.path.exists(os.path.join(root, "statistic"))
-    with pytest.raises(ValueError, match="regridding"):
+    assert os.listdir(os.path.join(root, "statistic")) == ["grid.json"]  # no statistics
+    with pytest.raises(ConversionError, match="4 x 8, expected 8 x 16.*--grid"):
         convert(
             [str(src / "sfc.nc")],
             str(tmp_path / "g"),
@@ -231,9 +241,9 @@ def test_variable_selection_grid_check_and_unknown_level(copernicus, weatherbenc
     xr.open_dataset(wb / "geopotential_500" / "geopotential_500hPa_2020_1.40625deg.nc").to_netcdf(
         odd
     )
-    with pytest.raises(ValueError, match="--level"):
+    with pytest.raises(ConversionError, match="pass --level"):
         convert([str(odd)], str(tmp_path / "o"), stats=False, progress=False)
     out = convert([str(odd)], str(tmp_path / "o2"), stats=False, progress=False, level=300)
     assert out["upper"] == {"z": [300]}
-    with pytest.raises(FileNotFoundError, match="no input files"):
+    with pytest.raises(ConversionError, match="no input matches"):
         convert([str(tmp_path / "nothing*.nc")], str(tmp_path / "n"), progress=False)

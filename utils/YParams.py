@@ -4,6 +4,11 @@
 ``--set key=value`` overrides (values parsed as YAML), fills derived values and validates the whole
 configuration, raising :class:`ConfigError` with the offending keys named.
 
+A section lists only what it changes: ``base: <section>`` names the section it builds on (looked up
+in the same file, then in the shipped ``config/vamoe.yaml``); without ``base`` the missing keys
+come from ``full_field`` (the file's own, else the shipped one). A key that ``full_field`` of the
+shipped file does not have is an error naming the closest valid key.
+
 Derived value (never written in the YAML): ``layout`` (a :class:`utils.channels.ChannelLayout`).
 
 Keys of the original code are accepted as aliases (in the YAML and in ``--set``) and renamed to
@@ -16,6 +21,7 @@ the names the code uses: ``num_blocks`` -> ``num_heads`` (it counts attention he
 from __future__ import annotations
 
 import datetime
+import difflib
 import io
 import os
 from collections.abc import Iterable
@@ -139,16 +145,21 @@ def parse_yaml_value(text: str) -> Any:
     return _plain(YAML(typ="safe").load(io.StringIO(text)))
 
 
-def load_section(path: str, name: str) -> dict:
-    """Read section ``name`` of the YAML file at ``path`` as a plain dict."""
+SHIPPED_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "vamoe.yaml"
+)
+BASE_KEY = "base"
+DEFAULT_SECTION = "full_field"
+
+
+def _read_document(path: str) -> dict:
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist")
     with open(path) as f:
         document = YAML(typ="safe").load(f)
-    if not isinstance(document, dict) or name not in document:
-        sections = sorted(document) if isinstance(document, dict) else []
-        raise ConfigError(f"config section {name!r} not found in {path}; sections: {sections}")
-    return resolve_aliases(_plain(document[name]), f"section {name!r} of {path}")
+    if not isinstance(document, dict):
+        raise ConfigError(f"config file {path!r} is not a mapping of named sections")
+    return document
 
 
 def resolve_aliases(section: dict, where: str) -> dict:
@@ -160,6 +171,60 @@ def resolve_aliases(section: dict, where: str) -> dict:
     for key, allowed in IGNORED_KEYS.items():
         if key in section and section.pop(key) != allowed:
             raise ConfigError(f"{where}: '{key}' must be {allowed!r} (the only one there is)")
+    return section
+
+
+def _resolve(path: str, document: dict, name: str, chain: tuple) -> dict:
+    """Section ``name`` of ``document`` (read from ``path``) merged over its base section."""
+    raw = document[name]
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config section {name!r} in {path} is not a mapping of keys")
+    section = resolve_aliases(_plain(raw), f"section {name!r} of {path}")
+    base = section.pop(BASE_KEY, None)
+    shipped_path = os.path.abspath(SHIPPED_CONFIG)
+    if base is None and name == DEFAULT_SECTION and os.path.abspath(path) == shipped_path:
+        return section
+    base = DEFAULT_SECTION if base is None else str(base)
+    if base in document and base != name:
+        target_path, target = path, document
+    else:
+        target_path, target = shipped_path, _read_document(shipped_path)
+        if base not in target:
+            raise ConfigError(
+                f"section {name!r} of {path}: base section {base!r} is neither in that file nor "
+                f"in {SHIPPED_CONFIG}; sections there: {sorted(target)}"
+            )
+    link = (os.path.abspath(target_path), base)
+    if link in chain:
+        cycle = " -> ".join(n for _, n in chain + (link,))
+        raise ConfigError(f"config sections build on each other in a cycle: {cycle}")
+    return {**_resolve(target_path, target, base, chain + (link,)), **section}
+
+
+def closest_key_hint(key: str, valid: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the valid key closest to ``key``, or an empty string."""
+    match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def load_section(path: str, name: str) -> dict:
+    """Read section ``name`` of the YAML file at ``path`` as a plain dict, completed from its
+    ``base`` section or ``full_field`` (see the module docstring)."""
+    document = _read_document(path)
+    if name not in document:
+        raise ConfigError(
+            f"config section {name!r} not found in {path}; sections: {sorted(document)}"
+        )
+    section = _resolve(path, document, name, ((os.path.abspath(path), name),))
+    shipped = _read_document(SHIPPED_CONFIG)
+    valid = resolve_aliases(_plain(shipped[DEFAULT_SECTION]), SHIPPED_CONFIG)
+    unknown = [k for k in section if k not in valid]
+    if unknown:
+        problems = [f"{k!r}{closest_key_hint(k, valid)}" for k in unknown]
+        raise ConfigError(
+            f"config section {name!r} of {path}: unknown key(s) {', '.join(problems)}; every key "
+            "is listed in docs/configuration.md"
+        )
     return section
 
 
@@ -244,8 +309,10 @@ class YParams:
             key, text = item.split("=", 1)
             key = ALIASES.get(key.strip(), key.strip())
             if key not in self.params or key in DERIVED_KEYS:
+                valid = [k for k in self.params if k not in DERIVED_KEYS]
                 raise ConfigError(
-                    f"--set {item!r}: unknown config key {key!r} in section {self._config_name!r}"
+                    f"--set {item!r}: unknown config key {key!r} in section "
+                    f"{self._config_name!r}{closest_key_hint(key, valid)}"
                 )
             self.params[key] = parse_yaml_value(text)
 

@@ -1,247 +1,240 @@
-"""Convert ERA5 netCDF files into the project's layout (docs/design.md), then compute the
-statistics and the climatology.
+"""Convert ERA5 (netCDF files or Zarr stores, local or in the cloud) into the project's ``.npy``
+layout, optionally regridded, then compute the statistics and the climatology.
 
 ::
 
-    python -m utils.prepare_era5 --input 'era5/*.nc' --root_dir ./data/era5 \\
-        [--levels 1000 925 850 ...] [--variables z q u v t t2m u10 v10 msl sp] \\
-        [--start 1979-01-01 --end 2021-12-31] [--hour_step 6] \\
-        [--stats_start 1979-01-01 --stats_end 2020-12-31] [--no_stats] [--no_climatology] [--overwrite]
+    python -m utils.prepare_era5 --input INPUT [INPUT ...] --root_dir ./data/era5 \\
+        [--variables z q u v t t2m u10 v10 msl sp] [--levels 1000 925 850 ...] \\
+        [--start 1979-01-01 --end 2021-12-31] [--hour_step 6] [--grid 128x256] \\
+        [--member N] [--level P] [--workers N] [--download DIR] \\
+        [--stats_start ... --stats_end ...] [--no_stats] [--no_climatology] [--overwrite] [--debug]
 
-Accepted inputs: pressure-level and single-level files from the Copernicus Climate Data Store (long
-names such as ``geopotential`` / ``2m_temperature`` or short names ``z`` / ``t2m``; dimensions
-``time`` or ``valid_time``, ``level`` or ``pressure_level``, ``latitude``/``longitude``) and
-WeatherBench files (``lat``/``lon``, latitudes south to north, one file per variable or per variable
-and level such as ``geopotential_500hPa_1979_1.40625deg.nc``). Fields are written north to south with
-longitudes from 0 degrees east. Regridding is out of scope: the grid of the files is the grid of the
-output (``--h_size``/``--w_size`` check it). Levels and times can be subset. Existing output is
-never overwritten unless ``--overwrite``.
+Inputs (``utils.era5_open``): netCDF files, glob patterns, directories, Zarr stores and
+``gs://`` / ``s3://`` URLs of Zarr stores (read anonymously). Names, dimension order, latitude
+direction, longitude range, scalar time and ensemble members are handled by
+``utils.era5_normalise``; only the selected times, variables and levels are read. ``--grid``
+regrids conservatively (``utils.regrid``). Files already converted are skipped, so an
+interrupted run continues when started again (``--overwrite`` rewrites them); files are written
+atomically by ``--workers`` processes (``utils.era5_writer``). The grid of the output is recorded
+in ``<root_dir>/statistic/grid.json``.
+
+Errors about the inputs or the request (``ConversionError``, and the project's other errors)
+print one line and exit with status 2 (``--debug``: the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
+import contextlib
 import json
 import os
-import re
+import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
+from utils.atomic_io import remove_stale_temporaries
 from utils.channels import ERA5_LEVELS
 from utils.era5_layout import (
-    STATISTIC_DIR,
+    MEAN_STD_FILE,
     day_dir,
     from_hours,
     list_day,
     period_bounds,
+    statistic_path,
     surface_name,
     upper_name,
 )
-
-# Project name -> names found in ERA5 / WeatherBench files.
-UPPER_ALIASES = {
-    "z": ("z", "geopotential"),
-    "q": ("q", "specific_humidity"),
-    "u": ("u", "u_component_of_wind"),
-    "v": ("v", "v_component_of_wind"),
-    "t": ("t", "temperature"),
-    "r": ("r", "relative_humidity"),
-    "w": ("w", "vertical_velocity"),
-    "vo": ("vo", "vorticity"),
-    "d": ("d", "divergence"),
-}
-SURFACE_ALIASES = {
-    "t2m": ("t2m", "2t", "2m_temperature"),
-    "u10": ("u10", "10u", "10m_u_component_of_wind"),
-    "v10": ("v10", "10v", "10m_v_component_of_wind"),
-    "msl": ("msl", "mean_sea_level_pressure"),
-    "sp": ("sp", "surface_pressure"),
-    "tp": ("tp", "total_precipitation"),
-    "tcwv": ("tcwv", "total_column_water_vapour"),
-}
-TIME_DIMS = ("valid_time", "time")
-LEVEL_DIMS = ("pressure_level", "level", "isobaricInhPa", "plev", "lev")
-LAT_DIMS = ("latitude", "lat")
-LON_DIMS = ("longitude", "lon")
+from utils.era5_names import PROJECT_VARIABLES, ConversionError, is_upper, project_name
+from utils.era5_normalise import normalise
+from utils.era5_open import find_inputs
+from utils.era5_writer import Job, WriteContext, run_jobs
+from utils.errors import cli_errors
+from utils.grid import latitudes, longitudes, read_grid, write_grid
+from utils.regrid import ConservativeRegridder
 
 
-def _lookup(name: str) -> tuple[str | None, bool]:
-    """Project name of a file variable and whether it is upper-air."""
-    key = name.lower()
-    for project, aliases in UPPER_ALIASES.items():
-        if key in aliases:
-            return project, True
-    for project, aliases in SURFACE_ALIASES.items():
-        if key in aliases:
-            return project, False
-    return None, False
+def parse_grid(text: str) -> tuple[np.ndarray, np.ndarray]:
+    """``--grid``: ``HxW`` (e.g. ``128x256``) or a spacing in degrees (``1.40625``) to the
+    cell-centre grid's latitudes (north to south) and longitudes (from 0° E)."""
+    try:
+        if "x" in text.lower():
+            h, w = (int(v) for v in text.lower().split("x"))
+        else:
+            step = float(text)
+            h, w = round(180.0 / step), round(360.0 / step)
+            if not np.isclose(h * step, 180.0) or not np.isclose(w * step, 360.0):
+                raise ValueError
+    except ValueError:
+        raise ConversionError(
+            f"--grid {text!r}: expected HxW (e.g. 128x256) or a spacing in degrees dividing 180 "
+            "(e.g. 1.40625)"
+        ) from None
+    if h < 2 or w < 2:
+        raise ConversionError(f"--grid {text!r}: needs at least 2 x 2 cells")
+    return latitudes(h), longitudes(w)
 
 
-def _find(names, candidates, what: str, path: str, required: bool = True) -> str | None:
-    for c in candidates:
-        if c in names:
-            return c
-    if required:
-        raise ValueError(
-            f"{path}: no {what} dimension (looked for {list(candidates)}; has {sorted(names)})"
+def _project_variables(variables: Sequence[str] | None) -> list[str] | None:
+    if variables is None:
+        return None
+    names = [project_name(v) for v in variables]
+    unknown = [v for v, n in zip(variables, names, strict=True) if n is None]
+    if unknown:
+        raise ConversionError(
+            f"--variables: unknown variable(s) {unknown}; known: {list(PROJECT_VARIABLES)}"
         )
-    return None
+    return list(dict.fromkeys(names))
 
 
-@dataclass
-class _Item:
-    """One variable of one file to convert."""
-
-    name: str  # name in the file
-    var: str  # project name
-    upper: bool
-    levels: list = field(default_factory=list)  # hPa levels written (upper-air)
-    level_index: list = field(default_factory=list)  # their indices along the level dim, if any
+def _holdings(inputs, show: int = 5) -> str:
+    lines = [f"  {i.where}: {i.holdings()}" for i in inputs[:show]]
+    if len(inputs) > show:
+        lines.append(f"  ... and {len(inputs) - show} more input(s)")
+    return "\n".join(lines)
 
 
-@dataclass
-class _Plan:
-    path: str
-    time_dim: str
-    lat_dim: str
-    lon_dim: str
-    level_dim: str | None
-    time_index: np.ndarray
-    times: np.ndarray  # hours since epoch of the kept steps
-    items: list
-    flip_lat: bool
-    lon_order: np.ndarray | None
-    squeeze: dict
-
-
-def _minutes(values) -> np.ndarray:
-    """Decoded datetimes as minutes since 1970-01-01."""
-    v = np.asarray(values)
-    if not np.issubdtype(v.dtype, np.datetime64):
-        raise ValueError("time coordinate is not decoded to datetimes")
-    return v.astype("datetime64[m]").astype(np.int64)
-
-
-def plan_file(
-    path: str,
-    levels: Sequence[int] | None,
-    variables: Sequence[str] | None,
-    first: int | None,
-    last: int | None,
-    hour_step: int,
-    level_override: int | None = None,
-) -> _Plan:
-    """Inspect one netCDF file (metadata only) and decide what to write from it."""
-    import xarray as xr
-
-    with xr.open_dataset(path) as ds:
-        dims = set(ds.dims)
-        time_dim = _find(dims, TIME_DIMS, "time", path)
-        lat_dim = _find(dims, LAT_DIMS, "latitude", path)
-        lon_dim = _find(dims, LON_DIMS, "longitude", path)
-        level_dim = _find(dims, LEVEL_DIMS, "level", path, required=False)
-        squeeze = {}
-        for d in dims - {time_dim, lat_dim, lon_dim, level_dim}:
-            if ds.sizes[d] != 1:
-                raise ValueError(f"{path}: unsupported extra dimension {d!r} of size {ds.sizes[d]}")
-            squeeze[d] = 0
-        minutes = _minutes(ds[time_dim].values)
-        keep = minutes % 60 == 0
-        hours = minutes // 60
-        keep &= (hours % 24) % hour_step == 0
-        if first is not None:
-            keep &= (hours >= first) & (hours <= last)
-        time_index = np.flatnonzero(keep)
-        file_levels = None
-        if level_dim is not None:
-            lv = np.asarray(ds[level_dim].values, dtype=np.float64)
-            units = str(ds[level_dim].attrs.get("units", "")).strip().lower()
-            if units in ("pa", "pascal", "pascals") or level_dim == "plev" or lv.max() > 2000:
-                lv = lv / 100.0
-            file_levels = [int(round(x)) for x in lv]
-        items = []
-        for name, da in ds.data_vars.items():
-            var, upper = _lookup(name)
-            if var is None or (variables is not None and var not in variables):
-                continue
-            if time_dim not in da.dims or lat_dim not in da.dims or lon_dim not in da.dims:
-                continue
-            item = _Item(name, var, upper)
-            if upper:
-                if level_dim is not None and level_dim in da.dims:
-                    avail = file_levels
-                    idx = [i for i, p in enumerate(avail) if levels is None or p in levels]
-                    item.levels = [avail[i] for i in idx]
-                    item.level_index = idx
-                else:
-                    level = _scalar_level(ds, da, path, level_override)
-                    if levels is not None and level not in levels:
-                        continue
-                    item.levels = [level]
-                bad = [p for p in item.levels if p not in ERA5_LEVELS]
-                if bad:
-                    raise ValueError(
-                        f"{path}: variable {name!r} has levels {bad} that are not "
-                        "ERA5 pressure levels"
+def _check_request(inputs, variables, levels) -> None:
+    """Every requested variable, and every requested level of each upper-air variable, exists in
+    some input; otherwise an error naming what is missing and what the inputs hold."""
+    available: dict = {}
+    for inp in inputs:
+        for var, da in inp.variables.items():
+            found = available.setdefault(var, set())
+            if "level" in da.dims:
+                found.update(inp.levels(var))
+    wanted = variables if variables is not None else list(available)
+    missing = [v for v in wanted if v not in available]
+    if missing:
+        raise ConversionError(
+            f"variable(s) {missing} not found in the input(s); they hold:\n{_holdings(inputs)}"
+        )
+    if levels is not None:
+        for var in wanted:
+            if is_upper(var):
+                absent = [p for p in levels if p not in available[var]]
+                if absent:
+                    raise ConversionError(
+                        f"level(s) {absent} hPa of {var!r} not found in the input(s) (found "
+                        f"{sorted(available[var], reverse=True)}); they hold:\n{_holdings(inputs)}"
                     )
-                if not item.levels:
-                    continue
-            elif level_dim is not None and level_dim in da.dims:
-                raise ValueError(f"{path}: surface variable {name!r} has a level dimension")
-            items.append(item)
-        lat = np.asarray(ds[lat_dim].values, dtype=np.float64)
-        lon = np.asarray(ds[lon_dim].values, dtype=np.float64)
-        flip = bool(len(lat) > 1 and lat[0] < lat[-1])
-        lon_mod = np.mod(lon, 360.0)
-        order = np.argsort(lon_mod, kind="stable")
-        lon_order = None if np.array_equal(order, np.arange(len(lon))) else order
-        return _Plan(
-            path,
-            time_dim,
-            lat_dim,
-            lon_dim,
-            level_dim,
-            time_index,
-            hours[time_index],
-            items,
-            flip,
-            lon_order,
-            squeeze,
-        )
 
 
-def _scalar_level(ds, da, path: str, override: int | None) -> int:
-    """Level of an upper-air variable without a level dimension (WeatherBench single-level files)."""
-    if override is not None:
-        return int(override)
-    for name in LEVEL_DIMS:
-        if name in da.coords and np.size(da.coords[name].values) == 1:
-            value = float(np.asarray(da.coords[name].values).ravel()[0])
-            return int(round(value / 100.0 if value > 2000 else value))
-    for key in ("level", "pressure_level", "GRIB_level"):
-        if key in da.attrs:
-            return int(float(da.attrs[key]))
-    match = re.search(r"_(\d{1,4})(?:hpa)?(?=[_.])", os.path.basename(path).lower())
-    if match:
-        return int(match.group(1))
-    raise ValueError(
-        f"{path}: cannot tell the pressure level of {da.name!r} (no level dimension, "
-        "coordinate or '<name>_<level>hPa' file name); pass --level"
+def _output_grid(inputs, grid: str | None):
+    if grid is not None:
+        return parse_grid(grid)
+    first = inputs[0]
+    for inp in inputs[1:]:
+        if (
+            inp.lat.shape != first.lat.shape
+            or inp.lon.shape != first.lon.shape
+            or not (np.allclose(inp.lat, first.lat) and np.allclose(inp.lon, first.lon))
+        ):
+            raise ConversionError(
+                f"inputs on different grids: {first.where} is {first.lat.size} x {first.lon.size},"
+                f" {inp.where} is {inp.lat.size} x {inp.lon.size}; pass --grid to regrid them"
+            )
+    return first.lat, first.lon
+
+
+def _same_grid(lat_a, lon_a, lat_b, lon_b) -> bool:
+    return (
+        lat_a.shape == lat_b.shape
+        and lon_a.shape == lon_b.shape
+        and np.allclose(lat_a, lat_b)
+        and np.allclose(lon_a, lon_b)
     )
 
 
-def _planned_outputs(plan: _Plan):
-    for t in plan.times:
-        dt = from_hours(int(t))
-        for item in plan.items:
-            if item.upper:
-                for p in item.levels:
-                    yield dt, False, upper_name(dt.hour, item.var, p)
+def _time_filter(first, last, hour_step: int):
+    """Function of hours ``(T,)`` giving the positions of the whole hours to keep: hour of day a
+    multiple of ``hour_step``, between ``first`` and ``last`` (hours since 1970) when given."""
+
+    def keep(hours: np.ndarray) -> np.ndarray:
+        mask = np.isclose(hours, np.round(hours))
+        whole = np.round(hours).astype(np.int64)
+        mask &= (whole % 24) % hour_step == 0
+        if first is not None:
+            mask &= (whole >= first) & (whole <= last)
+        return np.flatnonzero(mask)
+
+    return keep
+
+
+def _field_name(hour: int, var: str, level) -> str:
+    return surface_name(hour, var) if level is None else upper_name(hour, var, level)
+
+
+def _plans(opened, variables, levels, keep_times) -> list:
+    """``(input index, time indices, fields)`` of every input with something to convert;
+    ``fields`` are ``(variable, level)`` pairs (level None for surface variables)."""
+    plans = []
+    for index, inp in enumerate(opened):
+        fields = []
+        for var in inp.variables:
+            if variables is not None and var not in variables:
+                continue
+            if is_upper(var):
+                fields += [(var, p) for p in inp.levels(var) if levels is None or p in levels]
             else:
-                yield dt, True, surface_name(dt.hour, item.var)
+                fields.append((var, None))
+        time_index = keep_times(inp.times)
+        if fields and time_index.size:
+            plans.append((index, time_index, fields))
+    return plans
+
+
+def _regridders(opened, used: list[int], lat, lon) -> list:
+    """Regridder of each input onto ``(lat, lon)`` (None for inputs already on it or unused);
+    inputs on the same grid share one."""
+    regridders: list = [None] * len(opened)
+    by_grid: dict = {}
+    for index in used:
+        inp = opened[index]
+        if _same_grid(inp.lat, inp.lon, lat, lon):
+            continue
+        key = (inp.lat.tobytes(), inp.lon.tobytes())
+        if key not in by_grid:
+            try:
+                by_grid[key] = ConservativeRegridder(inp.lat, inp.lon, lat, lon)
+            except ValueError as err:
+                raise ConversionError(f"{inp.where}: cannot regrid: {err}") from None
+        regridders[index] = by_grid[key]
+    return regridders
+
+
+def _pending_jobs(opened, plans, root_dir: str, overwrite: bool):
+    """The jobs of the fields not on disk yet (all with ``overwrite``), one listing per day
+    directory (stale temporaries of a killed run are removed on the way).
+
+    Returns ``(jobs, fields skipped, {upper var: levels}, [surface vars], set of times)``."""
+    jobs, skipped, listings = [], 0, {}
+    upper: dict = {}
+    surface: list = []
+    all_times = set()
+    for index, time_index, fields in plans:
+        times = np.round(opened[index].times[time_index]).astype(np.int64)
+        for var, p in fields:
+            if p is None and var not in surface:
+                surface.append(var)
+            elif p is not None:
+                upper.setdefault(var, set()).add(p)
+        for ti, t in zip(time_index, times, strict=True):
+            dt = from_hours(int(t))
+            all_times.add(int(t))
+            todo = []
+            for var, p in fields:
+                key = (dt.date(), p is None)
+                if key not in listings:
+                    remove_stale_temporaries(day_dir(root_dir, dt, p is None))
+                    listings[key] = list_day(root_dir, dt.date(), p is None)
+                if overwrite or _field_name(dt.hour, var, p) not in listings[key]:
+                    todo.append((var, p))
+            skipped += len(fields) - len(todo)
+            if todo:
+                jobs.append(Job(index, int(ti), int(t), tuple(todo)))
+    upper = {v: sorted(levels, key=ERA5_LEVELS.index) for v, levels in upper.items()}
+    return jobs, skipped, upper, surface, all_times
 
 
 def convert(
@@ -260,169 +253,129 @@ def convert(
     h_size: int | None = None,
     w_size: int | None = None,
     level: int | None = None,
+    member: int | None = None,
+    grid: str | None = None,
+    workers: int = 1,
     progress: bool = True,
 ) -> dict:
-    """Convert ``inputs`` (paths or glob patterns) into ``root_dir``; see the module docstring."""
-    import xarray as xr
-    from tqdm import tqdm
+    """Convert ``inputs`` (paths, patterns, directories, Zarr stores/URLs) into ``root_dir``.
 
-    paths = []
-    for pattern in inputs:
-        found = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
-        if os.path.isdir(pattern):
-            found = sorted(glob.glob(os.path.join(pattern, "**", "*.nc"), recursive=True))
-        if not found:
-            raise FileNotFoundError(f"no input files match {pattern!r}")
-        paths += found
-    missing = [p for p in paths if not os.path.isfile(p)]
-    if missing:
-        raise FileNotFoundError(f"input file(s) not found: {missing}")
+    Returns a summary: fields written and skipped (already complete), times, first and last
+    day, ``{upper var: levels}``, surface variables, output grid and statistics paths."""
     if hour_step < 1 or 24 % hour_step:
-        raise ValueError("--hour_step must divide 24")
+        raise ConversionError(f"--hour_step {hour_step} must divide 24")
+    if workers < 1:
+        raise ConversionError(f"--workers {workers} must be at least 1")
     first = last = None
     if start is not None or end is not None:
         if start is None or end is None:
-            raise ValueError("give both --start and --end")
-        first, last = period_bounds([start, end])
+            raise ConversionError("give both --start and --end")
+        try:
+            first, last = period_bounds([start, end])
+        except ValueError as err:
+            raise ConversionError(f"--start/--end: {err}") from None
+    variables = _project_variables(variables)
     levels = None if levels is None else [int(p) for p in levels]
+    bad = [p for p in levels or [] if p not in ERA5_LEVELS]
+    if bad:
+        raise ConversionError(f"--levels {bad} are not ERA5 pressure levels {list(ERA5_LEVELS)}")
 
-    plans = [plan_file(p, levels, variables, first, last, hour_step, level) for p in paths]
-    plans = [p for p in plans if p.items and len(p.times)]
-    if not plans:
-        raise ValueError(
-            "nothing to convert: no recognised variable at the requested levels and "
-            f"times in {paths}"
-        )
-    # Refuse to overwrite: one listdir per day directory.
-    if not overwrite:
-        existing, listing = [], {}
-        for plan in plans:
-            for dt, surface, name in _planned_outputs(plan):
-                key = (dt.date(), surface)
-                if key not in listing:
-                    listing[key] = list_day(root_dir, dt.date(), surface)
-                if name in listing[key]:
-                    existing.append(os.path.join(day_dir(root_dir, dt, surface), name))
-        if stats and os.path.exists(os.path.join(root_dir, STATISTIC_DIR)):
-            existing.append(os.path.join(root_dir, STATISTIC_DIR))
-        if existing:
-            raise FileExistsError(
-                f"{len(existing)} output file(s) exist, e.g. {existing[:5]}; "
-                "pass --overwrite to replace them"
+    sources = find_inputs(list(inputs))
+    opened = [normalise(s.open(), s.location, member, level) for s in sources]
+    for inp in opened:
+        if inp.ignored:
+            more = f" and {len(inp.ignored) - 20} more" if len(inp.ignored) > 20 else ""
+            print(
+                f"{inp.where}: not recognised, not converted: {inp.ignored[:20]}{more}",
+                file=sys.stderr,
             )
+    _check_request(opened, variables, levels)
 
-    shape = (h_size, w_size) if h_size and w_size else None
-    written: dict = {}
-    total = sum(len(p.times) for p in plans)
-    bar = tqdm(total=total, desc="convert", unit="step", disable=not progress)
-    all_times = set()
-    made = set()
-    for plan in plans:
-        with xr.open_dataset(plan.path) as ds:
-            for ti, t in zip(plan.time_index, plan.times, strict=False):
-                dt = from_hours(int(t))
-                all_times.add(int(t))
-                for item in plan.items:
-                    dims = ds[item.name].dims
-                    index = {plan.time_dim: int(ti), **{d: 0 for d in plan.squeeze if d in dims}}
-                    if plan.level_dim in dims:  # read only the levels that are written
-                        index[plan.level_dim] = item.level_index
-                    da = ds[item.name].isel(index)
-                    order = ([plan.level_dim] if plan.level_dim in da.dims else []) + [
-                        plan.lat_dim,
-                        plan.lon_dim,
-                    ]
-                    data = np.asarray(da.transpose(*order).values, dtype=np.float32)
-                    if data.ndim == 2:
-                        data = data[None]
-                    if plan.flip_lat:
-                        data = data[:, ::-1]
-                    if plan.lon_order is not None:
-                        data = data[:, :, plan.lon_order]
-                    if shape is None:
-                        shape = data.shape[1:]
-                    if data.shape[1:] != tuple(shape):
-                        raise ValueError(
-                            f"{plan.path}: {item.name!r} has grid {data.shape[1:]}, "
-                            f"expected {tuple(shape)} (regridding is out of scope)"
-                        )
-                    out_dir = day_dir(root_dir, dt, surface=not item.upper)
-                    if out_dir not in made:
-                        os.makedirs(out_dir, exist_ok=True)
-                        made.add(out_dir)
-                    if item.upper:
-                        for field_, p in zip(data, item.levels, strict=False):
-                            np.save(
-                                os.path.join(out_dir, upper_name(dt.hour, item.var, p)),
-                                np.ascontiguousarray(field_),
-                            )
-                            written.setdefault(item.var, set()).add(p)
-                    else:
-                        np.save(
-                            os.path.join(out_dir, surface_name(dt.hour, item.var)),
-                            np.ascontiguousarray(data[0]),
-                        )
-                        written.setdefault(item.var, None)
-                bar.update(1)
-    bar.close()
-    upper = {v: sorted(ls, key=ERA5_LEVELS.index) for v, ls in written.items() if ls is not None}
-    surface = [v for v, ls in written.items() if ls is None]
+    plans = _plans(opened, variables, levels, _time_filter(first, last, hour_step))
+    if not plans:
+        span = ", ".join(
+            f"{from_hours(i.times.min()).date()}..{from_hours(i.times.max()).date()}"
+            for i in opened[:5]
+            if i.times.size
+        )
+        raise ConversionError(
+            f"nothing to convert at the requested variables, levels and times "
+            f"({start or 'any'}..{end or 'any'} every {hour_step} h; inputs cover {span}); "
+            f"the input(s) hold:\n{_holdings(opened)}"
+        )
+
+    lat, lon = _output_grid([opened[i] for i, _, _ in plans], grid)
+    if (h_size and h_size != lat.size) or (w_size and w_size != lon.size):
+        raise ConversionError(
+            f"the output grid is {lat.size} x {lon.size}, expected {h_size} x {w_size} "
+            "(--h_size/--w_size); pass --grid to regrid"
+        )
+    recorded = read_grid(root_dir)
+    if recorded is not None and not overwrite and not _same_grid(*recorded, lat, lon):
+        raise ConversionError(
+            f"{root_dir} holds data on a {recorded[0].size} x {recorded[1].size} grid "
+            f"(statistic/grid.json); this conversion writes {lat.size} x {lon.size}"
+        )
+    regridders = _regridders(opened, [i for i, _, _ in plans], lat, lon)
+    jobs, skipped, upper, surface, all_times = _pending_jobs(opened, plans, root_dir, overwrite)
+    write_grid(root_dir, lat, lon)
+    context = WriteContext(sources, regridders, root_dir, member, level)
+    written = run_jobs(context, jobs, workers, progress)
+
     first_day = from_hours(min(all_times)).date().isoformat()
     last_day = from_hours(max(all_times)).date().isoformat()
     result = {
         "root_dir": root_dir,
-        "files": len(plans),
+        "inputs": len(sources),
+        "written": written,
+        "skipped": skipped,
         "times": len(all_times),
         "first_day": first_day,
         "last_day": last_day,
         "upper": upper,
         "surface": surface,
-        "grid": list(shape),
+        "grid": [int(lat.size), int(lon.size)],
+        "regridded": any(r is not None for r in regridders),
     }
-    if levels is not None:
-        absent = sorted({p for p in levels} - {p for ls in upper.values() for p in ls})
-        if absent:
-            result["levels_not_found"] = absent
     if stats:
-        from utils.statistics import compute_statistics
+        if written or overwrite or not os.path.exists(statistic_path(root_dir, MEAN_STD_FILE)):
+            from utils.statistics import compute_statistics
 
-        result["statistics"] = compute_statistics(
-            root_dir,
-            stats_start or first_day,
-            stats_end or last_day,
-            hour_step,
-            upper,
-            surface,
-            climatology=climatology,
-            overwrite=overwrite,
-            progress=progress,
-        )
+            result["statistics"] = compute_statistics(
+                root_dir,
+                stats_start or first_day,
+                stats_end or last_day,
+                hour_step,
+                upper,
+                surface,
+                climatology=climatology,
+                overwrite=True,
+                progress=progress,
+            )
+        else:
+            result["statistics"] = "kept (nothing new converted)"
     return result
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--input",
         nargs="+",
-        required=True,
-        help="netCDF files, glob patterns or directories (searched for *.nc)",
+        default=[],
+        help="netCDF files, glob patterns, directories, Zarr stores or gs:// / s3:// Zarr URLs",
     )
     parser.add_argument("--root_dir", required=True, help="output root of the layout")
-    parser.add_argument(
-        "--levels",
-        type=int,
-        nargs="+",
-        default=None,
-        help="pressure levels (hPa) to keep (default: all in the files)",
-    )
     parser.add_argument(
         "--variables",
         nargs="+",
         default=None,
-        help="project variable names to keep, e.g. z q u v t t2m u10 v10 msl sp",
+        help="variables to convert, e.g. z q u v t t2m u10 v10 msl sp (default: all recognised)",
+    )
+    parser.add_argument(
+        "--levels", type=int, nargs="+", default=None, help="pressure levels in hPa (default: all)"
     )
     parser.add_argument("--start", default=None, help="first date to convert, YYYY-MM-DD")
     parser.add_argument("--end", default=None, help="last date to convert, YYYY-MM-DD")
@@ -433,30 +386,61 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="keep hours of day divisible by this (default 6: 00/06/12/18)",
     )
     parser.add_argument(
+        "--grid",
+        default=None,
+        help="regrid conservatively to HxW cell centres (128x256) or a spacing in degrees "
+        "(1.40625); default: the inputs' grid",
+    )
+    parser.add_argument("--member", type=int, default=None, help="ensemble member to convert")
+    parser.add_argument(
         "--level",
         type=int,
         default=None,
-        help="pressure level of upper-air files that have no level coordinate",
+        help="pressure level of upper-air inputs that have no level coordinate",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="writer processes (default 1)")
+    parser.add_argument(
+        "--download",
+        metavar="DIR",
+        default=None,
+        help="first download --variables/--levels/--start/--end from the Copernicus store "
+        "into DIR with cdsapi (needs CDS credentials), then convert them",
     )
     parser.add_argument("--h_size", type=int, default=None, help="expected latitudes (check)")
     parser.add_argument("--w_size", type=int, default=None, help="expected longitudes (check)")
     parser.add_argument("--no_stats", action="store_true", help="skip statistics and climatology")
-    parser.add_argument(
-        "--stats_start",
-        default=None,
-        help="first date of the statistics period (default: first converted day)",
-    )
-    parser.add_argument(
-        "--stats_end",
-        default=None,
-        help="last date of the statistics period (default: last converted day)",
-    )
+    parser.add_argument("--stats_start", default=None, help="first date of the statistics")
+    parser.add_argument("--stats_end", default=None, help="last date of the statistics")
     parser.add_argument("--no_climatology", action="store_true")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="rewrite files that exist (default: skip them)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    result = convert(
-        args.input,
+    parser.add_argument("--debug", action="store_true", help="full tracebacks on errors")
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The command line's work: optional download, then :func:`convert`."""
+    inputs = list(args.input)
+    if args.download is not None:
+        from utils.era5_download import cds_requests, download
+
+        if not args.variables or args.start is None or args.end is None:
+            raise ConversionError("--download needs --variables, --start and --end")
+        requests = cds_requests(
+            _project_variables(args.variables),
+            args.levels,
+            args.start,
+            args.end,
+            args.hour_step,
+            args.download,
+        )
+        inputs += download(requests)
+    if not inputs:
+        raise ConversionError("no --input given (and no --download)")
+    return convert(
+        inputs,
         args.root_dir,
         args.levels,
         args.variables,
@@ -471,13 +455,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         h_size=args.h_size,
         w_size=args.w_size,
         level=args.level,
+        member=args.member,
+        grid=args.grid,
+        workers=args.workers,
         progress=not args.quiet,
     )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The command line; the project's errors print one line and exit 2 unless ``--debug``."""
+    args = build_parser().parse_args(argv)
+    with contextlib.nullcontext() if args.debug else cli_errors():
+        result = run(args)
     print(json.dumps(result, default=str))
 
 
 if __name__ == "__main__":
-    from utils.errors import cli_errors
-
-    with cli_errors():  # the project's errors as one line, exit 2
-        main()
+    main()

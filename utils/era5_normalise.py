@@ -1,0 +1,225 @@
+"""Bring one opened ERA5 dataset into the converter's canonical form, lazily.
+
+Whatever the input's names and dimension order, every recognised variable becomes a lazy
+``xarray.DataArray`` named by its project name (``z``, ``t2m``, ...) with dimensions
+``(time, level, lat, lon)`` (upper-air, ``level`` in hPa) or ``(time, lat, lon)`` (surface),
+latitudes north to south and longitudes ascending from 0° E. A scalar time coordinate becomes a
+time dimension of length 1; a size-1 extra dimension is dropped; an ensemble dimension needs a
+member (``member``); any other extra dimension is an error naming it. Nothing is read here but
+coordinates.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from utils.channels import ERA5_LEVELS
+from utils.era5_names import (
+    LAT_NAMES,
+    LEVEL_NAMES,
+    LON_NAMES,
+    MEMBER_NAMES,
+    TIME_NAMES,
+    ConversionError,
+    find_coordinate,
+    is_upper,
+    recognise_variable,
+)
+
+
+@dataclass
+class NormalisedInput:
+    """One input in canonical form.
+
+    Attributes:
+        where: the input's path or URL (for messages).
+        variables: project name -> lazy DataArray ``(time, [level,] lat, lon)``.
+        times: hours since 1970-01-01 of the time dimension, shape ``(T,)``.
+        lat: latitudes north to south ``(H,)``; lon: longitudes ascending in [0, 360) ``(W,)``.
+        ignored: data variables with a horizontal grid that are not recognised.
+        names: project name -> the variable's name in the input.
+    """
+
+    where: str
+    variables: dict
+    times: np.ndarray
+    lat: np.ndarray
+    lon: np.ndarray
+    ignored: list = field(default_factory=list)
+    names: dict = field(default_factory=dict)
+
+    def levels(self, var: str) -> list[int]:
+        """Pressure levels (hPa) of an upper-air variable, in the input's order."""
+        return [int(p) for p in self.variables[var]["level"].values]
+
+    def holdings(self) -> str:
+        """What the input holds, for error messages: ``z@[500, 850] (geopotential), t2m, ...``."""
+        parts = []
+        for var, da in self.variables.items():
+            levels = f"@{self.levels(var)}" if "level" in da.dims else ""
+            alias = f" ({self.names[var]})" if self.names.get(var, var) != var else ""
+            parts.append(f"{var}{levels}{alias}")
+        parts += [f"{name} (not recognised)" for name in self.ignored[:10]]
+        if len(self.ignored) > 10:
+            parts.append(f"{len(self.ignored) - 10} more not recognised")
+        return ", ".join(parts) or "no data variables"
+
+
+def _indexer(order: np.ndarray):
+    """A permutation as the cheapest equivalent indexer: a slice when it is the identity or a
+    reversal (keeps dask reads contiguous), else the index array."""
+    n = len(order)
+    if np.array_equal(order, np.arange(n)):
+        return slice(None)
+    if np.array_equal(order, np.arange(n)[::-1]):
+        return slice(None, None, -1)
+    return order
+
+
+def _hours(values, where: str) -> np.ndarray:
+    v = np.asarray(values).reshape(-1)
+    if not np.issubdtype(v.dtype, np.datetime64):
+        raise ConversionError(f"{where}: the time coordinate is not a date ({v.dtype})")
+    minutes = v.astype("datetime64[m]").astype(np.int64)
+    return minutes / 60.0
+
+
+def _levels_hpa(coord) -> np.ndarray:
+    values = np.asarray(coord.values, dtype=np.float64).reshape(-1)
+    units = str(coord.attrs.get("units", "")).strip().lower()
+    if units in ("pa", "pascal", "pascals") or (
+        units not in ("hpa", "mbar", "millibars") and values.max() > 2000
+    ):
+        values = values / 100.0
+    return np.round(values).astype(np.int64)
+
+
+def _scalar_level(da, where: str, override: int | None) -> int | None:
+    """Pressure level of an upper-air variable without a level dimension (WeatherBench files
+    with one level per file), from ``override``, a scalar coordinate, attributes or the name."""
+    if override is not None:
+        return int(override)
+    for name in da.coords:
+        if str(name).lower() in [n.lower() for n in LEVEL_NAMES] and da.coords[name].size == 1:
+            return int(_levels_hpa(da.coords[name])[0])
+    for key in ("level", "pressure_level", "GRIB_level"):
+        if key in da.attrs:
+            return int(float(da.attrs[key]))
+    for match in re.finditer(r"_(\d{1,4})(?:hpa)?(?=[_.])", os.path.basename(where).lower()):
+        if int(match.group(1)) in ERA5_LEVELS:  # skips years such as _2020_
+            return int(match.group(1))
+    return None
+
+
+def _select_member(da, member_dim: str, member: int | None, where: str):
+    size = da.sizes[member_dim]
+    values = da[member_dim].values if member_dim in da.coords else np.arange(size)
+    if member is None:
+        if size == 1:
+            return da.isel({member_dim: 0}, drop=True)
+        raise ConversionError(
+            f"{where}: variable {da.name!r} has an ensemble dimension {member_dim!r} of size "
+            f"{size} (members {list(values)[:10]}); pick one with --member N"
+        )
+    hits = np.flatnonzero(values == member)
+    if not hits.size:
+        raise ConversionError(
+            f"{where}: --member {member} is not in dimension {member_dim!r} "
+            f"(members {list(values)[:10]})"
+        )
+    return da.isel({member_dim: int(hits[0])}, drop=True)
+
+
+def normalise(
+    ds, where: str, member: int | None = None, level: int | None = None
+) -> NormalisedInput:
+    """Canonical, still lazy, form of dataset ``ds`` opened from ``where`` (see module doc).
+
+    ``member``: ensemble member to keep (value of the ensemble coordinate); ``level``: pressure
+    level (hPa) of upper-air variables that have neither a level dimension nor a level coordinate.
+    """
+    every = {k: ds[k] for k in ds.variables}
+    lat_name = find_coordinate(every, LAT_NAMES, "latitude", ("degrees_north", "degree_north"))
+    lon_name = find_coordinate(every, LON_NAMES, "longitude", ("degrees_east", "degree_east"))
+    time_name = find_coordinate(every, TIME_NAMES, "time")
+    if lat_name is None or lon_name is None or time_name is None:
+        missing = [
+            n
+            for n, v in (("latitude", lat_name), ("longitude", lon_name), ("time", time_name))
+            if v is None
+        ]
+        raise ConversionError(
+            f"{where}: no {' / '.join(missing)} coordinate (has dimensions {dict(ds.sizes)} and "
+            f"coordinates {sorted(map(str, ds.coords))})"
+        )
+    level_name = find_coordinate(
+        {d: ds[d] for d in ds.dims if d in ds.variables}, LEVEL_NAMES, "air_pressure"
+    )
+    member_names = {str(n).lower(): n for n in ds.dims}
+    member_dim = next((member_names[n] for n in MEMBER_NAMES if n in member_names), None)
+
+    lat = np.asarray(ds[lat_name].values, dtype=np.float64)
+    lon = np.asarray(ds[lon_name].values, dtype=np.float64)
+    lat_order = _indexer(np.argsort(-lat, kind="stable"))
+    lon_wrapped = np.mod(lon, 360.0)
+    lon_order = _indexer(np.argsort(lon_wrapped, kind="stable"))
+    times = _hours(ds[time_name].values, where)
+
+    variables, names, ignored = {}, {}, []
+    for name, da in ds.data_vars.items():
+        if lat_name not in da.dims or lon_name not in da.dims:
+            continue
+        has_level_dim = level_name is not None and level_name in da.dims
+        scalar = None if has_level_dim else _scalar_level(da, where, level)
+        project = recognise_variable(name, da.attrs, has_level_dim or scalar is not None)
+        if project is None:
+            ignored.append(str(name))
+            continue
+        if project in variables:
+            raise ConversionError(
+                f"{where}: variables {names[project]!r} and {name!r} are both {project!r}"
+            )
+        if member_dim is not None and member_dim in da.dims:
+            da = _select_member(da, member_dim, member, where)
+        if time_name not in da.dims:
+            da = da.expand_dims(time_name)
+        if is_upper(project):
+            if not has_level_dim:
+                if scalar is None:
+                    raise ConversionError(
+                        f"{where}: cannot tell the pressure level of {name!r} (no level "
+                        "dimension, coordinate or '<name>_<level>hPa' file name); pass --level"
+                    )
+                da = da.expand_dims({"level": [scalar]})
+            else:
+                da = da.rename({level_name: "level"}).assign_coords(
+                    level=_levels_hpa(ds[level_name])
+                )
+            bad = [int(p) for p in da["level"].values if int(p) not in ERA5_LEVELS]
+            if bad:
+                raise ConversionError(
+                    f"{where}: {name!r} has levels {bad} hPa that are not ERA5 pressure levels"
+                )
+        elif has_level_dim:
+            raise ConversionError(f"{where}: surface variable {name!r} has a level dimension")
+        da = da.rename({time_name: "time", lat_name: "lat", lon_name: "lon"})
+        core = ("time", "level", "lat", "lon") if is_upper(project) else ("time", "lat", "lon")
+        for extra in [d for d in da.dims if d not in core]:
+            if da.sizes[extra] != 1:
+                raise ConversionError(
+                    f"{where}: variable {name!r} has an extra dimension {extra!r} of size "
+                    f"{da.sizes[extra]} (dimensions {dict(da.sizes)}); the converter takes "
+                    f"{list(core)} and an ensemble dimension with --member"
+                )
+            da = da.isel({extra: 0}, drop=True)
+        da = da.drop_vars([c for c in da.coords if c not in core])
+        da = da.transpose(*core).isel(lat=lat_order, lon=lon_order)
+        variables[project] = da.assign_coords(lat=lat[lat_order], lon=lon_wrapped[lon_order])
+        names[project] = str(name)
+    return NormalisedInput(
+        where, variables, times, lat[lat_order], lon_wrapped[lon_order], ignored, names
+    )
