@@ -34,6 +34,7 @@ import numpy as np
 from utils.channels import ERA5_LEVELS
 from utils.era5_layout import (
     CLIMATOLOGY_DIR,
+    SINGLE_DIR,
     STATISTIC_DIR,
     day_dir,
     from_hours,
@@ -238,9 +239,14 @@ def generate(
     statistics: bool = True,
     climatology: bool = True,
     progress: bool = False,
+    data_format: str = "npy",
 ) -> dict:
     """Write ``days`` days from ``start`` (every ``hour_step`` hours) under ``root_dir``, then the
-    statistics and the climatology. Refuses a non-empty ``root_dir`` unless ``overwrite``."""
+    statistics and the climatology. Refuses a non-empty ``root_dir`` unless ``overwrite``.
+    ``data_format="h5"`` converts the fields to one HDF5 file per year (``<root_dir>/all/``,
+    :mod:`utils.npy_to_h5`) and removes the ``.npy`` files."""
+    if data_format not in ("npy", "h5"):
+        raise ValueError(f"data_format must be 'npy' or 'h5', got {data_format!r}")
     from tqdm import tqdm
 
     if days < 1 or hour_step < 1 or 24 % hour_step:
@@ -297,6 +303,16 @@ def generate(
     if climatology:
         result["climatology"] = write_analytic_climatology(generator, root_dir, times)
     result["channels"] = len(generator.variables) * len(generator.levels) + len(generator.surface)
+    result["data_format"] = data_format
+    if data_format == "h5":
+        from utils.channels import ChannelLayout
+        from utils.npy_to_h5 import convert
+
+        layout = ChannelLayout(generator.variables, generator.levels, generator.surface)
+        convert(root_dir, root_dir, layout, first_day.isoformat(), end, hour_step, overwrite=True)
+        for year in sorted({from_hours(t).year for t in times}):
+            shutil.rmtree(os.path.join(root_dir, f"{year:04d}"), ignore_errors=True)
+        shutil.rmtree(os.path.join(root_dir, SINGLE_DIR), ignore_errors=True)
     return result
 
 
@@ -350,6 +366,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty root_dir")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--format",
+        choices=["npy", "h5"],
+        default="npy",
+        help="npy: one file per field; h5: one HDF5 file per year under <root_dir>/all/",
+    )
     args = parser.parse_args(argv)
     result = generate(
         args.root_dir,
@@ -364,6 +386,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.surface,
         args.overwrite,
         progress=not args.quiet,
+        data_format=args.format,
     )
     print(json.dumps(result))
 
