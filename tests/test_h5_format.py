@@ -128,6 +128,10 @@ def test_conversion_resumes_a_partial_year_and_runs_years_in_parallel(tmp_path, 
         (2020, 8, "written"),
     ]
 
+    small = ["h_size=8", "w_size=16", "pressure_level=[850]", "num_data_workers=0"]
+    small.append("train_period=['2019-12-30', '2020-01-02']")  # across the two year files
+    assert_same_batches(*pair(src, str(tmp_path / "fresh"), "train", *small), [0, 6, 7, 14])
+
     out = str(tmp_path / "out")
     monkeypatch.setattr(npy_to_h5, "FLUSH_EVERY", 3)
     reads = {"n": 0}

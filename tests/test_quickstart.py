@@ -9,16 +9,21 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.slow
-def test_quickstart_runs_end_to_end_and_reuses_what_exists(tmp_path):
-    env = dict(
+def quickstart_env(tmp_path, port):
+    """The environment of a quickstart run writing everything under ``tmp_path``."""
+    return dict(
         os.environ,
         PYTHON=sys.executable,
         DATA_DIR=str(tmp_path / "data"),
         EXP_DIR=str(tmp_path / "exp"),
         RESULTS_DIR=str(tmp_path / "results"),
-        MASTER_PORT="29613",
+        MASTER_PORT=port,
     )
+
+
+@pytest.mark.slow
+def test_quickstart_runs_end_to_end_and_reuses_what_exists(tmp_path):
+    env = quickstart_env(tmp_path, "29613")
     cmd = [
         "bash",
         os.path.join(REPO, "quickstart.sh"),
@@ -43,3 +48,23 @@ def test_quickstart_runs_end_to_end_and_reuses_what_exists(tmp_path):
     assert "reusing synthetic ERA5" in second.stdout
     assert "nothing to do" in second.stdout + second.stderr
     assert ckpt.stat().st_mtime == mtime
+
+
+def test_quickstart_refuses_an_unknown_format(tmp_path):
+    env = dict(os.environ, PYTHON=sys.executable, DATA_DIR=str(tmp_path / "data"))
+    cmd = ["bash", os.path.join(REPO, "quickstart.sh"), "--format", "zarr"]
+    run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "--format must be npy or h5, got 'zarr'" in run.stderr
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.slow
+def test_quickstart_h5_format_end_to_end(tmp_path):
+    env = quickstart_env(tmp_path, "29617")
+    cmd = ["bash", os.path.join(REPO, "quickstart.sh"), "--format", "h5"]
+    cmd += ["--set", "max_epochs=1", "--set", "max_steps_per_epoch=1"]
+    run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "writing 32 days of synthetic ERA5" in run.stdout and "(h5)" in run.stdout
+    assert sorted(os.listdir(tmp_path / "data")) == ["all", "statistic"]
+    assert "RMSE model" in run.stdout and (tmp_path / "results" / "metrics.json").is_file()

@@ -15,9 +15,11 @@ Every read checks the ``.npy`` header (shape ``(h_size, w_size)``, float32) and 
 checked for NaN/inf; ``check_data_values: true`` also scans every field of the period at start-up.
 All errors name the files (and dates) at fault.
 
-Reading is done with one ``os.preadv`` per file, scattering the 128-byte header into a scratch
-buffer and the data straight into a preallocated batch array, each channel normalised while it is
-still in cache. :meth:`ERA5NpyDataset.read_batch` reads a whole batch at once (no per-sample
+The files are read by a state reader chosen by ``data_format``: :class:`NpyStateReader` (``npy``,
+one ``os.preadv`` per file, scattering the 128-byte header into a scratch buffer and the data
+straight into a preallocated batch array) or :class:`utils.h5_reader.H5StateReader` (``h5``, one
+HDF5 file per year); either way each channel is normalised here while it is still in cache, so
+the same sample is bit-identical from both formats. :meth:`ERA5NpyDataset.read_batch` reads a whole batch at once (no per-sample
 collation). ``get_data_loader`` reads ahead with threads (:class:`ThreadedBatchLoader`, the
 default ``loader_backend: threads``) or DataLoader worker processes (``processes``; the batch
 array then lives in shared memory, so it crosses to the main process without a copy).
