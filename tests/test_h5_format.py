@@ -12,7 +12,7 @@ from conftest import make_params
 
 import inference
 import train
-from utils import npy_to_h5
+from utils import h5_reader, npy_to_h5
 from utils.checkpoint import load_checkpoint
 from utils.data_loader_npyfiles import ERA5NpyDataset, get_data_loader
 from utils.era5_layout import DataFileError, MissingDataError, to_hours
@@ -53,9 +53,15 @@ def test_converted_file_describes_itself(h5_root):
     assert runs([4, 5, 6, 0, 2, 3]) == [(0, 4, 3), (3, 0, 1), (4, 2, 2)]
 
 
-@pytest.mark.parametrize("mode", ["train", "test"])
-def test_same_samples_bit_identical_from_both_formats(synthetic_root, h5_root, mode):
+@pytest.mark.parametrize("mode,block_channels", [("train", 64), ("test", 3)])
+def test_same_samples_bit_identical_from_both_formats(
+    synthetic_root, h5_root, mode, block_channels, monkeypatch
+):
+    monkeypatch.setattr(h5_reader, "BLOCK_BYTES", block_channels * 32 * 64 * 4)
     a, b = pair(synthetic_root, h5_root, mode)
+    assert [n for _, _, n in b.reader._blocks([(0, 0, 20)])] == (
+        [20] if mode == "train" else [3] * 6 + [2]
+    )
     assert len(a) == len(b) and np.array_equal(a.times, b.times)
     assert_same_batches(a, b, [0, 2, len(a) - 1])
 

@@ -7,10 +7,11 @@ normalisation, checks) itself.
 
 Each file's metadata is read once, in the process that builds the dataset, with a handle that is
 closed again, so no HDF5 handle ever crosses a fork. Rows stored raw (float32, no filter,
-contiguous or one time step per chunk: every file this project writes) are then read with one
-``os.preadv`` per run of consecutive channels from a file descriptor opened lazily, once per file
-in each reader process; ``preadv`` releases the GIL and keeps no file position, so the reader
-threads of a process share it. Other files (compressed, chunked otherwise) are read through
+contiguous or one time step per chunk: every file this project writes) are then read with
+``os.preadv``, a block of consecutive channels of at most :data:`BLOCK_BYTES` at a time (each
+block normalised by the dataset while it is in the CPU cache), from a file descriptor opened
+lazily, once per file in each reader process; ``preadv`` releases the GIL and keeps no file
+position, so the reader threads of a process share it. Other files (compressed, chunked otherwise) are read through
 h5py, with one handle per file opened lazily in each reader thread of each process; h5py
 serialises its calls, so prefer ``loader_backend: processes`` for those.
 """
@@ -26,6 +27,8 @@ import numpy as np
 from utils.era5_layout import DataFileError, MissingDataError, from_hours
 from utils.grid import read_grid
 from utils.h5_layout import H5YearFile, channel_indices, describe, find_year_files, runs, year_path
+
+BLOCK_BYTES = 1 << 19  # channels read at once: normalised while they are in the CPU cache
 
 
 class H5StateReader:
@@ -110,26 +113,35 @@ class H5StateReader:
         """Write the state at ``time_hours`` into ``dst`` (float32 ``(C, H, W)``, C-contiguous),
         then call ``each(time_hours, c, dst[c])`` for every channel ``c``."""
         info, row, _, channel_runs = self._locate(time_hours)
-        if info.row_offsets is not None:
-            fd = self._descriptor(info.path)
-            base = int(info.row_offsets[row])
-            for first, source, count in channel_runs:
-                block = dst[first : first + count]
+        raw = info.row_offsets is not None
+        if raw:
+            fd, base = self._descriptor(info.path), int(info.row_offsets[row])
+        else:
+            dset = self._dataset(info.path)
+        for first, source, count in self._blocks(channel_runs):
+            if raw:
                 want = count * self._row_bytes
-                got = os.preadv(fd, [block], base + source * self._row_bytes)
+                got = os.preadv(fd, [dst[first : first + count]], base + source * self._row_bytes)
                 if got != want:
                     raise DataFileError(
                         f"{info.path}: row {row} is truncated ({got} of {want} bytes read)"
                     )
-        else:
-            dset = self._dataset(info.path)
-            for first, source, count in channel_runs:
+            else:
                 dset.read_direct(
                     dst, np.s_[row, source : source + count], np.s_[first : first + count]
                 )
-        if each is not None:
-            for c in range(dst.shape[0]):
-                each(time_hours, c, dst[c])
+            if each is not None:  # while the block is still in the CPU cache
+                for c in range(first, first + count):
+                    each(time_hours, c, dst[c])
+
+    def _blocks(self, channel_runs: list) -> list:
+        """The runs cut into blocks of at most :data:`BLOCK_BYTES` (at least one channel)."""
+        per_block = max(1, BLOCK_BYTES // self._row_bytes)
+        return [
+            (first + k, source + k, min(per_block, count - k))
+            for first, source, count in channel_runs
+            for k in range(0, count, per_block)
+        ]
 
     # ------------------------------------------------------------------------ handles
     def _reset_handles(self) -> None:
