@@ -1,5 +1,6 @@
-"""The HDF5 backend (data_format: h5): conversion, bit-identical samples, plain FourCastNet files,
-errors naming both sides, resumable and parallel conversion, and training/evaluation across formats."""
+"""The HDF5 backend (data_format: h5): conversion, bit-identical samples, plain FourCastNet
+files, errors naming both sides, resumable and parallel conversion, and training and evaluation
+across formats."""
 
 import json
 import os

@@ -19,10 +19,11 @@ The files are read by a state reader chosen by ``data_format``: :class:`NpyState
 one ``os.preadv`` per file, scattering the 128-byte header into a scratch buffer and the data
 straight into a preallocated batch array) or :class:`utils.h5_reader.H5StateReader` (``h5``, one
 HDF5 file per year); either way each channel is normalised here while it is still in cache, so
-the same sample is bit-identical from both formats. :meth:`ERA5NpyDataset.read_batch` reads a whole batch at once (no per-sample
-collation). ``get_data_loader`` reads ahead with threads (:class:`ThreadedBatchLoader`, the
-default ``loader_backend: threads``) or DataLoader worker processes (``processes``; the batch
-array then lives in shared memory, so it crosses to the main process without a copy).
+the same sample is bit-identical from both formats. :meth:`ERA5NpyDataset.read_batch` reads a
+whole batch at once (no per-sample collation). ``get_data_loader`` reads ahead with threads
+(:class:`ThreadedBatchLoader`, the default ``loader_backend: threads``) or DataLoader worker
+processes (``processes``; the batch array then lives in shared memory, so it crosses to the main
+process without a copy).
 """
 
 from __future__ import annotations
@@ -179,7 +180,6 @@ class ERA5NpyDataset(Dataset):
                 f"t_out_{mode}={self.t_out} at lead_time={self.lead} h: no sample fits"
             )
 
-        self.data_format = params.get("data_format", "npy")
         self.reader = make_reader(params, mode)
         self.mean, self.std = load_mean_std(self.root, self.layout)
         self._inv_std = (1.0 / self.std.astype(np.float64)).astype(np.float32)

@@ -2,7 +2,7 @@
 
 ::
 
-    <root>/<split>/<YYYY>.h5        split: train | valid | test | all (any other name is searched too)
+    <root>/<split>/<YYYY>.h5        split: train | valid | test | all (any other name too)
     <root>/statistic/...            the same statistics, grid and climatology as the .npy layout
 
 Each file holds the dataset ``fields``, float32 ``(T, C, H, W)``, chunked one time step per chunk

@@ -11,9 +11,9 @@ contiguous or one time step per chunk: every file this project writes) are then 
 ``os.preadv``, a block of consecutive channels of at most :data:`BLOCK_BYTES` at a time (each
 block normalised by the dataset while it is in the CPU cache), from a file descriptor opened
 lazily, once per file in each reader process; ``preadv`` releases the GIL and keeps no file
-position, so the reader threads of a process share it. Other files (compressed, chunked otherwise) are read through
-h5py, with one handle per file opened lazily in each reader thread of each process; h5py
-serialises its calls, so prefer ``loader_backend: processes`` for those.
+position, so the reader threads of a process share it. Other files (compressed, chunked
+otherwise) are read through h5py, with one handle per file opened lazily in each reader thread
+of each process; h5py serialises its calls, so prefer ``loader_backend: processes`` for those.
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ class H5StateReader:
         year = from_hours(time_hours).year
         when = f"{from_hours(time_hours):%Y-%m-%d %H:%M}"
         if year not in self._paths:
-            return f"{year_path(self.root, year, self.split)} (or under any sub-directory): no file for {when}"
+            expected = year_path(self.root, year, self.split)
+            return f"{expected} (or under any sub-directory): no file for {when}"
         return f"{self._paths[year]}: no time step {when}"
 
     def missing(self, times) -> list[tuple[int, str]]:

@@ -101,7 +101,8 @@ def convert_year(
             if f.attrs.get("complete") and same_contents_plan(f, times, layout.names, lat, lon):
                 return dict(result, status="skipped")
         raise FileExistsError(
-            f"{final} exists but holds other times, channels or grid; pass --overwrite to replace it"
+            f"{final} exists but holds other times, channels or grid; "
+            "pass --overwrite to replace it"
         )
     os.makedirs(os.path.dirname(final), exist_ok=True)
     partial = partial_path(final)
