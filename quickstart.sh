@@ -64,7 +64,7 @@ CONFIG=$CONFIG EXP_DIR=$EXP_DIR bash train.sh --set "root_dir=$DATA_DIR" \
 
 step "evaluating with test.sh"
 CONFIG=$CONFIG EXP_DIR=$EXP_DIR OUT_DIR=$RESULTS_DIR bash test.sh --set "root_dir=$DATA_DIR" \
-  --set "data_format=$FORMAT"
+  --set "data_format=$FORMAT" --overwrite
 
 step "done"
 echo "run directory: $EXP_DIR/$CONFIG/0 (out.log, metrics.jsonl, training_checkpoints/)"

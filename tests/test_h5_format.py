@@ -118,7 +118,13 @@ def test_wrong_channels_grid_and_missing_times_name_both_sides(synthetic_root, h
     with pytest.raises(MissingDataError) as err:
         ERA5NpyDataset(
             make_params(
-                h5_root, "tiny", ["data_format=h5", "train_period=['2020-01-30', '2020-02-02']"]
+                h5_root,
+                "tiny",
+                [
+                    "data_format=h5",
+                    "train_period=['2020-01-30', '2020-02-02']",
+                    "allow_overlapping_periods=true",
+                ],
             ),
             "train",
         )

@@ -41,6 +41,7 @@ from utils.era5_layout import (
     read_field,
     scan_missing,
 )
+from utils.errors import OutputExistsError, cli_errors
 from utils.grid import latitudes, longitudes, read_grid
 from utils.h5_layout import ALL_SPLIT, FIELDS, create_year_file, same_contents_plan, year_path
 
@@ -100,7 +101,7 @@ def convert_year(
         with h5py.File(final, "r") as f:
             if f.attrs.get("complete") and same_contents_plan(f, times, layout.names, lat, lon):
                 return dict(result, status="skipped")
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{final} exists but holds other times, channels or grid; "
             "pass --overwrite to replace it"
         )
@@ -207,22 +208,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1, help="years converted at once")
     parser.add_argument("--overwrite", action="store_true", help="rewrite existing year files")
     args = parser.parse_args(argv)
-    layout = None
-    if args.config:
-        from utils.YParams import YParams
+    with cli_errors():
+        layout = None
+        if args.config:
+            from utils.YParams import YParams
 
-        layout = YParams(args.yaml_config, args.config).layout
-    summary = convert(
-        args.root_dir,
-        args.out_dir,
-        layout,
-        args.start,
-        args.end,
-        args.hour_step,
-        args.split,
-        args.workers,
-        args.overwrite,
-    )
+            layout = YParams(args.yaml_config, args.config).layout
+        summary = convert(
+            args.root_dir,
+            args.out_dir,
+            layout,
+            args.start,
+            args.end,
+            args.hour_step,
+            args.split,
+            args.workers,
+            args.overwrite,
+        )
     print(json.dumps(summary))
 
 
