@@ -1,18 +1,21 @@
-"""Loader throughput against a raw ``np.load`` loop over the same files.
+"""Loader throughput of the npy and h5 formats against a raw ``np.load`` loop over the same files.
 
 ::
 
     python benchmarks/bench_loader.py                        # 32 x 64, levels 850/500/250 (20 ch)
     python benchmarks/bench_loader.py --h_size 128 --w_size 256 --paper_levels --days 4   # 70 ch
-    python benchmarks/bench_loader.py --root_dir DIR --config tiny --json
+    python benchmarks/bench_loader.py --root_dir DIR --config tiny --format npy --json
 
-Measures samples/s (a sample = the input state and the target state(s), i.e. every file of them) of
-(1) raw ``np.load`` of the same files in a tight loop, (2) ``ERA5NpyDataset.__getitem__``, (3) the
+Measures samples/s (a sample = the input state and the target state(s)) of (1) raw ``np.load`` of
+the sample's ``.npy`` files in a tight loop, and, for each ``--format`` (``npy``: one file per
+field; ``h5``: one HDF5 file per year, converted from the same ``.npy`` files with
+``utils.npy_to_h5``, so both read the same data), (2) ``ERA5NpyDataset.__getitem__``, (3) the
 training loader of ``get_data_loader`` with 0, 1 and 2 reader threads (``loader_backend:
 threads``) and 1 and 2 worker processes (``processes``), timed after the first batch so that
-start-up is excluded. Each of ``--repeats`` rounds times the raw loop right before every reader; the table
-gives median rates and the median of the per-round ratios to raw. Files are read once before
-timing so that every measurement sees a warm page cache.
+start-up is excluded. Each of ``--repeats`` rounds times the raw loop right before every reader
+of every format, the formats of one reader back to back; the table gives median rates, the
+median of the per-round ratios to raw and, per reader, the median per-round ratio h5 / npy.
+Files are read once before timing so that every measurement sees a warm page cache.
 
 Like train.sh and test.sh, the benchmark enables transparent huge pages for PyTorch's large CPU
 allocations (``THP_MEM_ALLOC_ENABLE=1``): a fresh 70 MB batch buffer then costs a few dozen page
@@ -70,10 +73,36 @@ def _rate(n, seconds):
     return n / seconds if seconds > 0 else float("inf")
 
 
+def _readers(args, params, data_format, through_loader, direct):
+    """``[(name, timer)]`` of one format: ``dataset[i]`` and every loader setting asked for."""
+    from utils.data_loader_npyfiles import ERA5NpyDataset, get_data_loader
+
+    params["data_format"] = data_format
+    dataset = ERA5NpyDataset(params, "train")
+    readers = [("dataset[i]", lambda: direct(dataset))]
+    for backend in args.backends:
+        for workers in args.workers:
+            if backend == "processes" and workers == 0:
+                continue  # the same as threads with 0 readers
+            params["num_data_workers"], params["loader_backend"] = workers, backend
+            loader = get_data_loader(params, False, "train")[0]
+            readers.append(
+                (f"loader {backend}={workers}", lambda loader=loader: through_loader(loader))
+            )
+    return dataset, readers
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root_dir", default=None, help="existing dataset (default: generate one)")
     parser.add_argument("--config", default="tiny")
+    parser.add_argument(
+        "--format",
+        nargs="+",
+        default=["npy", "h5"],
+        choices=["npy", "h5"],
+        help="data formats to time (h5 is converted from the npy files when generating)",
+    )
     parser.add_argument("--h_size", type=int, default=32)
     parser.add_argument("--w_size", type=int, default=64)
     parser.add_argument("--levels", type=int, nargs="+", default=[850, 500, 250])
@@ -101,7 +130,7 @@ def main(argv=None):
 
     import torch
 
-    from utils.data_loader_npyfiles import ERA5NpyDataset, get_data_loader
+    from utils.data_loader_npyfiles import ERA5NpyDataset
 
     torch.set_num_threads(1)
     if args.paper_levels:
@@ -124,14 +153,22 @@ def main(argv=None):
                 f"generated {args.days} days at {args.h_size}x{args.w_size} in "
                 f"{time.perf_counter() - t:.1f} s under {root}"
             )
+        if "h5" in args.format:
+            from utils.npy_to_h5 import convert
+
+            t = time.perf_counter()
+            convert(root, root, _params(args, root, levels).layout, hour_step=6)
+            if not args.json:
+                print(f"converted to h5 (<root>/all/<YYYY>.h5) in {time.perf_counter() - t:.1f} s")
     params = _params(args, root, levels)
-    dataset = ERA5NpyDataset(params, "train")
+    params["data_format"] = "npy"
+    reference = ERA5NpyDataset(params, "train")
     n = args.samples
-    indices = [i % len(dataset) for i in range(n)]
+    indices = [i % len(reference) for i in range(n)]
     files = []
     for i in indices:
-        ins, outs = dataset.sample_times(i)
-        files.append([p for t in ins + outs for p in dataset.paths(t)])
+        ins, outs = reference.sample_times(i)
+        files.append([p for t in ins + outs for p in reference.paths(t)])
 
     def raw():
         start = time.perf_counter()
@@ -140,7 +177,7 @@ def main(argv=None):
                 np.load(p)
         return _rate(n, time.perf_counter() - start)
 
-    def direct():
+    def direct(dataset):
         start = time.perf_counter()
         for i in indices:
             dataset[i]
@@ -161,67 +198,75 @@ def main(argv=None):
         return _rate(count, time.perf_counter() - start)
 
     raw()  # warm the page cache
-    readers = [("dataset[i]", direct)]
-    for backend in args.backends:
-        for workers in args.workers:
-            if backend == "processes" and workers == 0:
-                continue  # the same as threads with 0 readers
-            params["num_data_workers"], params["loader_backend"] = workers, backend
-            loader = get_data_loader(params, False, "train")[0]
-            readers.append(
-                (f"loader {backend}={workers}", lambda loader=loader: through_loader(loader))
-            )
+    by_format = {f: _readers(args, params, f, through_loader, direct) for f in args.format}
+    for _, readers in by_format.values():
+        for _, reader in readers[:1]:
+            reader()  # warm the page cache of this format's files
+    names = [name for name, _ in next(iter(by_format.values()))[1]]
     # Each round times the raw loop right before every reader, so a ratio compares two rates
     # measured seconds apart; the medians over rounds are robust to this machine's noise.
-    raw_rates, rates, ratios = (
-        [],
-        {name: [] for name, _ in readers},
-        {name: [] for name, _ in readers},
-    )
+    raw_rates = []
+    rates = {(f, name): [] for f in args.format for name in names}
+    ratios = {key: [] for key in rates}
     for _ in range(args.repeats):
-        for name, reader in readers:
-            reference = raw()
-            rate = reader()
-            raw_rates.append(reference)
-            rates[name].append(rate)
-            ratios[name].append(rate / reference)
+        for k, name in enumerate(names):
+            for f in args.format:
+                reference_rate = raw()
+                rate = by_format[f][1][k][1]()
+                raw_rates.append(reference_rate)
+                rates[f, name].append(rate)
+                ratios[f, name].append(rate / reference_rate)
     raw_rate = float(np.median(raw_rates))
-    results = [
-        (name, float(np.median(rates[name])), float(np.median(ratios[name]))) for name, _ in readers
-    ]
+    rows = [("raw np.load", "npy", raw_rate, 1.0, None)]
+    for name in names:
+        h5_vs_npy = None
+        if {"npy", "h5"} <= set(args.format):
+            h5_vs_npy = float(np.median(np.array(rates["h5", name]) / np.array(rates["npy", name])))
+        for f in args.format:
+            rows.append(
+                (
+                    name,
+                    f,
+                    float(np.median(rates[f, name])),
+                    float(np.median(ratios[f, name])),
+                    h5_vs_npy if f == "h5" else None,
+                )
+            )
+    states = reference.t_in + reference.t_out
     files_per_sample = len(files[0])
-    mb = files_per_sample * dataset.h * dataset.w * 4 / 2**20
+    mb = files_per_sample * reference.h * reference.w * 4 / 2**20
     header = dict(
-        grid=f"{dataset.h}x{dataset.w}",
-        channels=dataset.layout.n_channels,
-        files_per_sample=files_per_sample,
+        grid=f"{reference.h}x{reference.w}",
+        channels=reference.layout.n_channels,
+        npy_files_opened_per_sample=files_per_sample,
+        h5_reads_per_sample=states,
         mb_per_sample=round(mb, 2),
         samples=n,
         batch_size=args.batch_size,
         cpus=os.cpu_count(),
     )
-    rows = [("raw np.load", raw_rate, 1.0)] + results
     if args.json:
-        for name, rate, ratio in rows:
-            print(
-                json.dumps(
-                    dict(
-                        header,
-                        reader=name,
-                        samples_per_s=round(rate, 2),
-                        ratio_to_raw=round(ratio, 3),
-                        repeats=args.repeats,
-                    )
-                )
+        for name, f, rate, ratio, h5_vs_npy in rows:
+            row = dict(
+                header,
+                reader=name,
+                format=f,
+                samples_per_s=round(rate, 2),
+                ratio_to_raw=round(ratio, 3),
+                repeats=args.repeats,
             )
+            if h5_vs_npy is not None:
+                row["h5_over_npy"] = round(h5_vs_npy, 3)
+            print(json.dumps(row))
     else:
         print(", ".join(f"{k}={v}" for k, v in header.items()))
-        print(f"{'reader':<24}{'samples/s':>12}{'MB/s':>10}{'x raw':>8}")
-        for name, rate, ratio in rows:
-            print(f"{name:<24}{rate:>12.1f}{rate * mb:>10.0f}{ratio:>8.2f}")
+        print(f"{'reader':<24}{'format':>7}{'samples/s':>12}{'MB/s':>10}{'x raw':>8}{'h5/npy':>8}")
+        for name, f, rate, ratio, h5_vs_npy in rows:
+            tail = f"{h5_vs_npy:>8.2f}" if h5_vs_npy is not None else ""
+            print(f"{name:<24}{f:>7}{rate:>12.1f}{rate * mb:>10.0f}{ratio:>8.2f}{tail}")
         print(
-            f"(medians over {args.repeats} rounds; x raw is the median of per-round ratios; "
-            f"raw np.load ranged {min(raw_rates):.1f}-{max(raw_rates):.1f} samples/s)"
+            f"(medians over {args.repeats} rounds; x raw and h5/npy are medians of per-round "
+            f"ratios; raw np.load ranged {min(raw_rates):.1f}-{max(raw_rates):.1f} samples/s)"
         )
     if tmp is not None:
         tmp.cleanup()

@@ -26,7 +26,12 @@ def test_base_from_the_shipped_file_and_from_the_same_file(tmp_path):
     assert load_section(path, "short") == {**tiny, "max_epochs": 2}  # the same file first
     assert load_section(path, "shorter") == {**tiny, "max_epochs": 2, "lr": 1.0e-3}
     params = YParams(path, "shorter", ["max_epochs=3"])
-    assert (params.max_epochs, params.depth, params.h_size, params.layout.n_channels) == (3, 1, 32, 20)
+    assert (params.max_epochs, params.depth, params.h_size, params.layout.n_channels) == (
+        3,
+        1,
+        32,
+        20,
+    )
 
 
 def test_missing_keys_fall_back_to_full_field(tmp_path):

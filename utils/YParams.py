@@ -48,6 +48,7 @@ _CHOICES = {
     "recons_target": ("input", "target"),
     "amp_dtype": ("bf16", "fp16"),
     "loader_backend": ("threads", "processes"),
+    "data_format": ("npy", "h5"),
 }
 _POSITIVE_INTS = (
     "h_size",

@@ -1,4 +1,5 @@
-"""ERA5 samples from the one-``.npy``-per-variable-level-and-hour layout (described in ``docs/design.md``).
+"""ERA5 samples from the one-``.npy``-per-field layout or the one-HDF5-file-per-year layout
+(``data_format``; both described in ``docs/design.md``).
 
 ``ERA5NpyDataset(params, mode)`` indexes the samples of ``params.<mode>_period`` in the dataset at
 ``<mode>_root_dir`` (``valid_root_dir`` / ``test_root_dir``; ``root_dir`` when unset or in
@@ -21,12 +22,15 @@ Every read checks the ``.npy`` header (shape ``(h_size, w_size)``, float32) and 
 checked for NaN/inf; ``check_data_values: true`` also scans every field of the period at start-up.
 All errors name the files (and dates) at fault.
 
-Reading is done with one ``os.preadv`` per file, scattering the 128-byte header into a scratch
-buffer and the data straight into a preallocated batch array, each channel normalised while it is
-still in cache. :meth:`ERA5NpyDataset.read_batch` reads a whole batch at once (no per-sample
-collation). ``get_data_loader`` reads ahead with threads (:class:`ThreadedBatchLoader`, the
-default ``loader_backend: threads``) or DataLoader worker processes (``processes``; the batch
-array then lives in shared memory, so it crosses to the main process without a copy).
+The files are read by a state reader chosen by ``data_format``: :class:`NpyStateReader` (``npy``,
+one ``os.preadv`` per file, scattering the 128-byte header into a scratch buffer and the data
+straight into a preallocated batch array) or :class:`utils.h5_reader.H5StateReader` (``h5``, one
+HDF5 file per year); either way each channel is normalised here while it is still in cache, so
+the same sample is bit-identical from both formats. :meth:`ERA5NpyDataset.read_batch` reads a
+whole batch at once (no per-sample collation). ``get_data_loader`` reads ahead with threads
+(:class:`ThreadedBatchLoader`, the default ``loader_backend: threads``) or DataLoader worker
+processes (``processes``; the batch array then lives in shared memory, so it crosses to the main
+process without a copy).
 """
 
 from __future__ import annotations
@@ -92,6 +96,76 @@ def _empty(shape: Sequence[int], pin_memory: bool = False) -> torch.Tensor:
     return torch.empty(*shape, dtype=torch.float32, pin_memory=pin_memory)
 
 
+class NpyStateReader:
+    """States ``(C, H, W)`` of ``layout``'s channels from the one-``.npy``-per-field layout
+    (``data_format: npy``): one ``os.preadv`` per file, the 128-byte header into a scratch
+    buffer and the data straight into the destination."""
+
+    def __init__(self, root: str, layout, shape: tuple):
+        self.root, self.layout, self.shape = root, layout, tuple(shape)
+        self._header = npy_header(self.shape, np.float32)
+        self._expected = len(self._header) + int(np.prod(self.shape)) * 4
+
+    def missing(self, times) -> list[tuple[int, str]]:
+        """``(time_hours, path)`` of every missing file at ``times``, in time then channel order."""
+        return scan_missing(self.root, self.layout.channels, times)
+
+    def stored_times(self, first: int, last: int) -> np.ndarray:
+        """Sorted times (hours) in ``[first, last]`` at which any channel has a file."""
+        return available_times(self.root, self.layout.channels, first, last)
+
+    def source(self, time_hours: int, channel: int) -> str:
+        """The file of one field and its time, for error messages."""
+        path = channel_paths(self.root, self.layout, int(time_hours))[channel]
+        return f"{path} ({from_hours(time_hours):%Y-%m-%d %H:%M})"
+
+    def read(self, time_hours: int, dst: np.ndarray, each=None) -> None:
+        """Write the state at ``time_hours`` into ``dst`` (float32 ``(C, H, W)``), calling
+        ``each(time_hours, c, dst[c])`` right after channel ``c`` is read."""
+        scratch = bytearray(len(self._header))
+        for c, path in enumerate(channel_paths(self.root, self.layout, int(time_hours))):
+            out = dst[c]
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                raise MissingDataError(
+                    f"missing data file {path} ({from_hours(time_hours):%Y-%m-%d %H:%M})"
+                ) from None
+            except OSError as err:
+                raise DataFileError(f"cannot read {path}: {err.strerror}") from None
+            try:
+                if _HAS_PREADV:
+                    n = os.preadv(fd, [scratch, out, _TAIL], 0)
+                else:  # pragma: no cover - platforms without preadv
+                    with os.fdopen(os.dup(fd), "rb") as f:
+                        n = f.readinto(scratch) + f.readinto(memoryview(out).cast("B"))
+                        n += len(f.read(1))
+            except OSError as err:  # a directory, an I/O error
+                raise DataFileError(f"cannot read {path}: {err.strerror}") from None
+            finally:
+                os.close(fd)
+            if n != self._expected or scratch != self._header:
+                # another header layout, or a wrong file: check it fully
+                out[...] = read_field(path, self.shape, check_finite=False)
+            if each is not None:
+                each(time_hours, c, out)
+
+
+def make_reader(params, mode: str, root: str):
+    """The state reader of ``params``' ``data_format`` for the dataset at ``root``:
+    :class:`NpyStateReader` (``npy``) or :class:`utils.h5_reader.H5StateReader` (``h5``, files
+    under ``<root>/<mode>/`` first)."""
+    shape = (int(params["h_size"]), int(params["w_size"]))
+    data_format = params.get("data_format", "npy")
+    if data_format == "npy":
+        return NpyStateReader(root, params["layout"], shape)
+    if data_format == "h5":
+        from utils.h5_reader import H5StateReader
+
+        return H5StateReader(root, params["layout"], shape, mode, params.get("h5_channels"))
+    raise ValueError(f"'data_format' is {data_format!r}; expected 'npy' or 'h5'")
+
+
 class ERA5NpyDataset(Dataset):
     """Samples of one mode (``train``, ``valid`` or ``test``) of a configuration (see module doc)."""
 
@@ -119,6 +193,7 @@ class ERA5NpyDataset(Dataset):
 
         first, last = period_bounds(self.period)
         self._offsets = np.arange(-(self.t_in - 1), self.t_out + 1, dtype=np.int64) * self.lead
+        self.reader = make_reader(params, mode, self.root)
         start = self._first_sample_time(params, first, last)
         times = np.arange(start, last - self._offsets[-1] + 1, self.interval, dtype=np.int64)
         if len(times) == 0:
@@ -131,7 +206,7 @@ class ERA5NpyDataset(Dataset):
         self._inv_std = (1.0 / self.std.astype(np.float64)).astype(np.float32)
 
         needed = np.unique((times[:, None] + self._offsets[None, :]).ravel())
-        missing = scan_missing(self.root, self.layout.channels, needed)
+        missing = self.reader.missing(needed)
         if missing:
             if not skip_incomplete:
                 raise MissingDataError(
@@ -156,8 +231,6 @@ class ERA5NpyDataset(Dataset):
                 )
         self.times = times
 
-        self._header = npy_header((self.h, self.w), np.float32)
-        self._nbytes = self.h * self.w * 4
         if params.get("check_data_values", False):
             self.check_values()
         else:  # at least the first sample's files (shape, dtype, values) before training starts
@@ -188,10 +261,9 @@ class ERA5NpyDataset(Dataset):
             self.data_step = int(configured)
             phase = earliest
         else:
-            channels = self.layout.channels
-            stored = available_times(self.root, channels, first, min(last, first + 71))
+            stored = self.reader.stored_times(first, min(last, first + 71))
             if len(stored) < 2:
-                stored = available_times(self.root, channels, first, last)
+                stored = self.reader.stored_times(first, last)
             if len(stored) < 2:
                 raise MissingDataError(
                     f"{len(stored)} stored time(s) of the configured channels in {where}: "
@@ -220,46 +292,17 @@ class ERA5NpyDataset(Dataset):
         return channel_paths(self.root, self.layout, int(time_hours))
 
     # ----------------------------------------------------------------------------- reading
-    def _read_slow(self, path: str, dst: np.ndarray) -> None:
-        dst[...] = read_field(path, (self.h, self.w), check_finite=False)  # checked once normalised
+    def _normalise(self, time_hours: int, c: int, out: np.ndarray) -> None:
+        """z-score channel ``c`` of the state at ``time_hours`` in place, and check it is finite."""
+        np.subtract(out, self.mean[c], out=out)
+        np.multiply(out, self._inv_std[c], out=out)
+        if not math.isfinite(float(out.sum())):  # still in cache: cheap
+            raise DataFileError(f"NaN/inf values in {self.reader.source(time_hours, c)}")
 
-    def _read_state(
-        self, time_hours: int, dst: np.ndarray, scratch: bytearray, normalise: bool = False
-    ) -> None:
-        """Read every channel at ``time_hours`` into ``dst`` ``(C, H, W)``, in physical units or
-        z-score normalised. Each channel is normalised right after its read, while it is still in
-        the CPU cache, so the batch is written to memory once."""
-        header, expected = self._header, len(self._header) + self._nbytes
-        for c, path in enumerate(self.paths(time_hours)):
-            out = dst[c]
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                raise MissingDataError(
-                    f"missing data file {path} ({from_hours(time_hours):%Y-%m-%d %H:%M})"
-                ) from None
-            except OSError as err:
-                raise DataFileError(f"cannot read {path}: {err.strerror}") from None
-            try:
-                if _HAS_PREADV:
-                    n = os.preadv(fd, [scratch, out, _TAIL], 0)
-                else:  # pragma: no cover - platforms without preadv
-                    with os.fdopen(os.dup(fd), "rb") as f:
-                        n = f.readinto(scratch) + f.readinto(memoryview(out).cast("B"))
-                        n += len(f.read(1))
-            except OSError as err:  # a directory, an I/O error
-                raise DataFileError(f"cannot read {path}: {err.strerror}") from None
-            finally:
-                os.close(fd)
-            if n != expected or scratch != header:
-                self._read_slow(path, out)  # other header layout, or a wrong file: check it fully
-            if normalise:
-                np.subtract(out, self.mean[c], out=out)
-                np.multiply(out, self._inv_std[c], out=out)
-                if not math.isfinite(float(out.sum())):  # still in cache: cheap
-                    raise DataFileError(
-                        f"NaN/inf values in {path} ({from_hours(time_hours):%Y-%m-%d %H:%M})"
-                    )
+    def _read_state(self, time_hours: int, dst: np.ndarray, normalise: bool = False) -> None:
+        """Every channel at ``time_hours`` into ``dst`` ``(C, H, W)``, in physical units or
+        z-score normalised (each channel right after its read, while it is in the CPU cache)."""
+        self.reader.read(time_hours, dst, self._normalise if normalise else None)
 
     def _load(self, indices: Sequence[int], pin_memory: bool = False):
         b = len(indices)
@@ -267,7 +310,6 @@ class ERA5NpyDataset(Dataset):
         inp_t = _empty((b, self.t_in, c, self.h, self.w), pin_memory)
         tar_t = _empty((b, self.t_out, c, self.h, self.w), pin_memory)
         inp, tar = inp_t.numpy(), tar_t.numpy()
-        scratch = bytearray(len(self._header))
         times = np.empty(b, dtype=np.int64)
         for j, i in enumerate(indices):
             i = int(i)
@@ -279,7 +321,7 @@ class ERA5NpyDataset(Dataset):
             times[j] = t
             for k, offset in enumerate(self._offsets):
                 dst = inp[j, k] if k < self.t_in else tar[j, k - self.t_in]
-                self._read_state(t + int(offset), dst, scratch, normalise=True)
+                self._read_state(t + int(offset), dst, normalise=True)
         return inp_t, tar_t, times
 
     def __getitem__(self, i: int):
@@ -305,18 +347,19 @@ class ERA5NpyDataset(Dataset):
         """Read every field the samples use; one error lists every bad file (shape, dtype, NaN/inf)."""
         needed = np.unique((self.times[:, None] + self._offsets[None, :]).ravel())
         state = np.empty((self.layout.n_channels, self.h, self.w), dtype=np.float32)
-        scratch = bytearray(len(self._header))
         problems = []
         for t in needed:
             try:
-                self._read_state(int(t), state, scratch)
+                self._read_state(int(t), state)
             except (DataFileError, MissingDataError) as err:
                 problems.append(str(err))
                 continue
             finite = np.isfinite(state).reshape(state.shape[0], -1).all(axis=1)
             if not finite.all():
-                paths = self.paths(int(t))
-                problems += [f"{paths[c]}: NaN/inf values" for c in np.flatnonzero(~finite)]
+                problems += [
+                    f"{self.reader.source(int(t), c)}: NaN/inf values"
+                    for c in np.flatnonzero(~finite)
+                ]
         if problems:
             raise DataFileError(
                 f"{len(problems)} bad data file(s) in the {self.mode} period "

@@ -42,6 +42,7 @@ import numpy as np
 from utils.channels import ERA5_LEVELS
 from utils.era5_layout import (
     CLIMATOLOGY_DIR,
+    SINGLE_DIR,
     STATISTIC_DIR,
     day_dir,
     format_hours,
@@ -259,10 +260,15 @@ def generate(
     progress: bool = False,
     grid: str = "centres",
     hours: int | None = None,
+    data_format: str = "npy",
 ) -> dict:
     """Write ``days`` days (or ``hours`` hours) from ``start`` (a date, or a date-time for a
     partial day) every ``hour_step`` hours under ``root_dir``, then the grid file, the statistics
-    and the climatology. Refuses a non-empty ``root_dir`` unless ``overwrite``."""
+    and the climatology. Refuses a non-empty ``root_dir`` unless ``overwrite``.
+    ``data_format="h5"`` converts the fields to one HDF5 file per year (``<root_dir>/all/``,
+    :mod:`utils.npy_to_h5`) and removes the ``.npy`` files."""
+    if data_format not in ("npy", "h5"):
+        raise ConfigError(f"data_format must be 'npy' or 'h5', got {data_format!r}")
     from utils.progress import progress_bar
 
     span = 24 * int(days) if hours is None else int(hours)
@@ -319,6 +325,16 @@ def generate(
     if climatology:
         result["climatology"] = write_analytic_climatology(generator, root_dir, times)
     result["channels"] = len(generator.variables) * len(generator.levels) + len(generator.surface)
+    result["data_format"] = data_format
+    if data_format == "h5":
+        from utils.channels import ChannelLayout
+        from utils.npy_to_h5 import convert
+
+        layout = ChannelLayout(generator.variables, generator.levels, generator.surface)
+        convert(root_dir, root_dir, layout, first, last, hour_step, overwrite=True)
+        for year in sorted({from_hours(t).year for t in times}):
+            shutil.rmtree(os.path.join(root_dir, f"{year:04d}"), ignore_errors=True)
+        shutil.rmtree(os.path.join(root_dir, SINGLE_DIR), ignore_errors=True)
     return result
 
 
@@ -388,6 +404,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="fields and grid only (e.g. a held-out test folder: statistics come from training)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--format",
+        choices=["npy", "h5"],
+        default="npy",
+        help="npy: one file per field; h5: one HDF5 file per year under <root_dir>/all/",
+    )
     args = parser.parse_args(argv)
     with cli_errors():
         result = generate(
@@ -407,6 +429,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             progress=not args.quiet,
             grid=args.grid,
             hours=args.hours,
+            data_format=args.format,
         )
     print(json.dumps(result))
 

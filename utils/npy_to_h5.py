@@ -1,0 +1,232 @@
+"""Convert the one-``.npy``-per-field layout to one HDF5 file per year (``data_format: h5``).
+
+::
+
+    python -m utils.npy_to_h5 --root_dir /data/era5 --config vamoe --workers 4
+
+writes ``<out_dir>/<split>/<YYYY>.h5`` (default: ``<root_dir>/all/``, beside the ``.npy`` tree, so
+the same ``root_dir`` serves both formats) with the channels of ``--config`` (default: every
+variable found in the ``.npy`` tree) at every ``--hour_step`` hours of ``--start`` .. ``--end``
+(default: the days found), and copies ``statistic/`` when ``out_dir`` is elsewhere. Time steps
+with a missing file are left out of the year file (the loader reports them as missing).
+
+Resumable: a year whose file is complete is skipped; a year is written into
+``.<YYYY>.h5.partial`` beside its final name, recording after every flushed block how many rows
+are done, and renamed to ``<YYYY>.h5`` once complete, so an interrupted run continues where it
+stopped (a partial file that cannot be opened or was made for other times or channels is started
+again). ``--workers`` converts that many years at once, in separate processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+
+from utils.channels import ChannelLayout
+from utils.era5_layout import (
+    SINGLE_DIR,
+    STATISTIC_DIR,
+    DataFileError,
+    channel_path,
+    dates_of,
+    discover_variables,
+    from_hours,
+    period_times,
+    read_field,
+    scan_missing,
+)
+from utils.errors import OutputExistsError, cli_errors
+from utils.grid import latitudes, longitudes, read_grid
+from utils.h5_layout import ALL_SPLIT, FIELDS, create_year_file, same_contents_plan, year_path
+
+FLUSH_EVERY = 16  # rows between progress records of a partial file
+
+
+def partial_path(final: str) -> str:
+    """The temporary name a year file is written under: ``.<YYYY>.h5.partial`` beside it."""
+    return os.path.join(os.path.dirname(final), "." + os.path.basename(final) + ".partial")
+
+
+def discovered_layout(root: str) -> ChannelLayout:
+    """Every variable of the ``.npy`` tree (upper-air ones must share their levels)."""
+    upper, surface = discover_variables(root)
+    level_sets = {tuple(levels) for levels in upper.values()}
+    if len(level_sets) > 1:
+        raise DataFileError(
+            f"{root}: upper-air variables have different levels ({upper}); choose the channels "
+            "with --config"
+        )
+    levels = list(level_sets.pop()) if level_sets else []
+    return ChannelLayout(list(upper), levels, surface)
+
+
+def day_span(root: str) -> tuple[str, str]:
+    """First and last day directory of the ``.npy`` tree (upper-air, else surface)."""
+    for base in (root, os.path.join(root, SINGLE_DIR)):
+        years = sorted(d for d in os.listdir(base) if d.isdigit()) if os.path.isdir(base) else []
+        days = [d for y in years for d in sorted(os.listdir(os.path.join(base, y)))]
+        if days:
+            return days[0], days[-1]
+    raise FileNotFoundError(f"no <YYYY>/<YYYY-MM-DD> directories under {root}")
+
+
+def convert_year(
+    root: str,
+    out_dir: str,
+    split: str,
+    year: int,
+    times: np.ndarray,
+    layout: ChannelLayout,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    overwrite: bool = False,
+) -> dict:
+    """Write (or finish) ``<out_dir>/<split>/<year>.h5`` from the ``.npy`` tree at ``root``.
+
+    Returns ``{"year", "path", "rows", "status"}`` with status ``written``, ``resumed`` (a partial
+    file was continued) or ``skipped`` (complete already)."""
+    import h5py
+
+    from utils.data_loader_npyfiles import NpyStateReader
+
+    final = year_path(out_dir, year, split)
+    result = {"year": int(year), "path": final, "rows": int(len(times))}
+    if os.path.exists(final) and not overwrite:
+        with h5py.File(final, "r") as f:
+            if f.attrs.get("complete") and same_contents_plan(f, times, layout.names, lat, lon):
+                return dict(result, status="skipped")
+        raise OutputExistsError(
+            f"{final} exists but holds other times, channels or grid; "
+            "pass --overwrite to replace it"
+        )
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    partial = partial_path(final)
+    f, start = None, 0
+    if os.path.exists(partial) and not overwrite:
+        try:
+            f = h5py.File(partial, "r+")
+            if same_contents_plan(f, times, layout.names, lat, lon):
+                start = int(f.attrs["rows_written"])
+            else:
+                f.close()
+                f = None
+        except (OSError, KeyError):
+            f = None
+    if f is None:
+        f = create_year_file(partial, times, layout.names, lat, lon)
+    reader = NpyStateReader(root, layout, (len(lat), len(lon)))
+    state = np.empty((layout.n_channels, len(lat), len(lon)), dtype=np.float32)
+    try:
+        dset = f[FIELDS]
+        for i in range(start, len(times)):
+            reader.read(int(times[i]), state)
+            dset.write_direct(state, dest_sel=np.s_[i])
+            if (i + 1) % FLUSH_EVERY == 0 or i + 1 == len(times):
+                f.flush()  # rows first, then the record that they are there
+                f.attrs["rows_written"] = i + 1
+                f.flush()
+        f.attrs["complete"] = True
+    finally:
+        f.close()
+    with open(partial, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(partial, final)
+    return dict(result, status="resumed" if start else "written")
+
+
+def convert(
+    root: str,
+    out_dir: str | None = None,
+    layout: ChannelLayout | None = None,
+    start=None,
+    end=None,
+    hour_step: int = 6,
+    split: str = ALL_SPLIT,
+    workers: int = 1,
+    overwrite: bool = False,
+) -> dict:
+    """Convert every year of ``start`` .. ``end`` (see module doc); returns a summary."""
+    out_dir = out_dir or root
+    layout = layout or discovered_layout(root)
+    if start is None or end is None:
+        first, last = day_span(root)
+        start, end = start or first, end or last
+    times = period_times(start, end, hour_step)
+    missing = scan_missing(root, layout.channels, times)
+    incomplete = np.array(sorted({t for t, _ in missing}), dtype=np.int64)
+    times = times[~np.isin(times, incomplete)]
+    if len(times) == 0:
+        raise DataFileError(f"{root}: no complete time step between {start} and {end}")
+    shape = read_field(channel_path(root, int(times[0]), layout.channels[0])).shape
+    grid = read_grid(root)
+    lat, lon = grid if grid is not None else (latitudes(shape[0]), longitudes(shape[1]))
+    years = np.array([from_hours(t).year for t in times])
+    jobs = [(y, times[years == y]) for y in sorted(set(years.tolist()))]
+    args = [(root, out_dir, split, y, t, layout, lat, lon, overwrite) for y, t in jobs]
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
+            results = list(pool.map(convert_year, *zip(*args, strict=True)))
+    else:
+        results = [convert_year(*a) for a in args]
+    if os.path.abspath(out_dir) != os.path.abspath(root):
+        source = os.path.join(root, STATISTIC_DIR)
+        if os.path.isdir(source):
+            shutil.copytree(source, os.path.join(out_dir, STATISTIC_DIR), dirs_exist_ok=True)
+    return {
+        "out_dir": out_dir,
+        "channels": layout.names,
+        "years": results,
+        "time_steps": int(len(times)),
+        "incomplete_time_steps_left_out": int(len(incomplete)),
+        "incomplete_dates": dates_of(incomplete)[:20],
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root_dir", required=True, help="root of the .npy layout")
+    parser.add_argument("--out_dir", default=None, help="root of the h5 layout (default: root_dir)")
+    parser.add_argument("--config", default=None, help="config section whose channels to write")
+    parser.add_argument(
+        "--yaml_config",
+        default=os.path.join(
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "vamoe.yaml"
+        ),
+    )
+    parser.add_argument(
+        "--start", default=None, help="first day, YYYY-MM-DD (default: first found)"
+    )
+    parser.add_argument("--end", default=None, help="last day, YYYY-MM-DD (default: last found)")
+    parser.add_argument("--hour_step", type=int, default=6)
+    parser.add_argument("--split", default=ALL_SPLIT, help="sub-directory of the year files")
+    parser.add_argument("--workers", type=int, default=1, help="years converted at once")
+    parser.add_argument("--overwrite", action="store_true", help="rewrite existing year files")
+    args = parser.parse_args(argv)
+    with cli_errors():
+        layout = None
+        if args.config:
+            from utils.YParams import YParams
+
+            layout = YParams(args.yaml_config, args.config).layout
+        summary = convert(
+            args.root_dir,
+            args.out_dir,
+            layout,
+            args.start,
+            args.end,
+            args.hour_step,
+            args.split,
+            args.workers,
+            args.overwrite,
+        )
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
