@@ -17,6 +17,7 @@ from utils import h5_reader, npy_to_h5
 from utils.checkpoint import load_checkpoint
 from utils.data_loader_npyfiles import ERA5NpyDataset, get_data_loader
 from utils.era5_layout import DataFileError, MissingDataError, to_hours
+from utils.grid import GridError
 from utils.h5_layout import channel_indices, describe, runs, year_path
 from utils.make_synthetic_era5 import generate
 
@@ -108,9 +109,11 @@ def test_wrong_channels_grid_and_missing_times_name_both_sides(synthetic_root, h
         and "['z500', 'z850']" in str(err.value)
         and "'z850', 'z500'" in str(err.value)
     )
-    with pytest.raises(DataFileError, match=r"32 x 64.*16 x 64"):
+    with pytest.raises(GridError, match=r"32 x 64 grid but the config has h_size: 16"):
         ERA5NpyDataset(make_params(h5_root, "tiny", ["data_format=h5", "h_size=16"]), "train")
     info = describe(year_path(h5_root, 2020))
+    with pytest.raises(DataFileError, match=r"32 x 64.*16 x 64"):
+        channel_indices(info, ["z500"], (16, 64))
     with pytest.raises(DataFileError, match=r"\['w500'\] of the config are not in the file"):
         channel_indices(info, ["z500", "w500"], (32, 64))
     upper_only = ["surface_features=[]", "num_experts=5"]  # a subset of the file's channels
