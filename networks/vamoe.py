@@ -70,6 +70,7 @@ class VAMoE(nn.Module):
         recons_target: str = "input",
         lat_weight_loss: bool = False,
         checkpoint_blocks: bool = False,
+        attn_padding: str = "masked",
     ):
         super().__init__()
         if use_moe not in FFN_KINDS:
@@ -108,6 +109,7 @@ class VAMoE(nn.Module):
                 drop_path=rates[i],
                 eps=eps,
                 moe_impl=moe_impl,
+                attn_padding=attn_padding,
             )
             for i in range(depth)
         )
@@ -148,6 +150,7 @@ class VAMoE(nn.Module):
             recons_target=params["recons_target"],
             lat_weight_loss=params["lat_weight_loss"],
             checkpoint_blocks=params["checkpoint_blocks"],
+            attn_padding=params["attn_padding"],
         )
 
     def reset_parameters(self) -> None:

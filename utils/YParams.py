@@ -37,6 +37,7 @@ _CHOICES = {
     "amp_dtype": ("bf16", "fp16"),
     "nettype": ("vit",),
     "loader_backend": ("threads", "processes"),
+    "attn_padding": ("masked", "original"),
 }
 _POSITIVE_INTS = (
     "h_size",
