@@ -36,6 +36,7 @@ from utils.data_loader_npyfiles import get_data_loader
 from utils.era5_layout import from_hours
 from utils.grid import latitudes, longitudes
 from utils.logging_utils import setup_logging
+from utils.paper_reference import paper_reference
 from utils.plots import nearest_leads, plot_maps, plot_rmse_acc
 from utils.results import format_headline_table, save_results
 from utils.rollout import evaluate_rollout
@@ -144,7 +145,14 @@ def evaluate(
     )
     written = save_results(results, out_dir, params.config_name)
     headline = [n for n in params.headline_variables if n in layout.names]
-    written["rmse_acc"] = plot_rmse_acc(results, headline, os.path.join(out_dir, "rmse_acc.png"))
+    reference = (
+        paper_reference(layout.names, params.h_size, params.w_size)
+        if params.paper_reference
+        else None
+    )
+    written["rmse_acc"] = plot_rmse_acc(
+        results, headline, os.path.join(out_dir, "rmse_acc.png"), reference=reference
+    )
     if results.sample is not None and map_names:
         leads = nearest_leads(results.lead_hours, [24 * d for d in MAP_DAYS])
         sample = results.sample
@@ -158,7 +166,7 @@ def evaluate(
             os.path.join(out_dir, "maps.png"),
             title=f"{params.config_name}, initialised {_init_time_name(sample['time_hours'])}",
         )
-    table = format_headline_table(results, headline, params.headline_days)
+    table = format_headline_table(results, headline, params.headline_days, reference)
     summary = (
         f"{params.config_name}: {weights}\n{results.n_ics} initial conditions, "
         f"{params.t_out_test} steps of {params.lead_time} h\n\n{table}\n"
