@@ -15,6 +15,8 @@ keeping forecasts in memory. Written to ``--override_dir``:
 - ``metrics.csv`` (forecaster, variable, level, lead_hours, rmse, acc) and ``metrics.json``;
 - ``rmse_acc.png`` (headline variables against lead time) and ``maps.png`` (forecast, truth and
   error of Z500 and T2M at days 1 and 5 of the first initial condition);
+- on the paper's 128 x 256 grid (and with ``paper_reference``), the paper's RMSE curves of
+  ``docs/paper_rmse_curves.csv`` in ``rmse_acc.png`` and as a column of the headline table;
 - ``forecasts/<init time>.npy`` (``T x C x H x W``, physical units) with ``save_raw_forecasts``.
 
 A table of the headline variables at ``headline_days`` is printed and saved as ``summary.txt``.

@@ -13,7 +13,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "config", "vamoe.yaml")
 README = os.path.join(ROOT, "README.md")
 CONFIG_DOC = os.path.join(ROOT, "docs", "configuration.md")
-DOCS = [README, CONFIG_DOC, os.path.join(ROOT, "docs", "incremental.md")]
+DOCS = [
+    README,
+    CONFIG_DOC,
+    os.path.join(ROOT, "docs", "incremental.md"),
+    os.path.join(ROOT, "docs", "differences.md"),
+]
 
 # Modules run with `python -m` that are not part of this repository.
 EXTERNAL_MODULES = {"pytest", "venv", "pip", "torch.distributed.run"}
@@ -144,3 +149,19 @@ def test_readme_quoted_counts_match_summary():
     assert quoted, "no parameter counts quoted in README.md"
     bad = sorted(quoted - set(counts))
     assert not bad, f"counts in README.md that networks.summary does not produce: {bad}"
+
+
+def test_recipe_table_shows_the_vamoe_defaults():
+    """Rows of the recipe table in docs/configuration.md: | `key` | `vamoe` default | ... |."""
+    doc = read(CONFIG_DOC)
+    table = doc[doc.index("### The training recipe") :]
+    table = table[: table.index("\n\n", table.index("| key |"))]
+    rows = re.findall(r"^\| `(\w+)` \| ([^|]+?) \|", table, re.M)
+    params = YParams(CONFIG, "vamoe")
+    checked = []
+    for key, value in rows:
+        value = value.strip()
+        first = value.split("`")[1] if value.startswith("`") else value.split()[0]
+        assert YAML(typ="safe").load(first) == params[key], (key, value)
+        checked.append(key)
+    assert {"lr", "min_lr", "betas", "weight_decay", "max_epochs", "drop_path"} <= set(checked)

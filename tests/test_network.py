@@ -344,6 +344,26 @@ def test_paper_parameter_counts(name, total):
     assert summary["trainable_params"] == total
 
 
+def test_recipe_of_the_paper_sections():
+    recipe = summarize(YParams(CONFIG, "vamoe"))["recipe"]
+    assert (recipe["lr"], recipe["min_lr"], recipe["betas"], recipe["weight_decay"]) == (
+        2e-4,
+        3e-7,
+        [0.9, 0.999],
+        0.01,
+    )
+    assert (recipe["max_epochs"], recipe["batch_size"], recipe["drop_path"]) == (100, 32, 0.0)
+    assert recipe["clip_grad_norm"] == 20.0
+    for name in ("vamoe_initial", "vamoe_1024"):
+        assert summarize(YParams(CONFIG, name))["recipe"] == recipe
+    assert summarize(YParams(CONFIG, "vamoe_incremental"))["recipe"]["lr"] == 5e-5
+
+
+def test_attn_padding_reaches_every_windowed_block():
+    model = VAMoE.from_params(YParams(CONFIG, "tiny", ["attn_padding=original"]))
+    assert {b.attn.padding for b in model.blocks} == {"original"}
+
+
 def test_paper_component_counts():
     c = summarize(YParams(CONFIG, "vamoe"))["components"]
     assert c["blocks.ffn.experts"]["params"] == 6 * 24 * 1_179_648
@@ -363,6 +383,7 @@ def test_paper_component_counts():
         ("pressure_level=[500, 505]", ["pressure_level"]),
         ("use_moe=sparse", ["use_moe"]),
         ("loss=l1", ["loss"]),
+        ("attn_padding=zeros", ["attn_padding"]),
     ],
 )
 def test_config_errors_name_the_keys(override, keys):

@@ -1,6 +1,9 @@
 """The paper's RMSE curves: the shipped file, when they apply, and their place in the table and
 the RMSE/ACC figure."""
 
+import os
+import re
+
 import numpy as np
 import pytest
 
@@ -81,3 +84,18 @@ def test_malformed_curves_file_is_an_error(tmp_path):
     bad.write_text("# note\nhours,z500\n6,1.0\n")
     with pytest.raises(ValueError, match="lead_hours"):
         read_paper_curves(str(bad))
+
+
+def test_readme_paper_table_matches_the_shipped_curves():
+    readme = os.path.join(os.path.dirname(PAPER_CURVES), os.pardir, "README.md")
+    with open(readme) as f:
+        text = f.read()
+    rows = re.findall(
+        r"^\| (Z500|T850|T2M|U10) \| [^|]+ \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", text, re.M
+    )
+    assert len(rows) == 4
+    curves = read_paper_curves()
+    for name, *values in rows:
+        hours, rmse = curves[name.lower()]
+        expected = [rmse[np.nonzero(hours == 24 * d)[0][0]] for d in (1, 3, 5)]
+        assert [float(v) for v in values] == expected, name
