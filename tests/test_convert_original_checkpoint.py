@@ -170,3 +170,12 @@ def test_damaged_checkpoint_names_the_tensor(initial, tmp_path, capsys, damage, 
     assert exit_info.value.code == 2
     message = capsys.readouterr().err
     assert message.startswith("error: ") and bad in message and message.count("\n") == 1
+
+
+def test_existing_output_is_kept_without_overwrite(initial, capsys):
+    _, _, source, output, _, _ = initial
+    before = os.path.getmtime(output), os.path.getsize(output)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--input", source, "--config", "tiny_initial", "--output", output])
+    assert exit_info.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    assert (os.path.getmtime(output), os.path.getsize(output)) == before

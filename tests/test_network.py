@@ -355,8 +355,9 @@ def test_recipe_of_the_paper_sections():
     assert (recipe["max_epochs"], recipe["batch_size"], recipe["drop_path"]) == (100, 32, 0.0)
     assert recipe["clip_grad_norm"] == 20.0
     for name in ("vamoe_initial", "vamoe_1024"):
-        assert summarize(YParams(CONFIG, name))["recipe"] == recipe
-    assert summarize(YParams(CONFIG, "vamoe_incremental"))["recipe"]["lr"] == 5e-5
+        params = YParams(CONFIG, name)
+        assert {key: params[key] for key in recipe} == recipe, name
+    assert YParams(CONFIG, "vamoe_incremental").lr == 5e-5
 
 
 def test_attn_padding_reaches_every_windowed_block():

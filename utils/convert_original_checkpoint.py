@@ -21,6 +21,7 @@ so that ``train.py --checkpoint OUT.tar`` continues training.
 import argparse
 import json
 import math
+import os
 import re
 import sys
 
@@ -191,7 +192,7 @@ def read_original(path: str) -> dict:
     except Exception as err:
         raise ConversionError(
             f"cannot load checkpoint {path!r} (corrupt, or holds objects other than tensors "
-            f"and plain containers): {err}"
+            f"and plain containers): {' '.join(str(err).split())}"
         ) from err
     if not isinstance(ckpt, dict) or "model_state" not in ckpt:
         keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
@@ -254,6 +255,9 @@ def main(argv=None):
         help="also convert the optimiser state, so that training can continue from it",
     )
     parser.add_argument(
+        "--overwrite", action="store_true", help="replace --output when it already exists"
+    )
+    parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -264,6 +268,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         params = YParams(args.yaml_config, args.config, args.overrides)
+        if os.path.exists(args.output) and not args.overwrite:
+            raise ConversionError(f"{args.output!r} exists; pass --overwrite to replace it")
         ckpt = convert(params, args.input, args.output, args.with_optimizer)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

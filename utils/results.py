@@ -250,7 +250,11 @@ def format_headline_table(
             rows.append(
                 [name, _lead_label(d)]
                 + [_fmt(float(results.rmse[f][c, k]), "rmse") for f in fcs]
-                + ([_fmt(_reference_at(reference, name, d * 24.0), "rmse")] if paper else [])
+                + (
+                    [_fmt(_reference_at(reference, name, float(results.lead_hours[k])), "rmse")]
+                    if paper
+                    else []
+                )
                 + [_fmt(float(results.acc[f][c, k]), "acc") for f in fcs]
             )
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
