@@ -14,6 +14,7 @@ from collections import OrderedDict
 import torch
 
 from networks.vamoe import VAMoE
+from utils.errors import cli_errors
 from utils.freezing import freeze_from_params
 from utils.YParams import YParams
 
@@ -89,7 +90,9 @@ def main(argv=None):
         help="override a config value (parsed as YAML)",
     )
     args = parser.parse_args(argv)
-    print(json.dumps(summarize(YParams(args.yaml_config, args.config, args.overrides)), indent=2))
+    with cli_errors():
+        summary = summarize(YParams(args.yaml_config, args.config, args.overrides))
+    print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

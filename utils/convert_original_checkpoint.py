@@ -23,15 +23,15 @@ import json
 import math
 import os
 import re
-import sys
 
 import torch
 
 from networks.vamoe import VAMoE
 from train import build_optimizer
 from utils.checkpoint import atomic_save, clean_state_dict, rng_state
+from utils.errors import CheckpointError, OutputExistsError, cli_errors
 from utils.freezing import freeze_from_params
-from utils.YParams import ConfigError, YParams
+from utils.YParams import YParams
 
 # (original name, this project's name); a ``{field}`` stands for one dot-free part of the name
 # (block, expert and layer indices, weight/bias), which carries over unchanged.
@@ -88,7 +88,7 @@ def original_name(name: str) -> str | None:
 LOG_VARIANCES = ("forecast_loss.log_var", "recons_loss.log_var")
 
 
-class ConversionError(ConfigError):
+class ConversionError(CheckpointError):
     """An original checkpoint that does not fit the chosen config section (names each tensor)."""
 
 
@@ -266,14 +266,11 @@ def main(argv=None):
         help="override a config value (parsed as YAML)",
     )
     args = parser.parse_args(argv)
-    try:
+    with cli_errors():
         params = YParams(args.yaml_config, args.config, args.overrides)
         if os.path.exists(args.output) and not args.overwrite:
-            raise ConversionError(f"{args.output!r} exists; pass --overwrite to replace it")
+            raise OutputExistsError(f"{args.output!r} exists; pass --overwrite to replace it")
         ckpt = convert(params, args.input, args.output, args.with_optimizer)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
     n_params = sum(v.numel() for v in ckpt["model"].values())
     print(
         f"wrote {args.output}: {len(ckpt['model'])} tensors, {n_params:,} parameters, "
