@@ -21,6 +21,8 @@ keeping forecasts in memory. Written to ``--out_dir``:
 - ``metrics.csv`` (forecaster, variable, level, lead_hours, rmse, acc) and ``metrics.json``;
 - ``rmse_acc.png`` (headline variables against lead time) and ``maps.png`` (forecast, truth and
   error of Z500 and T2M at days 1 and 5 of the first initial condition);
+- on the paper's 128 x 256 grid (and with ``paper_reference``), the paper's RMSE curves of
+  ``docs/paper_rmse_curves.csv`` in ``rmse_acc.png`` and as a column of the headline table;
 - ``forecasts/<init time>.npy`` (``T x C x H x W``, physical units) with ``save_raw_forecasts``.
 
 A table of the headline variables at ``headline_days`` is printed and saved as ``summary.txt``.
@@ -52,6 +54,7 @@ from utils.data_loader_npyfiles import get_data_loader
 from utils.era5_layout import from_hours
 from utils.errors import EXIT_USER_ERROR, ConfigError, OutputError, OutputExistsError, VAMoEError
 from utils.logging_utils import report_error, setup_logging
+from utils.paper_reference import paper_reference
 from utils.plots import nearest_leads, plot_maps, plot_rmse_acc
 from utils.results import format_headline_table, save_results
 from utils.rollout import evaluate_rollout
@@ -255,7 +258,14 @@ def _evaluate_into(
     }
     written = save_results(results, out_dir, params.config_name, provenance)
     headline = [n for n in params.headline_variables if n in layout.names]
-    written["rmse_acc"] = plot_rmse_acc(results, headline, os.path.join(out_dir, "rmse_acc.png"))
+    reference = (
+        paper_reference(layout.names, params.h_size, params.w_size)
+        if params.paper_reference
+        else None
+    )
+    written["rmse_acc"] = plot_rmse_acc(
+        results, headline, os.path.join(out_dir, "rmse_acc.png"), reference=reference
+    )
     if results.sample is not None and map_names:
         leads = nearest_leads(results.lead_hours, [24 * d for d in MAP_DAYS])
         sample = results.sample
@@ -269,7 +279,7 @@ def _evaluate_into(
             os.path.join(out_dir, "maps.png"),
             title=f"{params.config_name}, initialised {_init_time_name(sample['time_hours'])}",
         )
-    table = format_headline_table(results, headline, params.headline_days)
+    table = format_headline_table(results, headline, params.headline_days, reference)
     epoch = f" (epoch {ckpt['epoch']})" if ckpt.get("epoch") is not None else ""
     summary = (
         f"{params.config_name}: {weights}{epoch}\n{results.n_ics} initial conditions, "

@@ -94,8 +94,9 @@ def parse_args(argv=None):
 
 
 def build_optimizer(model, params) -> torch.optim.AdamW:
-    """Fused AdamW (one kernel per step, CUDA and CPU) over the trainable parameters; matrices
-    decay, vectors (biases, norms, log-variances) and the position embedding do not."""
+    """Fused AdamW (one kernel per step, CUDA and CPU) over the trainable parameters in two
+    groups: matrices, which decay, and vectors (biases, norms, log-variances) with the position
+    embedding, which decay only with ``weight_decay_all`` (as in the original code)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -103,7 +104,10 @@ def build_optimizer(model, params) -> torch.optim.AdamW:
         (no_decay if p.ndim < 2 or name.endswith("pos_embed") else decay).append(p)
     groups = [
         {"params": decay, "weight_decay": params.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {
+            "params": no_decay,
+            "weight_decay": params.weight_decay if params.weight_decay_all else 0.0,
+        },
     ]
     return torch.optim.AdamW(groups, lr=params.lr, betas=tuple(params.betas), fused=True)
 

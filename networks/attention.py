@@ -6,6 +6,9 @@ the ``(Hg, Wg)`` token grid into non-overlapping windows, batched as one attenti
 loop over windows). When the grid is not a multiple of the window, the real tokens are projected
 and their q, k, v are zero-padded at the bottom/right; padded keys are masked out, so every real
 token attends to exactly the real tokens of its window (and qkv is never computed for padding).
+With ``padding="original"`` the original code's function is computed instead: the normalised
+tokens are zero-padded *before* the qkv projection and the padded positions (whose q, k, v are the
+projection biases) take part in every softmax of their window unmasked.
 """
 
 from collections.abc import Sequence
@@ -24,6 +27,8 @@ class Attention(nn.Module):
         num_heads: number of heads (D must be divisible by it).
         grid_size: token grid ``(Hg, Wg)`` with ``Hg * Wg = N``.
         window_size: ``(wh, ww)`` for windowed attention, or None for global attention.
+        padding: ``masked`` or ``original`` (see the module docstring); matters only when the
+            grid is not a multiple of the window.
     """
 
     def __init__(
@@ -32,8 +37,12 @@ class Attention(nn.Module):
         num_heads: int,
         grid_size: Sequence[int],
         window_size: Sequence[int] | None = None,
+        padding: str = "masked",
     ):
         super().__init__()
+        if padding not in ("masked", "original"):
+            raise ValueError(f"attn_padding must be 'masked' or 'original', got {padding!r}")
+        self.padding = padding
         self.num_heads = num_heads
         self.grid_size = tuple(grid_size)
         self.window_size = None if window_size is None else tuple(window_size)
@@ -58,7 +67,7 @@ class Attention(nn.Module):
         hg, wg = self.grid_size
         wh, ww = self.window_size
         pad_h, pad_w = (-hg) % wh, (-wg) % ww
-        if pad_h or pad_w:
+        if (pad_h or pad_w) and self.padding == "masked":
             # Project the real tokens only, then pad the projections: padded keys are masked and
             # padded queries dropped, so their (zero) q, k, v never reach a real token.
             grid = rearrange(self.qkv(x), "b (h w) c -> b h w c", h=hg, w=wg)
@@ -66,15 +75,12 @@ class Attention(nn.Module):
             qkv = rearrange(grid, "b (nh wh) (nw ww) c -> (b nh nw) (wh ww) c", wh=wh, ww=ww)
             mask = self._padding_mask(hg, wg, x.device).repeat(b, 1, 1, 1)
         else:
-            # Partition the D-wide tokens (cheaper to move than the 3D-wide projections).
-            windows = rearrange(
-                x,
-                "b (nh wh nw ww) d -> (b nh nw) (wh ww) d",
-                nh=hg // wh,
-                wh=wh,
-                nw=wg // ww,
-                ww=ww,
-            )
+            # Partition the D-wide tokens (cheaper to move than the 3D-wide projections). With
+            # the original padding the zero tokens are projected too and never masked.
+            grid = rearrange(x, "b (h w) d -> b h w d", h=hg, w=wg)
+            if pad_h or pad_w:
+                grid = F.pad(grid, (0, 0, 0, pad_w, 0, pad_h))
+            windows = rearrange(grid, "b (nh wh) (nw ww) d -> (b nh nw) (wh ww) d", wh=wh, ww=ww)
             qkv, mask = self.qkv(windows), None
         out = self._attend(qkv, mask)
         out = rearrange(

@@ -19,6 +19,7 @@ class Block(nn.Module):
     Args:
         ffn: ``channelmoe``, ``mlp`` or ``moe`` (token-routed).
         window_size: attention window in tokens, or None for global attention.
+        attn_padding: ``masked`` or ``original`` padding of windowed attention.
     """
 
     def __init__(
@@ -35,11 +36,12 @@ class Block(nn.Module):
         drop_path: float = 0.0,
         eps: float = 1e-6,
         moe_impl: str = "fast",
+        attn_padding: str = "masked",
     ):
         super().__init__()
         self.ffn_kind = ffn
         self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = Attention(dim, num_heads, grid_size, window_size)
+        self.attn = Attention(dim, num_heads, grid_size, window_size, attn_padding)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         if ffn == "channelmoe":
             self.ffn = ChannelMoE(dim, num_experts, expert_channels_divisor, eps=eps, impl=moe_impl)

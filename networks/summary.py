@@ -4,7 +4,7 @@
 
 The model is built on the meta device (no weights are allocated), so the paper-size network is
 summarised in seconds. ``trainable_params`` counts what remains trainable after the section's
-``freeze`` patterns (the incremental stage).
+``freeze`` patterns (the incremental stage); ``recipe`` lists the section's training recipe.
 """
 
 import argparse
@@ -17,6 +17,23 @@ from networks.vamoe import VAMoE
 from utils.errors import cli_errors
 from utils.freezing import freeze_from_params
 from utils.YParams import YParams
+
+RECIPE_KEYS = (
+    "batch_size",
+    "max_epochs",
+    "lr",
+    "min_lr",
+    "betas",
+    "weight_decay",
+    "weight_decay_all",
+    "clip_grad_norm",
+    "drop_path",
+    "loss",
+    "loss_weight",
+    "recons_target",
+    "attn_padding",
+    "train_period",
+)
 
 
 def component_of(name: str) -> str:
@@ -56,6 +73,7 @@ def summarize(params) -> dict:
         "trainable_fraction": round(trainable / total, 4),
         "frozen_params": total - trainable,
         "components": components,
+        "recipe": {key: params[key] for key in RECIPE_KEYS},
     }
 
 

@@ -77,6 +77,7 @@ class VAMoE(nn.Module):
         lat_weight_loss: bool = False,
         checkpoint_blocks: bool = False,
         lat=None,
+        attn_padding: str = "masked",
     ):
         super().__init__()
         if use_moe not in FFN_KINDS:
@@ -116,6 +117,7 @@ class VAMoE(nn.Module):
                 drop_path=rates[i],
                 eps=eps,
                 moe_impl=moe_impl,
+                attn_padding=attn_padding,
             )
             for i in range(depth)
         )
@@ -162,6 +164,7 @@ class VAMoE(nn.Module):
             lat_weight_loss=params["lat_weight_loss"],
             checkpoint_blocks=params["checkpoint_blocks"],
             lat=lat,
+            attn_padding=params["attn_padding"],
         )
 
     def reset_parameters(self) -> None:

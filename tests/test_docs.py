@@ -14,7 +14,8 @@ CONFIG = os.path.join(ROOT, "config", "vamoe.yaml")
 README = os.path.join(ROOT, "README.md")
 CONFIG_DOC = os.path.join(ROOT, "docs", "configuration.md")
 DOCS = [README, CONFIG_DOC] + [
-    os.path.join(ROOT, "docs", name) for name in ("incremental.md", "design.md", "data.md")
+    os.path.join(ROOT, "docs", name)
+    for name in ("incremental.md", "design.md", "data.md", "differences.md")
 ]
 
 # Modules run with `python -m` that are not part of this repository.
@@ -171,3 +172,19 @@ def test_docs_referenced_anywhere_exist_and_no_outside_document_is_cited():
     missing = sorted(r for r in referenced if not os.path.isfile(os.path.join(ROOT, r)))
     assert not missing, f"referenced docs that do not exist: {missing}"
     assert not citing, f"files citing a document outside the repository: {citing}"
+
+
+def test_recipe_table_shows_the_vamoe_defaults():
+    """Rows of the recipe table in docs/configuration.md: | `key` | `vamoe` default | ... |."""
+    doc = read(CONFIG_DOC)
+    table = doc[doc.index("### The training recipe") :]
+    table = table[: table.index("\n\n", table.index("| key |"))]
+    rows = re.findall(r"^\| `(\w+)` \| ([^|]+?) \|", table, re.M)
+    params = YParams(CONFIG, "vamoe")
+    checked = []
+    for key, value in rows:
+        value = value.strip()
+        first = value.split("`")[1] if value.startswith("`") else value.split()[0]
+        assert YAML(typ="safe").load(first) == params[key], (key, value)
+        checked.append(key)
+    assert {"lr", "min_lr", "betas", "weight_decay", "max_epochs", "drop_path"} <= set(checked)

@@ -74,6 +74,55 @@ def test_windowed_attention_equals_attention_within_each_window(grid, window):
     torch.testing.assert_close(attn(x), _reference_window_attention(attn, x, grid, window))
 
 
+def _reference_original_padding(attn, x, grid, window):
+    """The original code's padding, with explicit loops: every window holds wh x ww positions;
+    the positions past the grid are zero tokens (so their q, k, v are the qkv bias) and their keys
+    take part in the softmax of the real queries unmasked."""
+    hg, wg = grid
+    wh, ww = window
+    b, n, d = x.shape
+    heads = attn.num_heads
+    qkv = x @ attn.qkv.weight.t() + attn.qkv.bias
+    out = torch.zeros_like(x)
+    for i0 in range(0, hg, wh):
+        for j0 in range(0, wg, ww):
+            ids = [
+                i * wg + j for i in range(i0, min(i0 + wh, hg)) for j in range(j0, min(j0 + ww, wg))
+            ]
+            n_pad = wh * ww - len(ids)
+            window_qkv = torch.cat([qkv[:, ids], attn.qkv.bias.expand(b, n_pad, 3 * d)], dim=1)
+            q, k, v = window_qkv.view(b, wh * ww, 3, heads, d // heads).unbind(2)
+            q = q[:, : len(ids)]
+            scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(d // heads)
+            out[:, ids] = torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v).reshape(
+                b, len(ids), d
+            )
+    return out @ attn.proj.weight.t() + attn.proj.bias
+
+
+@pytest.mark.parametrize("grid,window", [((6, 10), (4, 4)), ((5, 7), (8, 8))])
+def test_original_padding_lets_padded_tokens_into_the_softmax(grid, window):
+    torch.manual_seed(3)
+    original = Attention(32, 4, grid, window, padding="original").double()
+    with torch.no_grad():
+        original.qkv.bias.normal_()  # padded keys differ from zero keys
+    masked = Attention(32, 4, grid, window, padding="masked").double()
+    masked.load_state_dict(original.state_dict())
+    x = torch.randn(2, grid[0] * grid[1], 32, dtype=torch.float64)
+    expected = _reference_original_padding(original, x, grid, window)
+    torch.testing.assert_close(original(x), expected)
+    assert not torch.allclose(masked(x), expected)
+
+
+def test_original_padding_equals_masked_on_a_multiple_of_the_window():
+    torch.manual_seed(4)
+    original = Attention(32, 4, (8, 8), (4, 4), padding="original")
+    masked = Attention(32, 4, (8, 8), (4, 4))
+    masked.load_state_dict(original.state_dict())
+    x = torch.randn(2, 64, 32)
+    assert torch.equal(original(x), masked(x))
+
+
 def test_global_attention_is_one_window_over_the_whole_grid():
     torch.manual_seed(2)
     attn = Attention(32, 4, (6, 8), None).double()
@@ -295,6 +344,27 @@ def test_paper_parameter_counts(name, total):
     assert summary["trainable_params"] == total
 
 
+def test_recipe_of_the_paper_sections():
+    recipe = summarize(YParams(CONFIG, "vamoe"))["recipe"]
+    assert (recipe["lr"], recipe["min_lr"], recipe["betas"], recipe["weight_decay"]) == (
+        2e-4,
+        3e-7,
+        [0.9, 0.999],
+        0.01,
+    )
+    assert (recipe["max_epochs"], recipe["batch_size"], recipe["drop_path"]) == (100, 32, 0.0)
+    assert recipe["clip_grad_norm"] == 20.0
+    for name in ("vamoe_initial", "vamoe_1024"):
+        params = YParams(CONFIG, name)
+        assert {key: params[key] for key in recipe} == recipe, name
+    assert YParams(CONFIG, "vamoe_incremental").lr == 5e-5
+
+
+def test_attn_padding_reaches_every_windowed_block():
+    model = VAMoE.from_params(YParams(CONFIG, "tiny", ["attn_padding=original"]))
+    assert {b.attn.padding for b in model.blocks} == {"original"}
+
+
 def test_paper_component_counts():
     c = summarize(YParams(CONFIG, "vamoe"))["components"]
     assert c["blocks.ffn.experts"]["params"] == 6 * 24 * 1_179_648
@@ -313,6 +383,7 @@ def test_paper_component_counts():
         ("pressure_level=[500, 505]", ["pressure_level"]),
         ("use_moe=sparse", ["use_moe"]),
         ("loss=l1", ["loss"]),
+        ("attn_padding=zeros", ["attn_padding"]),
     ],
 )
 def test_config_errors_name_the_keys(override, keys):

@@ -295,3 +295,19 @@ def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@pytest.mark.parametrize("decay_all", [False, True])
+def test_weight_decay_of_vectors_follows_weight_decay_all(decay_all):
+    params = YParams(
+        os.path.join(REPO, "config", "vamoe.yaml"),
+        "tiny",
+        ["weight_decay=0.01", f"weight_decay_all={decay_all}"],
+    )
+    model = VAMoE.from_params(params)
+    optimizer = train.build_optimizer(model, params)
+    decay = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    assert decay[id(model.blocks[0].attn.qkv.weight)] == 0.01
+    assert decay[id(model.blocks[0].attn.qkv.bias)] == (0.01 if decay_all else 0.0)
+    assert decay[id(model.forecast_loss.log_var)] == (0.01 if decay_all else 0.0)
+    assert optimizer.param_groups[0]["betas"] == (0.9, 0.95)  # tiny keeps its fast betas

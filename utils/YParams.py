@@ -49,6 +49,7 @@ _CHOICES = {
     "amp_dtype": ("bf16", "fp16"),
     "loader_backend": ("threads", "processes"),
     "data_format": ("npy", "h5"),
+    "attn_padding": ("masked", "original"),
 }
 _POSITIVE_INTS = (
     "h_size",

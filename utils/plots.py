@@ -27,6 +27,7 @@ _STYLE = {
     "model": dict(color="C0", lw=2.0, marker="o", ms=3),
     "persistence": dict(color="C1", lw=1.2, ls="--"),
     "climatology": dict(color="C2", lw=1.2, ls=":"),
+    "paper": dict(color="k", lw=1.2, ls="-.", marker="x", ms=3),
 }
 
 
@@ -39,12 +40,16 @@ def _save(fig, path: str, dpi: int) -> str:
     return path
 
 
-def plot_rmse_acc(results, headline_names: Sequence[str], path: str, dpi: int = 110) -> str:
+def plot_rmse_acc(
+    results, headline_names: Sequence[str], path: str, dpi: int = 110, reference=None
+) -> str:
     """RMSE (top rows) and ACC (bottom rows) vs lead time for the headline variables present
     (lead axis in days when the rollout reaches two days, else in hours).
 
     ``results`` is a :class:`utils.rollout.RolloutResults`. Lead 0 is left out (it is the
-    initial state). Returns ``path``.
+    initial state). ``reference`` (``{name: (lead_hours, rmse)}``, e.g. the paper's curves of
+    :func:`utils.paper_reference.paper_reference`) is drawn beside the model's RMSE as "paper".
+    Returns ``path``.
     """
     names = [n for n in headline_names if n in results.channel_names]
     if not names:
@@ -72,6 +77,10 @@ def plot_rmse_acc(results, headline_names: Sequence[str], path: str, dpi: int = 
                 if metric == "acc" and np.all(np.isnan(values)):
                     continue
                 ax.plot(x, values, label=f, **_STYLE[f])
+            if metric == "rmse" and reference and names[i] in reference:
+                ref_hours, ref_rmse = reference[names[i]]
+                ref_x = np.asarray(ref_hours, dtype=float) / (24.0 if in_days else 1.0)
+                ax.plot(ref_x, ref_rmse, label="paper", **_STYLE["paper"])
             ax.set_title(f"{names[i]} {metric.upper()}", fontsize=10)
             ax.grid(alpha=0.3)
             ax.set_xlabel("lead (days)" if in_days else "lead (hours)", fontsize=8)

@@ -219,18 +219,27 @@ def lead_label(hours: float) -> str:
 
 
 def format_headline_table(
-    results: RolloutResults, headline_names: Sequence[str], days: Iterable[float]
+    results: RolloutResults,
+    headline_names: Sequence[str],
+    days: Iterable[float],
+    reference=None,
 ) -> str:
     """Text table: headline variables x requested lead days, RMSE and ACC per forecaster.
 
     Forecasters appear in the order model, persistence, climatology (those scored). Variables
     absent from the results and days that are not a lead of the rollout (beyond it, or not a
-    multiple of the step) are skipped, each with a note under the table.
+    multiple of the step) are skipped, each with a note under the table. With ``reference``
+    (``{name: (lead_hours, rmse)}``, the paper's curves) a column ``RMSE paper`` follows the
+    RMSE columns (``n/a`` where the reference has no value at that lead).
     """
     fcs = [f for f in FORECASTERS if f in results.rmse]
     short = {"model": "model", "persistence": "persist", "climatology": "clim"}
+    paper = ["RMSE paper"] if reference else []
     header = (
-        ["variable", "lead"] + [f"RMSE {short[f]}" for f in fcs] + [f"ACC {short[f]}" for f in fcs]
+        ["variable", "lead"]
+        + [f"RMSE {short[f]}" for f in fcs]
+        + paper
+        + [f"ACC {short[f]}" for f in fcs]
     )
     rows: list[list[str]] = []
     notes: list[str] = []
@@ -254,6 +263,11 @@ def format_headline_table(
             rows.append(
                 [name, lead_label(24.0 * d)]
                 + [_fmt(float(results.rmse[f][c, k]), "rmse") for f in fcs]
+                + (
+                    [_fmt(_reference_at(reference, name, float(results.lead_hours[k])), "rmse")]
+                    if paper
+                    else []
+                )
                 + [_fmt(float(results.acc[f][c, k]), "acc") for f in fcs]
             )
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
@@ -276,5 +290,19 @@ def format_headline_table(
         notes.append("ACC unavailable: no climatology")
     elif "climatology" in fcs:
         notes.append("climatology ACC is undefined (zero anomaly) by construction")
+    if paper:
+        notes.append(
+            "RMSE paper: the paper's curve (docs/paper_rmse_curves.csv, read off its figure, "
+            "about 3 %); compare it with rmse_ic_mean of metrics.csv"
+        )
     out += [f"note: {n}" for n in notes]
     return "\n".join(out)
+
+
+def _reference_at(reference, name: str, hours: float) -> float:
+    """The reference RMSE of ``name`` at a lead (hours), NaN where it has none."""
+    if name not in reference:
+        return math.nan
+    lead_hours, rmse = reference[name]
+    hits = np.nonzero(np.isclose(np.asarray(lead_hours, dtype=float), hours, atol=1e-6))[0]
+    return float(rmse[hits[0]]) if len(hits) else math.nan
