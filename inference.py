@@ -28,6 +28,7 @@ import sys
 import numpy as np
 import torch
 
+from networks.compile import compile_model
 from networks.vamoe import VAMoE
 from utils.atomic_io import atomic_save_npy, atomic_write_text
 from utils.checkpoint import check_channel_names, load_checkpoint
@@ -100,7 +101,7 @@ def evaluate(
     layout = params.layout
     model = load_model(params, weights, device)
     if params.compile:
-        model = torch.compile(model)
+        model = compile_model(model)
     clim_path = default_climatology_path(params)
     climatology = None
     if os.path.exists(clim_path):

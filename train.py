@@ -26,6 +26,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from networks.compile import compile_model
 from networks.vamoe import VAMoE
 from utils import distributed as dist_utils
 from utils.atomic_io import atomic_write_text
@@ -185,7 +186,7 @@ class Trainer:
                 broadcast_buffers=False,
             )
         if params.compile:
-            self.model = torch.compile(self.model)
+            self.model = compile_model(self.model)
         self.optimizer = build_optimizer(model, params)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
