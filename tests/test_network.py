@@ -353,3 +353,22 @@ def test_unknown_section_and_set_key_are_errors():
 def test_set_dates_stay_strings():
     params = YParams(CONFIG, "tiny", ["train_period=[2020-01-13, 2020-01-24]"])
     assert params.train_period == ["2020-01-13", "2020-01-24"]
+
+
+def test_token_moe_dense_dispatch_equals_per_token_top_k_experts():
+    from networks.token_moe import TokenMoE
+
+    torch.manual_seed(0)
+    moe = TokenMoE(dim=16, hidden_dim=24, num_experts=4, topk=2).eval()
+    x = torch.randn(2, 5, 16)
+    out, _ = moe(x)
+    tokens = x.reshape(-1, 16)
+    values, idx = moe.router(tokens).topk(2, dim=-1)
+    weights = torch.softmax(values, dim=-1)
+    expected = torch.stack(
+        [
+            sum(weights[t, s] * moe.experts[int(idx[t, s])](tokens[t]) for s in range(2))
+            for t in range(tokens.shape[0])
+        ]
+    )
+    torch.testing.assert_close(out.reshape(-1, 16), expected, rtol=1e-5, atol=1e-6)
