@@ -30,7 +30,7 @@ def test_bench_model_json_reports_every_measurement():
         "--compile-backend",
         "aot_eager",  # traces forward and backward like Inductor, without generating kernels
     ]
-    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stderr
     rows = {}
     for line in run.stdout.splitlines():
