@@ -18,11 +18,21 @@ keeping forecasts in memory. Written to ``--override_dir``:
 - ``forecasts/<init time>.npy`` (``T x C x H x W``, physical units) with ``save_raw_forecasts``.
 
 A table of the headline variables at ``headline_days`` is printed and saved as ``summary.txt``.
+``metrics.json`` also records the weights file, its epoch and global step, the configuration and
+the climatology fallbacks (``allow_climatology_fallback``; without it a missing climatology day or
+channel is an error).
+
+Everything is written into a staging directory beside ``--override_dir`` and moved into place at
+the end, so a killed evaluation leaves the previous results intact; an existing non-empty
+``--override_dir`` is replaced only with ``--overwrite``.
 """
 
 import argparse
+import json
 import logging
 import os
+import shutil
+import socket
 import sys
 
 import numpy as np
@@ -35,12 +45,14 @@ from utils.checkpoint import check_channel_names, load_checkpoint
 from utils.climatology import Climatology, default_climatology_path
 from utils.data_loader_npyfiles import get_data_loader
 from utils.era5_layout import from_hours
+from utils.errors import EXIT_USER_ERROR, ConfigError, OutputError, OutputExistsError, VAMoEError
 from utils.grid import latitudes, longitudes
-from utils.logging_utils import setup_logging
+from utils.logging_utils import report_error, setup_logging
 from utils.plots import nearest_leads, plot_maps, plot_rmse_acc
 from utils.results import format_headline_table, save_results
 from utils.rollout import evaluate_rollout
-from utils.YParams import ConfigError, YParams
+from utils.run_lock import process_alive
+from utils.YParams import YParams
 
 MAP_VARIABLES = ("z500", "t2m")
 MAP_DAYS = (1, 5)
@@ -52,6 +64,9 @@ def parse_args(argv=None):
     parser.add_argument("--config", default="vamoe")
     parser.add_argument("--weights", required=True, help="checkpoint (ckpt.tar or best_ckpt.tar)")
     parser.add_argument("--override_dir", required=True, help="folder for the result files")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the results in a non-empty --override_dir"
+    )
     parser.add_argument("--enable_amp", action="store_true", help="autocast to amp_dtype")
     parser.add_argument(
         "--max_batches",
@@ -72,6 +87,11 @@ def parse_args(argv=None):
 
 def load_model(params, weights: str, device) -> VAMoE:
     """The model of ``params`` with the weights of a checkpoint written by one process or DDP."""
+    return load_model_and_checkpoint(params, weights, device)[0]
+
+
+def load_model_and_checkpoint(params, weights: str, device) -> tuple[VAMoE, dict]:
+    """:func:`load_model` and the checkpoint's other entries (epoch, global step, ...)."""
     ckpt = load_checkpoint(weights)
     check_channel_names(
         ckpt, weights, params.layout.names, f"config section {params.config_name!r}"
@@ -84,28 +104,90 @@ def load_model(params, weights: str, device) -> VAMoE:
             f"{params.config_name!r}: missing {missing[:5]}, unexpected "
             f"{unexpected[:5]} (is it the right --config?)"
         )
-    return model.to(device).eval()
+    return model.to(device).eval(), {k: v for k, v in ckpt.items() if k != "model"}
 
 
 def _init_time_name(time_hours: int) -> str:
     return from_hours(int(time_hours)).strftime("%Y-%m-%dT%H")
 
 
+def _staging_prefix(out_dir: str) -> str:
+    parent, name = os.path.split(os.path.abspath(out_dir))
+    return os.path.join(parent, f".{name}.staging-{socket.gethostname()}-")
+
+
+def _remove_stale_staging(out_dir: str) -> None:
+    """Staging directories of killed evaluations of ``out_dir`` on this host."""
+    prefix = _staging_prefix(out_dir)
+    parent = os.path.dirname(prefix)
+    for name in os.listdir(parent) if os.path.isdir(parent) else []:
+        path = os.path.join(parent, name)
+        pid = path[len(prefix) :].removesuffix(".old") if path.startswith(prefix) else ""
+        if pid.isdigit() and not process_alive(int(pid), None):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _publish(staging: str, out_dir: str) -> None:
+    """Move the finished ``staging`` directory to ``out_dir``, replacing what was there."""
+    old = None
+    if os.path.lexists(out_dir):
+        old = staging + ".old"
+        os.replace(out_dir, old)
+    os.replace(staging, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def evaluate(
-    params, weights: str, out_dir: str, enable_amp: bool = False, max_batches=None, log=None
+    params,
+    weights: str,
+    out_dir: str,
+    enable_amp: bool = False,
+    max_batches=None,
+    log=None,
+    overwrite: bool = False,
 ) -> dict:
-    """Run the evaluation and write every result file; returns ``{label: path}``."""
+    """Run the evaluation and write every result file; returns ``{label: path}``.
+
+    The files are written into a staging directory and moved to ``out_dir`` at the end; a
+    non-empty ``out_dir`` is an error unless ``overwrite``.
+    """
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
+        raise OutputExistsError(
+            f"output directory {out_dir} is not empty; pass --overwrite to replace its results"
+        )
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise OutputExistsError(f"output path {out_dir} exists and is not a directory")
+    _remove_stale_staging(out_dir)
+    staging = _staging_prefix(out_dir) + str(os.getpid())
+    try:
+        os.makedirs(staging)
+    except OSError as err:
+        raise OutputError(f"cannot create {staging}: {err.strerror or err}") from err
+    try:
+        written = _evaluate_into(params, weights, staging, out_dir, enable_amp, max_batches, log)
+        _publish(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {k: os.path.join(out_dir, os.path.relpath(p, staging)) for k, p in written.items()}
+
+
+def _evaluate_into(params, weights, out_dir, final_dir, enable_amp, max_batches, log) -> dict:
+    """The evaluation, writing into ``out_dir`` (the staging directory of ``final_dir``)."""
     log = log or logging.getLogger("vamoe")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     loader, dataset, _ = get_data_loader(params, False, "test")
     layout = params.layout
-    model = load_model(params, weights, device)
+    model, ckpt = load_model_and_checkpoint(params, weights, device)
     if params.compile:
         model = compile_model(model)
     clim_path = default_climatology_path(params)
     climatology = None
     if os.path.exists(clim_path):
-        climatology = Climatology(clim_path, layout)
+        climatology = Climatology(
+            clim_path, layout, allow_fallback=bool(params.get("allow_climatology_fallback"))
+        )
     else:
         log.warning("no climatology at %s: ACC and the climatology baseline are skipped", clim_path)
     log.info(
@@ -143,7 +225,15 @@ def evaluate(
         capture_channels=[layout.index_of_name(n) for n in map_names],
         max_batches=max_batches,
     )
-    written = save_results(results, out_dir, params.config_name)
+    fallbacks = sorted(climatology.fallbacks) if climatology is not None else []
+    provenance = {
+        "weights": os.path.abspath(weights),
+        "weights_epoch": ckpt.get("epoch"),
+        "weights_global_step": ckpt.get("global_step"),
+        "climatology_fallbacks": fallbacks,
+        "config_values": json.loads(json.dumps(params.to_dict())),
+    }
+    written = save_results(results, out_dir, params.config_name, provenance)
     headline = [n for n in params.headline_variables if n in layout.names]
     written["rmse_acc"] = plot_rmse_acc(results, headline, os.path.join(out_dir, "rmse_acc.png"))
     if results.sample is not None and map_names:
@@ -160,10 +250,14 @@ def evaluate(
             title=f"{params.config_name}, initialised {_init_time_name(sample['time_hours'])}",
         )
     table = format_headline_table(results, headline, params.headline_days)
+    epoch = f" (epoch {ckpt['epoch']})" if ckpt.get("epoch") is not None else ""
     summary = (
-        f"{params.config_name}: {weights}\n{results.n_ics} initial conditions, "
+        f"{params.config_name}: {weights}{epoch}\n{results.n_ics} initial conditions, "
         f"{params.t_out_test} steps of {params.lead_time} h\n\n{table}\n"
     )
+    if fallbacks:
+        summary += "\nclimatology fallbacks (allow_climatology_fallback):\n"
+        summary += "".join(f"  {line}\n" for line in fallbacks)
     atomic_write_text(os.path.join(out_dir, "summary.txt"), summary)
     written["summary"] = os.path.join(out_dir, "summary.txt")
     print(summary)
@@ -171,22 +265,30 @@ def evaluate(
         log.info("note: %s", note)
     log.info(
         "results in %s: %s",
-        out_dir,
+        final_dir,
         ", ".join(sorted(os.path.basename(p) for p in written.values())),
     )
     return written
 
 
 def main(argv=None):
+    """Evaluate; exit 2 with one line on a configuration, data, checkpoint or output error."""
     args = parse_args(argv)
     log = setup_logging()
     try:
         params = YParams(args.yaml_config, args.config, args.overrides)
-        os.makedirs(args.override_dir, exist_ok=True)
-        evaluate(params, args.weights, args.override_dir, args.enable_amp, args.max_batches, log)
-    except (ConfigError, FileNotFoundError, ValueError, LookupError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        evaluate(
+            params,
+            args.weights,
+            args.override_dir,
+            args.enable_amp,
+            args.max_batches,
+            log,
+            args.overwrite,
+        )
+    except VAMoEError as err:
+        report_error(err)
+        sys.exit(EXIT_USER_ERROR)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ step "training $CONFIG with train.sh (resumes, or does nothing, when the run exi
 CONFIG=$CONFIG EXP_DIR=$EXP_DIR bash train.sh --set "root_dir=$DATA_DIR" "$@"
 
 step "evaluating with test.sh"
-CONFIG=$CONFIG EXP_DIR=$EXP_DIR OUT_DIR=$RESULTS_DIR bash test.sh --set "root_dir=$DATA_DIR"
+CONFIG=$CONFIG EXP_DIR=$EXP_DIR OUT_DIR=$RESULTS_DIR bash test.sh --set "root_dir=$DATA_DIR" --overwrite
 
 step "done"
 echo "run directory: $EXP_DIR/$CONFIG/0 (out.log, metrics.jsonl, training_checkpoints/)"

@@ -5,10 +5,18 @@
 
 Writes ``<exp_dir>/<config>/<run_num>/``: ``out.log``, ``hyperparams.yaml``, ``metrics.jsonl``
 (one line per epoch) and ``training_checkpoints/`` (``ckpt.tar`` every epoch and every
-``checkpoint_every_steps`` steps, ``best_ckpt.tar`` at the best validation loss, and
-``ckpt_epoch<N>.tar`` snapshots, the last ``keep_snapshots`` kept). Running the same command
-again resumes from ``ckpt.tar``; an incremental section (``cl_ckpt_path`` set) starts from the
+``checkpoint_every_steps`` steps, the one it replaced as ``ckpt_prev.tar``, ``best_ckpt.tar`` at
+the best validation loss, and ``ckpt_epoch<N>.tar`` snapshots, the last ``keep_snapshots`` kept).
+Running the same command again resumes from ``ckpt.tar`` (from ``ckpt_prev.tar``, with a warning,
+when ``ckpt.tar`` cannot be read); an incremental section (``cl_ckpt_path`` set) starts from the
 initial-stage checkpoint, mapped onto the new variables, with the ``freeze`` patterns frozen.
+
+At the end of an epoch ``best_ckpt.tar``, the ``metrics.jsonl`` line and the snapshot are written
+before ``ckpt.tar``, the commit point: a crash at any moment leaves a run whose resume redoes the
+unfinished epoch and rewrites them. One training at a time holds the run directory (``.lock``).
+A stop signal (``stop_signals``) writes ``ckpt.tar`` after the next optimiser step and exits
+with code 75; errors end in one line (exit 2) for configuration, data and checkpoint problems,
+in a traceback (exit 1) for anything else, on the console and in ``out.log``.
 """
 
 import argparse
@@ -29,23 +37,34 @@ from tqdm import tqdm
 from networks.compile import compile_model
 from networks.vamoe import VAMoE
 from utils import distributed as dist_utils
-from utils.atomic_io import atomic_write_text
+from utils.atomic_io import atomic_write_text, remove_stale_temporaries
 from utils.checkpoint import (
     atomic_save,
     check_channel_names,
     load_checkpoint,
+    load_latest_checkpoint,
     rng_state,
     set_rng_state,
     unwrap,
 )
 from utils.data_loader_npyfiles import get_data_loader
+from utils.errors import (
+    EXIT_USER_ERROR,
+    CheckpointError,
+    ConfigError,
+    NonFiniteLossError,
+    OutputError,
+    VAMoEError,
+)
 from utils.freezing import freeze_from_params
 from utils.grid import latitudes
 from utils.incremental import load_initial_stage
-from utils.logging_utils import setup_logging
+from utils.logging_utils import report_error, setup_logging
+from utils.preemption import EXIT_PREEMPTED, Preempted, StopSignals, watch_launcher
 from utils.rollout import MetricAccumulator, autocast_context, resolve_amp_dtype
+from utils.run_lock import RunLock
 from utils.weighted_acc_rmse import weighted_mse_torch_channels
-from utils.YParams import ConfigError, YParams
+from utils.YParams import YParams
 
 
 def parse_args(argv=None):
@@ -93,21 +112,18 @@ def build_optimizer(model, params) -> torch.optim.AdamW:
 class Trainer:
     """Owns the model, data, optimisation state and run directory of one training run."""
 
-    def __init__(self, params: YParams, args, info: dist_utils.DistInfo):
+    def __init__(self, params: YParams, args, info: dist_utils.DistInfo, stop=None):
         self.params = params
         self.info = info
         self.device = info.device
-        self.run_dir = os.path.join(args.exp_dir, params.config_name, str(args.run_num))
+        self.stop = stop
+        self.run_dir = run_directory(args, params)
         self.ckpt_dir = os.path.join(self.run_dir, "training_checkpoints")
         self.ckpt_path = os.path.join(self.ckpt_dir, "ckpt.tar")
+        self.prev_path = os.path.join(self.ckpt_dir, "ckpt_prev.tar")
         self.best_path = os.path.join(self.ckpt_dir, "best_ckpt.tar")
         self.metrics_path = os.path.join(self.run_dir, "metrics.jsonl")
-        if info.is_main:
-            os.makedirs(self.ckpt_dir, exist_ok=True)
-        dist_utils.barrier()
-        self.log = setup_logging(
-            os.path.join(self.run_dir, "out.log") if info.is_main else None, info.rank
-        )
+        self.log = setup_logging(os.path.join(self.run_dir, "out.log"), info.rank, info.world_size)
         self.amp_dtype = resolve_amp_dtype(
             params.amp_dtype if args.enable_amp else None, self.device
         )
@@ -129,10 +145,11 @@ class Trainer:
         self.start_epoch, self.start_step, self.global_step = 0, 0, 0
         self.best_valid = math.inf
         self.epoch_sums = {}
-        resume_path = args.checkpoint or (
-            self.ckpt_path if os.path.isfile(self.ckpt_path) else None
-        )
-        resume = load_checkpoint(resume_path) if resume_path else None
+        resume, resume_path = None, args.checkpoint
+        if resume_path:
+            resume = load_checkpoint(resume_path)
+        elif os.path.isfile(self.ckpt_path) or os.path.isfile(self.prev_path):
+            resume, resume_path = load_latest_checkpoint(self.ckpt_path, self.prev_path, self.log)
         report = None
         if resume is not None:
             check_channel_names(
@@ -177,6 +194,11 @@ class Trainer:
             params.w_size,
         )
 
+        if self.steps_per_epoch == 0:
+            raise ConfigError(
+                f"no optimiser step per epoch: 'batch_size' ({params.batch_size}) exceeds the "
+                f"{len(self.train_set)} training samples of 'train_period' {params.train_period}"
+            )
         self.model = model
         if info.distributed:
             self.model = DistributedDataParallel(
@@ -195,10 +217,13 @@ class Trainer:
             ),
         )
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype is torch.float16 else None
+        changes = {}
         if resume is not None:
             self._restore(resume, resume_path)
-        if info.is_main and resume is None:
-            params.dump(os.path.join(self.run_dir, "hyperparams.yaml"))
+            changes = self._changed_settings(resume)
+        hyperparams = os.path.join(self.run_dir, "hyperparams.yaml")
+        if info.is_main and (changes or not os.path.isfile(hyperparams)):
+            params.dump(hyperparams)
         self.wandb = self._init_wandb(args) if params.log_to_wandb and info.is_main else None
 
     # ------------------------------------------------------------------ bookkeeping
@@ -231,7 +256,7 @@ class Trainer:
             if k not in ckpt
         ]
         if missing:
-            raise ConfigError(
+            raise CheckpointError(
                 f"checkpoint {path!r} holds no training state ({missing}): it is a "
                 "weights-only file such as best_ckpt.tar. Resume from "
                 "training_checkpoints/ckpt.tar, or start a new stage from it with "
@@ -255,6 +280,31 @@ class Trainer:
             self.global_step,
         )
 
+    def _changed_settings(self, ckpt) -> dict:
+        """Settings that differ from those the checkpoint was written with: warned about and
+        appended to ``config_changes.jsonl`` (``hyperparams.yaml`` then holds the new ones)."""
+        saved = dict(ckpt.get("params") or {})
+        if not saved:  # a checkpoint from before settings were stored
+            return {}
+        if "world_size" in ckpt:
+            saved["world_size"] = ckpt["world_size"]
+        current = {**_plain_params(self.params), "world_size": self.info.world_size}
+        changes = {
+            k: [saved.get(k), current.get(k)]
+            for k in sorted(set(saved) | set(current))
+            if saved.get(k) != current.get(k)
+        }
+        if changes:
+            self.log.warning(
+                "resuming with changed settings: %s",
+                "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items()),
+            )
+            if self.info.is_main:
+                path = os.path.join(self.run_dir, "config_changes.jsonl")
+                line = {"epoch": self.start_epoch, "step_in_epoch": self.start_step}
+                _append_jsonl(path, {**line, "changes": changes})
+        return changes
+
     def _state(self, epoch, step_in_epoch):
         return {
             "model": unwrap(self.model).state_dict(),
@@ -270,19 +320,21 @@ class Trainer:
             "config_name": self.params.config_name,
             "channel_names": self.layout.names,
             "params": _plain_params(self.params),
+            "world_size": self.info.world_size,
         }
 
     def save_checkpoint(self, epoch, step_in_epoch):
         if self.info.is_main:
-            atomic_save(self._state(epoch, step_in_epoch), self.ckpt_path)
+            atomic_save(self._state(epoch, step_in_epoch), self.ckpt_path, self.prev_path)
         dist_utils.barrier()
 
-    def _save_epoch_files(self, epoch, improved):
-        """After epoch ``epoch`` (0-based) finished: ckpt.tar, best and snapshots (rank 0)."""
+    def _save_epoch_files(self, epoch, improved, record):
+        """After epoch ``epoch`` (0-based) finished (rank 0): ``best_ckpt.tar``, the
+        ``metrics.jsonl`` line and the snapshot first, ``ckpt.tar`` last. Until ``ckpt.tar`` says
+        the epoch is done, a resume redoes it and rewrites the others identically."""
         if not self.info.is_main:
             return
         state = self._state(epoch + 1, 0)
-        atomic_save(state, self.ckpt_path)
         if improved:
             atomic_save(
                 {
@@ -299,6 +351,7 @@ class Trainer:
                 },
                 self.best_path,
             )
+        self._write_metrics_line(record)
         every = self.params.snapshot_every_epochs
         if every and (epoch + 1) % every == 0:
             atomic_save(state, os.path.join(self.ckpt_dir, f"ckpt_epoch{epoch + 1}.tar"))
@@ -308,6 +361,18 @@ class Trainer:
             )
             for old in snapshots[: -self.params.keep_snapshots]:
                 os.remove(old)
+        atomic_save(state, self.ckpt_path, self.prev_path)
+
+    def _write_metrics_line(self, record):
+        """``metrics.jsonl`` with the line of ``record``'s epoch, rewritten whole (a few kB) so a
+        crash never leaves a torn line; lines of this epoch or later (from an epoch that was
+        redone after a crash) are replaced."""
+        lines = []
+        if os.path.isfile(self.metrics_path):
+            with open(self.metrics_path) as f:
+                lines = [ln for ln in f if ln.strip()]
+        kept = [ln for ln in lines if json.loads(ln).get("epoch", 0) < record["epoch"]]
+        atomic_write_text(self.metrics_path, "".join(kept) + json.dumps(record) + "\n")
 
     # ------------------------------------------------------------------ steps
     def _autocast(self):
@@ -378,12 +443,22 @@ class Trainer:
             # The step's scalars as global means in one small all-reduce and one device sync,
             # after the step was queued: every rank sees a non-finite loss together (none is
             # left waiting in a collective), and nothing has been written for this step yet.
+            # The stop flag rides along: every rank stops after the same step.
             names = ["loss", *terms, "grad_norm"]
-            scalars = torch.stack([loss.detach().float(), *terms.values(), grad_norm.float()])
+            stop = float(self.stop is not None and self.stop.requested)
+            scalars = torch.stack(
+                [
+                    loss.detach().float(),
+                    *terms.values(),
+                    grad_norm.float(),
+                    loss.new_tensor(stop, dtype=torch.float32),
+                ]
+            )
             values = (dist_utils.all_reduce_sum(scalars) / info.world_size).tolist()
+            values, stop = values[:-1], values[-1]
             loss_value = values[0]
             if not math.isfinite(loss_value):
-                raise FloatingPointError(
+                raise NonFiniteLossError(
                     f"non-finite training loss {loss_value} at epoch "
                     f"{epoch + 1}, step {step}; lower lr or disable fp16"
                 )
@@ -401,6 +476,12 @@ class Trainer:
                 self.log.debug(
                     "step %d loss %.5f grad_norm %.3f", self.global_step, loss_value, values[-1]
                 )
+            if self._stop_requested(stop):
+                bar.close()
+                if hasattr(batches, "close"):
+                    batches.close()
+                self.save_checkpoint(epoch, step + 1)
+                self._stopping()
             every = params.checkpoint_every_steps
             if every and self.global_step % every == 0 and step + 1 < n_steps:
                 self.save_checkpoint(epoch, step + 1)
@@ -477,8 +558,6 @@ class Trainer:
             improved = valid_stats["valid_loss"] < self.best_valid
             if improved:
                 self.best_valid = valid_stats["valid_loss"]
-            self._save_epoch_files(epoch, improved)
-            dist_utils.barrier()
             record = {
                 "epoch": epoch + 1,
                 "global_step": self.global_step,
@@ -487,15 +566,10 @@ class Trainer:
                 "lr": self.scheduler.get_last_lr()[0],
                 "best_valid_loss": self.best_valid,
             }
-            if self.info.is_main:
-                previous = ""
-                if os.path.isfile(self.metrics_path):
-                    with open(self.metrics_path) as f:
-                        previous = f.read()
-                # Rewritten whole (a few kB) so a crash never leaves a torn line.
-                atomic_write_text(self.metrics_path, previous + json.dumps(record) + "\n")
-                if self.wandb is not None:
-                    self.wandb.log(_flatten(record), step=self.global_step)
+            self._save_epoch_files(epoch, improved, record)
+            dist_utils.barrier()
+            if self.wandb is not None:
+                self.wandb.log(_flatten(record), step=self.global_step)
             rmse = ", ".join(f"{k} {v:.4g}" for k, v in valid_stats["valid_rmse"].items())
             self.log.info(
                 "epoch %d/%d | train loss %.5f | valid loss %.5f%s | %.1f samples/s | "
@@ -510,8 +584,31 @@ class Trainer:
                 record["lr"],
                 rmse,
             )
+            if epoch + 1 < params.max_epochs and self._stop_requested():
+                self._stopping()
         if self.wandb is not None:
             self.wandb.finish()
+
+    def _stop_requested(self, flag=None) -> bool:
+        """Whether any rank received a stop signal (``flag``: already all-reduced)."""
+        if flag is None:
+            local = float(self.stop is not None and self.stop.requested)
+            flag = dist_utils.all_reduce_sum(torch.tensor([local], device=self.device)).item()
+        return flag > 0
+
+    def _stopping(self):
+        """``ckpt.tar`` holds the current state: say so and raise :class:`Preempted`."""
+        signal_name = self.stop.name if self.stop is not None and self.stop.requested else ""
+        self.log.warning(
+            "stop signal %s: checkpoint written after global step %d; exiting with code %d, "
+            "run the same command to resume",
+            signal_name or "on another rank",
+            self.global_step,
+            EXIT_PREEMPTED,
+        )
+        if self.wandb is not None:
+            self.wandb.finish(exit_code=EXIT_PREEMPTED)
+        raise Preempted()
 
 
 def _cosine_factor(lr, min_lr, total_steps):
@@ -544,22 +641,84 @@ def _plain_params(params):
     return json.loads(json.dumps(params.to_dict()))
 
 
+def _append_jsonl(path, record):
+    previous = ""
+    if os.path.isfile(path):
+        with open(path) as f:
+            previous = f.read()
+    atomic_write_text(path, previous + json.dumps(record) + "\n")
+
+
+def run_directory(args, params) -> str:
+    return os.path.join(args.exp_dir, params.config_name, str(args.run_num))
+
+
+def claim_run_directory(run_dir: str, info: dist_utils.DistInfo) -> RunLock | None:
+    """Create ``run_dir``, lock it and remove stale temporary files (rank 0); every rank raises
+    when that failed, so none is left waiting for the others."""
+    lock, error = None, None
+    if info.is_main:
+        try:
+            ckpt_dir = os.path.join(run_dir, "training_checkpoints")
+            try:
+                os.makedirs(ckpt_dir, exist_ok=True)
+            except OSError as err:
+                raise OutputError(f"cannot create {ckpt_dir}: {err.strerror or err}") from err
+            lock = RunLock(run_dir)
+            lock.acquire()
+            for path in remove_stale_temporaries(run_dir) + remove_stale_temporaries(ckpt_dir):
+                logging.getLogger("vamoe").info("removed stale temporary file %s", path)
+        except VAMoEError as err:
+            error = err
+    failed = torch.tensor([float(error is not None)], device=info.device)
+    if dist_utils.all_reduce_sum(failed).item() > 0:
+        if error is not None:
+            raise error
+        raise OutputError(f"rank 0 could not take the run directory {run_dir} (see its error)")
+    return lock
+
+
+def train_run(params, args, info, stop) -> None:
+    """Lock the run directory, train, unlock."""
+    lock = claim_run_directory(run_directory(args, params), info)
+    try:
+        Trainer(params, args, info, stop).train()
+    finally:
+        if lock is not None:
+            lock.release()
+
+
 def main(argv=None):
+    """Train; exit 0 when done, 75 when stopped by a signal (resumable), 2 on a configuration,
+    data or checkpoint error (one line), 1 on anything else (a traceback)."""
     args = parse_args(argv)
     info = dist_utils.init_distributed()
-    setup_logging(None, info.rank)
+    setup_logging(None, info.rank, info.world_size)
+    code = 0
     try:
         params = YParams(args.yaml_config, args.config, args.overrides)
-        Trainer(params, args, info).train()
-    except (ValueError, LookupError, FileNotFoundError, FloatingPointError) as err:
-        # Configuration, data and checkpoint errors: their messages name the key or file at
-        # fault; the traceback goes to out.log only.
-        logging.getLogger("vamoe").debug("error: %s", err, exc_info=True)
+        with StopSignals(params.stop_signals) as stop:
+            watch_launcher()
+            train_run(params, args, info, stop)
+    except Preempted:
+        code = EXIT_PREEMPTED
+    except ConfigError as err:  # the same on every rank: said once
         if info.is_main:
-            print(f"error: {err}", file=sys.stderr)
-        dist_utils.cleanup()
-        sys.exit(2)
-    dist_utils.cleanup()
+            report_error(err, info.rank, info.world_size)
+        code = EXIT_USER_ERROR
+    except VAMoEError as err:
+        report_error(err, info.rank, info.world_size)
+        code = EXIT_USER_ERROR
+    except Exception as err:
+        brief = None
+        if info.distributed and "Connection closed by peer" in str(err):
+            brief = "another rank stopped (its error is above and in out.log); " + str(err)
+        report_error(err, info.rank, info.world_size, brief)
+        code = 1
+    if code in (0, EXIT_PREEMPTED):
+        dist_utils.cleanup()  # after an error a peer may be gone: leave the teardown to exit
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -143,6 +143,7 @@ if __name__ == "__main__":  # python -m networks.flops --config vamoe [--batch 1
     import argparse
     import json
 
+    from utils.errors import cli_errors
     from utils.YParams import YParams
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -151,7 +152,8 @@ if __name__ == "__main__":  # python -m networks.flops --config vamoe [--batch 1
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
-    cfg = YParams(args.yaml_config, args.config, args.set)
+    with cli_errors():
+        cfg = YParams(args.yaml_config, args.config, args.set)
     parts = forward_flops_by_component(cfg, args.batch)
     print(
         json.dumps(

@@ -22,6 +22,7 @@ import torch
 
 from networks.memory import training_memory
 from networks.vamoe import VAMoE
+from utils.errors import cli_errors
 from utils.freezing import freeze_from_params
 from utils.YParams import YParams
 
@@ -84,9 +85,11 @@ def main(argv=None):
     parser.add_argument("--checkpoint_blocks", action="store_true", help="activation checkpointing")
     parser.add_argument("--json", action="store_true", help="--memory: one JSON line per batch")
     args = parser.parse_args(argv)
-    params = YParams(args.yaml_config, args.config, args.overrides)
-    if not args.memory:
-        print(json.dumps(summarize(params), indent=2))
+    with cli_errors():
+        params = YParams(args.yaml_config, args.config, args.overrides)
+        summary = None if args.memory else summarize(params)
+    if summary is not None:
+        print(json.dumps(summary, indent=2))
         return
     if args.checkpoint_blocks:
         params["checkpoint_blocks"] = True

@@ -18,6 +18,7 @@ from utils.era5_layout import (
     to_hours,
     upper_path,
 )
+from utils.errors import DataError
 from utils.make_synthetic_era5 import SyntheticERA5
 from utils.statistics import RunningMoments, StatisticsError, compute_statistics, load_mean_std
 
@@ -93,7 +94,7 @@ def test_load_mean_std_errors(tmp_path):
         load_mean_std(str(tmp_path), ChannelLayout([], [], ["msl"]))
 
 
-def test_data_climatology_and_cli_refuse_overwrite(synthetic_root, tmp_path):
+def test_data_climatology_and_cli_refuse_overwrite(synthetic_root, tmp_path, capsys):
     root = str(tmp_path / "era5")
     shutil.copytree(synthetic_root, root, ignore=shutil.ignore_patterns("statistic"))
     compute_statistics(
@@ -108,8 +109,14 @@ def test_data_climatology_and_cli_refuse_overwrite(synthetic_root, tmp_path):
     np.testing.assert_allclose(
         clim.mean_field()[1], _all_fields(root, "t2m", None, times).mean(0), rtol=1e-6
     )
-    # a day of year outside the period falls back to the time mean
-    np.testing.assert_array_equal(clim.field(to_hours("2020-06-01")), clim.mean_field())
+    # a day of year outside the period: an error naming it, or the time mean when allowed
+    with pytest.raises(DataError, match=r"day of year 152 \(06-01\) is not stored"):
+        clim.field(to_hours("2020-06-01"))
+    lenient = Climatology(root, layout, allow_fallback=True)
+    np.testing.assert_array_equal(lenient.field(to_hours("2020-06-01")), lenient.mean_field())
+    assert lenient.fallbacks == {
+        "every channel: time-mean climatology used (day of year 152 (06-01) is not stored)"
+    }
     with pytest.raises(FileExistsError):
         compute_statistics(
             root, "2020-01-02", "2020-01-04", 6, upper={"z": [500]}, surface=["t2m"], progress=False
@@ -135,8 +142,11 @@ def test_data_climatology_and_cli_refuse_overwrite(synthetic_root, tmp_path):
     with open(statistic_path(root)) as f:
         assert list(json.load(f)["mean"]) == ["z"]
     os.remove(upper_path(root, to_hours("2020-01-02") + 6, "z", 500))
-    with pytest.raises(FileNotFoundError, match="06:00:00-z-500.0.npy"):
+    with pytest.raises(SystemExit) as exit_info:
         main(["--root_dir", root, "--start", "2020-01-02", "--end", "2020-01-02", "--overwrite"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: " in err and "06:00:00-z-500.0.npy" in err and "Traceback" not in err
 
 
 def test_synthetic_climatology_is_background_state(synthetic_root):
@@ -172,10 +182,10 @@ def test_climatology_nearest_hour_and_time_mean_only(tmp_path):
     only_mean = ClimatologyWriter(str(tmp_path / "m"), (2, 3))
     only_mean.add("t2m", np.full((2, 3), 7.0))
     only_mean.close()
-    clim = Climatology(str(tmp_path / "m"), layout)
+    clim = Climatology(str(tmp_path / "m"), layout, allow_fallback=True)
     assert not clim.by_day_of_year
     np.testing.assert_array_equal(clim.field(feb29), np.full((1, 2, 3), 7.0, np.float32))
-    with pytest.raises(KeyError, match="msl"):
+    with pytest.raises(DataError, match="msl"):
         Climatology(str(tmp_path / "m"), ChannelLayout([], [], ["msl"]))
     with pytest.raises(FileExistsError):
         ClimatologyWriter(str(tmp_path / "m"), (2, 3))

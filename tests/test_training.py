@@ -55,6 +55,7 @@ def test_training_writes_run_files_and_loss_falls(synthetic_root, tmp_path):
         "ckpt.tar",
         "ckpt_epoch2.tar",
         "ckpt_epoch3.tar",
+        "ckpt_prev.tar",
     ]
     records = read_metrics(run_dir)
     assert [r["epoch"] for r in records] == [1, 2, 3]
@@ -89,7 +90,7 @@ def test_training_writes_run_files_and_loss_falls(synthetic_root, tmp_path):
     assert len(read_metrics(run_dir)) == 3
 
 
-class _Killed(Exception):
+class _Killed(BaseException):  # a kill: not reported, no exit code
     pass
 
 

@@ -21,11 +21,8 @@ from ruamel.yaml import YAML
 
 from utils.atomic_io import atomic_write_text
 from utils.channels import ERA5_LEVELS, ChannelLayout
-
-
-class ConfigError(ValueError):
-    """An inconsistent or unknown configuration value; the message names the keys at fault."""
-
+from utils.era5_layout import period_bounds
+from utils.errors import ConfigError
 
 DERIVED_KEYS = ("layout", "N_in_channels", "N_out_channels")
 _ALIASES = {"num_exports": "num_experts"}
@@ -67,7 +64,47 @@ _NON_NEGATIVE_INTS = (
     "checkpoint_every_steps",
     "snapshot_every_epochs",
     "log_every_steps",
+    "seed",
 )
+_OPTIONAL_POSITIVE_INTS = ("max_steps_per_epoch", "max_valid_steps")
+# Real-valued keys: (low, high, low included, high included); None leaves a side open.
+_RANGES = {
+    "lr": (0.0, None, False, False),
+    "min_lr": (0.0, None, True, False),
+    "weight_decay": (0.0, None, True, False),
+    "clip_grad_norm": (0.0, None, False, True),
+    "drop_path": (0.0, 1.0, True, False),
+    "mlp_ratio": (0.0, None, False, False),
+    "layer_norm_eps": (0.0, None, False, False),
+    "moe_aux_loss_weight": (0.0, None, True, False),
+    "loss_weight": (0.0, 1.0, True, True),
+}
+_FLAGS = ("allow_overlapping_periods", "allow_climatology_fallback")
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def _range_problem(key: str, value, low, high, low_in: bool, high_in: bool) -> str | None:
+    """A message when ``value`` is not a number inside the interval, else None."""
+    inside = _is_number(value)
+    if inside and low is not None:
+        inside = value >= low if low_in else value > low
+    if inside and high is not None:
+        inside = value <= high if high_in else value < high
+    if inside:
+        return None
+    interval = (
+        f"{'[' if low_in else '('}{low if low is not None else '-inf'}, "
+        f"{high if high is not None else 'inf'}{']' if high_in else ')'}"
+    )
+    return f"'{key}' must be a number in {interval}, got {value!r}"
 
 
 def _plain(value: Any) -> Any:
@@ -213,6 +250,11 @@ def validate(params: dict, section: str = "") -> None:
             isinstance(params[key], int) and not isinstance(params[key], bool) and params[key] >= 0
         ):
             problems.append(f"'{key}' must be an integer >= 0, got {params[key]!r}")
+    for key in _OPTIONAL_POSITIVE_INTS:
+        value = params.get(key)
+        if value is not None and not (_is_int(value) and value > 0):
+            problems.append(f"'{key}' must be a positive integer or null, got {value!r}")
+    problems += _numeric_problems(params)
     if problems:
         raise ConfigError("invalid config" + where + ": " + "; ".join(problems))
 
@@ -258,12 +300,7 @@ def validate(params: dict, section: str = "") -> None:
                 f"'moe_topk_tokens' ({params.get('moe_topk_tokens')}) must be between "
                 f"1 and 'num_experts' ({experts})"
             )
-    if not 0.0 <= float(params.get("loss_weight", 0.0)) <= 1.0:
-        problems.append(f"'loss_weight' ({params['loss_weight']}) must lie in [0, 1]")
-    for key in ("train_period", "valid_period", "test_period"):
-        value = params.get(key)
-        if not (isinstance(value, list) and len(value) == 2):
-            problems.append(f"'{key}' must be [start_date, end_date], got {value!r}")
+    problems += _period_problems(params)
     for key in ("train_interval", "valid_interval", "test_interval"):
         if (
             key in params
@@ -277,6 +314,59 @@ def validate(params: dict, section: str = "") -> None:
             )
     if problems:
         raise ConfigError("invalid config" + where + ": " + "; ".join(problems))
+
+
+def _numeric_problems(params: dict) -> list[str]:
+    """Range checks of the real-valued keys, the optimiser's betas, flags and stop signals."""
+    problems = []
+    for key, bounds in _RANGES.items():
+        if key in params:
+            problem = _range_problem(key, params[key], *bounds)
+            if problem:
+                problems.append(problem)
+    lr, min_lr = params.get("lr"), params.get("min_lr")
+    if _is_number(lr) and _is_number(min_lr) and min_lr > lr:
+        problems.append(f"'min_lr' ({min_lr}) must not exceed 'lr' ({lr})")
+    betas = params.get("betas")
+    if "betas" in params and not (
+        isinstance(betas, list)
+        and len(betas) == 2
+        and all(_is_number(b) and 0.0 <= b < 1.0 for b in betas)
+    ):
+        problems.append(f"'betas' must be two numbers in [0, 1), got {betas!r}")
+    for key in _FLAGS:
+        if key in params and not isinstance(params[key], bool):
+            problems.append(f"'{key}' must be true or false, got {params[key]!r}")
+    signals = params.get("stop_signals")
+    if "stop_signals" in params and not (
+        isinstance(signals, list) and all(s in STOP_SIGNALS for s in signals)
+    ):
+        problems.append(f"'stop_signals' must be a list of {list(STOP_SIGNALS)}, got {signals!r}")
+    return problems
+
+
+def _period_problems(params: dict) -> list[str]:
+    """Each period must parse; the training period may not overlap the validation or test
+    period (samples seen in training would be scored) unless ``allow_overlapping_periods``."""
+    problems, bounds = [], {}
+    for key in ("train_period", "valid_period", "test_period"):
+        value = params.get(key)
+        if not (isinstance(value, list) and len(value) == 2):
+            problems.append(f"'{key}' must be [start_date, end_date], got {value!r}")
+            continue
+        try:
+            bounds[key] = period_bounds(value)
+        except ValueError as err:
+            problems.append(f"'{key}': {err}")
+    if not params.get("allow_overlapping_periods", False) and "train_period" in bounds:
+        first, last = bounds["train_period"]
+        for key in ("valid_period", "test_period"):
+            if key in bounds and bounds[key][0] <= last and first <= bounds[key][1]:
+                problems.append(
+                    f"'train_period' {params['train_period']} overlaps '{key}' "
+                    f"{params[key]} (set allow_overlapping_periods: true if intended)"
+                )
+    return problems
 
 
 def validate_incremental(params: dict, layout: ChannelLayout) -> None:

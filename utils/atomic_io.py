@@ -1,6 +1,8 @@
 """Atomic file writes: a temporary file in the destination folder, flushed to disk, then renamed
 over the target with ``os.replace``. Readers see the old file or the new one, never a partial
-one, and a failed write leaves no temporary file behind. New files get the usual permissions
+one, and a failed write leaves no temporary file behind (a killed one leaves ``.<name>.*.tmp``,
+which :func:`remove_stale_temporaries` clears). A write the file system refuses (read-only, full
+disk) raises :class:`utils.errors.OutputError` naming the path. New files get the usual permissions
 (0o666 less the umask); an existing file keeps its mode.
 """
 
@@ -10,6 +12,8 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 import numpy as np
+
+from utils.errors import OutputError
 
 _UMASK = os.umask(0)  # read once, at import, while nothing else creates files
 os.umask(_UMASK)
@@ -22,26 +26,78 @@ def _file_mode(path: str) -> int:
         return 0o666 & ~_UMASK
 
 
-def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write(f)`` on a temporary binary file, then move it to ``path`` atomically."""
+def atomic_write(
+    path: str, write: Callable[[BinaryIO], None], keep_previous: str | None = None
+) -> None:
+    """Call ``write(f)`` on a temporary binary file, then move it to ``path`` atomically.
+
+    ``keep_previous``: a path where the file being replaced is kept (a hard link made just before
+    the rename, so ``path`` never goes missing; a rename where links are not supported).
+    """
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp"
-    )
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=_tmp_prefix(path), suffix=".tmp")
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: {err.strerror or err}") from err
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, _file_mode(path))  # mkstemp creates 0o600
+        if keep_previous is not None and os.path.exists(path):
+            _keep(path, keep_previous)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(err, OSError) and not isinstance(err, OutputError):
+            raise OutputError(f"cannot write {path}: {err.strerror or err}") from err
         raise
+
+
+def _keep(path: str, previous: str) -> None:
+    """Make ``previous`` a copy of the current ``path`` atomically (hard link, else rename)."""
+    link = os.path.join(
+        os.path.dirname(os.path.abspath(previous)), _tmp_prefix(previous) + "link.tmp"
+    )
+    try:
+        if os.path.lexists(link):
+            os.remove(link)
+        os.link(path, link)
+    except OSError:  # no hard links here: the rename leaves path missing until the next one
+        os.replace(path, previous)
+    else:
+        os.replace(link, previous)
+
+
+def _tmp_prefix(path: str) -> str:
+    return "." + os.path.basename(path) + "."
+
+
+def remove_stale_temporaries(directory: str) -> list[str]:
+    """Delete the temporary files that killed atomic writes left in ``directory``; returns them.
+
+    Only call this while no other process writes into ``directory`` (e.g. under the run lock).
+    """
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    stale = [
+        os.path.join(directory, n)
+        for n in names
+        if n.startswith(".") and n.endswith(".tmp") and len(n.split(".")) >= 4
+    ]
+    for path in stale:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+    return stale
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:

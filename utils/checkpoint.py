@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from utils.atomic_io import atomic_write
-from utils.YParams import ConfigError
+from utils.errors import CheckpointError, ConfigError
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -40,24 +40,37 @@ def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return cleaned
 
 
-def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save`` to ``path`` through a temporary file and an atomic rename."""
-    atomic_write(path, lambda f: torch.save(obj, f))
+def atomic_save(obj: Any, path: str, keep_previous: str | None = None) -> None:
+    """``torch.save`` to ``path`` through a temporary file and an atomic rename; the file it
+    replaces is kept as ``keep_previous`` when given."""
+    atomic_write(path, lambda f: torch.save(obj, f), keep_previous)
+
+
+def load_latest_checkpoint(path: str, previous: str, log) -> tuple[dict[str, Any], str]:
+    """``(checkpoint, its path)``: ``path``, or ``previous`` with a warning when ``path`` is
+    missing or cannot be read (a truncated file, a disk error)."""
+    try:
+        return load_checkpoint(path), path
+    except CheckpointError as err:
+        if not os.path.isfile(previous):
+            raise
+        log.warning("%s; falling back to the previous checkpoint %s", err, previous)
+        return load_checkpoint(previous), previous
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict[str, Any]:
     """Load a checkpoint safely; errors name the file."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+        raise CheckpointError(f"checkpoint {path!r} does not exist or is not a file")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise RuntimeError(
+        raise CheckpointError(
             f"cannot load checkpoint {path!r} (corrupt, or holds objects other "
             f"than tensors and plain containers): {err}"
         ) from err
     if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise RuntimeError(
+        raise CheckpointError(
             f"checkpoint {path!r} has no 'model' entry; keys: "
             f"{sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__}"
         )

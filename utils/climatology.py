@@ -10,8 +10,10 @@ On disk it is a directory (default ``<root_dir>/statistic/climatology/``)::
 
 A lookup memory-maps only the channel files it needs and reads one ``(H, W)`` slice per channel, so
 a 128 x 256 x 70-channel climatology (GBs) is never loaded whole. Days of year use a leap-year
-calendar (Feb 29 = 59, Mar 1 = 60 in every year); the hour is the nearest stored hour. Times whose
-day of year is not stored (or channels without a per-day file) fall back to the time mean.
+calendar (Feb 29 = 59, Mar 1 = 60 in every year); the hour is the nearest stored hour. A time whose
+day of year is not stored, or a channel without a per-day file, is an error naming them, unless
+the climatology is opened with ``allow_fallback=True``: then the time mean stands in and each
+fallback is listed in :attr:`Climatology.fallbacks`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from utils.era5_layout import CLIMATOLOGY_DIR, STATISTIC_DIR, day_of_year_index, from_hours
+from utils.errors import DataError, DataFileError, MissingDataError
 
 FORMAT = "vamoe-climatology-1"
 
@@ -48,7 +51,7 @@ def resolve_climatology_dir(path_or_root: str) -> str:
     ):
         if candidate and os.path.isfile(os.path.join(candidate, "meta.json")):
             return candidate
-    raise FileNotFoundError(
+    raise MissingDataError(
         f"no climatology at {path!r}: expected {os.path.join(path, 'meta.json')} or "
         f"{os.path.join(path, STATISTIC_DIR, CLIMATOLOGY_DIR, 'meta.json')} (create it with "
         "`python -m utils.statistics` or `python -m utils.make_synthetic_era5`)"
@@ -61,19 +64,27 @@ class Climatology:
     Args:
         path_or_root: the climatology directory or the dataset root.
         layout: a :class:`utils.channels.ChannelLayout`; its channels must all be stored.
+        allow_fallback: use the time mean where a day of year or a channel's per-day file is
+            missing (recorded in :attr:`fallbacks`) instead of raising :class:`DataError`.
     """
 
-    def __init__(self, path_or_root: str, layout):
+    def __init__(self, path_or_root: str, layout, allow_fallback: bool = False):
         self.path = resolve_climatology_dir(path_or_root)
-        with open(os.path.join(self.path, "meta.json")) as f:
-            self.meta = json.load(f)
+        meta_path = os.path.join(self.path, "meta.json")
+        try:
+            with open(meta_path) as f:
+                self.meta = json.load(f)
+        except ValueError as err:
+            raise DataFileError(f"cannot read {meta_path}: {err}") from None
         if self.meta.get("format") != FORMAT:
-            raise ValueError(f"{self.path}/meta.json: unknown format {self.meta.get('format')!r}")
+            raise DataFileError(f"{meta_path}: unknown format {self.meta.get('format')!r}")
         self.layout = layout
+        self.allow_fallback = allow_fallback
+        self.fallbacks: set[str] = set()
         stored = list(self.meta["channels"])
         missing = [n for n in layout.names if n not in stored]
         if missing:
-            raise KeyError(
+            raise DataError(
                 f"climatology {self.path} has no channel(s) {missing}; it holds {stored}"
             )
         self._stored_index = [stored.index(n) for n in layout.names]
@@ -102,7 +113,7 @@ class Climatology:
             arr = np.load(path, mmap_mode="r")
             expected = (len(self._doy_row), len(self.hours)) + self.shape
             if arr.shape != expected:
-                raise ValueError(f"{path}: shape {arr.shape}, expected {expected}")
+                raise DataFileError(f"{path}: shape {arr.shape}, expected {expected}")
             self._files[c] = arr
         return self._files[c]
 
@@ -121,7 +132,13 @@ class Climatology:
         The fields of the last 32 (day of year, hour) slots are cached: a rollout asks for the
         same valid times from several initial conditions.
         """
-        return self._slot_field(self._slot(int(time_hours)))
+        slot = self._slot(int(time_hours))
+        if slot is None:
+            doy = day_of_year_index(int(time_hours))
+            self._fall_back(
+                f"day of year {doy} ({from_hours(time_hours):%m-%d}) is not stored", "every channel"
+            )
+        return self._slot_field(slot)
 
     def _read_slot(self, slot) -> np.ndarray:
         out = self._mean.copy()
@@ -129,8 +146,20 @@ class Climatology:
             for c in range(self.layout.n_channels):
                 if self._has_file[c]:
                     out[c] = self._channel(c)[slot]
+                else:
+                    name = self.layout.names[c]
+                    self._fall_back(f"no per-day file {name}.npy", name)
         out.setflags(write=False)
         return out
+
+    def _fall_back(self, reason: str, what: str) -> None:
+        note = f"{what}: time-mean climatology used ({reason})"
+        if not self.allow_fallback:
+            raise DataError(
+                f"climatology {self.path}: {reason} for {what}; recompute it over the "
+                "evaluated days, or set allow_climatology_fallback: true to use the time mean"
+            )
+        self.fallbacks.add(note)
 
 
 def climatology_slots(times) -> tuple[list, list, list]:

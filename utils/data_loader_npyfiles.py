@@ -48,6 +48,7 @@ from utils.era5_layout import (
     read_field,
     scan_missing,
 )
+from utils.errors import ConfigError
 from utils.statistics import load_mean_std
 
 logger = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ class ERA5NpyDataset(Dataset):
             first - self._offsets[0], last - self._offsets[-1] + 1, self.interval, dtype=np.int64
         )
         if len(times) == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"'{mode}_period' {self.period} is too short for t_in={self.t_in} and "
                 f"t_out_{mode}={self.t_out} at lead_time={self.lead} h: no sample fits"
             )
@@ -184,6 +185,8 @@ class ERA5NpyDataset(Dataset):
                 raise MissingDataError(
                     f"missing data file {path} ({from_hours(time_hours):%Y-%m-%d %H:%M})"
                 ) from None
+            except OSError as err:
+                raise DataFileError(f"cannot read {path}: {err.strerror}") from None
             try:
                 if _HAS_PREADV:
                     n = os.preadv(fd, [scratch, out, _TAIL], 0)
@@ -191,6 +194,8 @@ class ERA5NpyDataset(Dataset):
                     with os.fdopen(os.dup(fd), "rb") as f:
                         n = f.readinto(scratch) + f.readinto(memoryview(out).cast("B"))
                         n += len(f.read(1))
+            except OSError as err:  # a directory, an I/O error
+                raise DataFileError(f"cannot read {path}: {err.strerror}") from None
             finally:
                 os.close(fd)
             if n != expected or scratch != header:
@@ -404,7 +409,7 @@ def get_data_loader(params, distributed: bool, run_mode: str):
     world, rank = _world(distributed)
     global_batch = int(params[key])
     if global_batch % world:
-        raise ValueError(f"'{key}' ({global_batch}) must be divisible by the world size ({world})")
+        raise ConfigError(f"'{key}' ({global_batch}) must be divisible by the world size ({world})")
     batch = global_batch // world
     dataset = ERA5NpyDataset(params, run_mode)
     train = run_mode == "train"
@@ -416,7 +421,7 @@ def get_data_loader(params, distributed: bool, run_mode: str):
     pin = torch.cuda.is_available()
     backend = params.get("loader_backend", "threads")
     if backend not in ("threads", "processes"):
-        raise ValueError(f"'loader_backend' is {backend!r}; expected 'threads' or 'processes'")
+        raise ConfigError(f"'loader_backend' is {backend!r}; expected 'threads' or 'processes'")
     if backend == "threads":
         loader = ThreadedBatchLoader(dataset, batch, sampler, train, workers, prefetch, pin)
         return loader, dataset, sampler

@@ -21,20 +21,14 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from utils.errors import ConfigError, DataFileError, MissingDataError
+
 EPOCH = _dt.datetime(1970, 1, 1)
 STATISTIC_DIR = "statistic"
 SINGLE_DIR = "single"
 MEAN_STD_FILE = "mean_std.json"
 MEAN_STD_SINGLE_FILE = "mean_std_single.json"
 CLIMATOLOGY_DIR = "climatology"
-
-
-class MissingDataError(FileNotFoundError):
-    """Files of the requested period are missing; the message lists them and their dates."""
-
-
-class DataFileError(ValueError):
-    """A data file has the wrong shape or dtype, is unreadable or holds NaN/inf; names the file."""
 
 
 # ------------------------------------------------------------------------------------------ time
@@ -47,7 +41,7 @@ def parse_date(value) -> _dt.date:
     try:
         return _dt.date.fromisoformat(str(value).strip()[:10])
     except ValueError:
-        raise ValueError(f"expected a date 'YYYY-MM-DD', got {value!r}") from None
+        raise ConfigError(f"expected a date 'YYYY-MM-DD', got {value!r}") from None
 
 
 def to_hours(value) -> int:
@@ -70,10 +64,10 @@ def from_hours(hours) -> _dt.datetime:
 def period_bounds(period: Sequence) -> tuple[int, int]:
     """Inclusive date period ``[start, end]`` to ``(first hour, last hour)``: start 00:00 to end 23:00."""
     if len(period) != 2:
-        raise ValueError(f"a period is [start_date, end_date], got {period!r}")
+        raise ConfigError(f"a period is [start_date, end_date], got {period!r}")
     first, last = to_hours(period[0]), to_hours(period[1]) + 23
     if last < first:
-        raise ValueError(f"period {list(period)} ends before it starts")
+        raise ConfigError(f"period {list(period)} ends before it starts")
     return first, last
 
 
@@ -174,6 +168,12 @@ def read_field(path: str, shape=None, check_finite: bool = True) -> np.ndarray:
             f"{path}: array is {arr.dtype} {arr.shape}, expected float32 "
             f"{tuple(shape) if shape else '(H, W)'} (h_size, w_size)"
         )
+    size = os.path.getsize(path)
+    if size != arr.offset + arr.nbytes:
+        raise DataFileError(
+            f"{path}: {size} bytes, expected {arr.offset + arr.nbytes} (a {arr.offset}-byte "
+            f"header and {arr.dtype} {arr.shape}): truncated or trailing data"
+        )
     arr = np.asarray(arr)
     if check_finite and not np.isfinite(arr).all():
         raise DataFileError(f"{path}: {int((~np.isfinite(arr)).sum())} NaN/inf value(s)")
@@ -197,10 +197,10 @@ def discover_variables(root: str, date=None) -> tuple[dict, list]:
     if date is None:
         years = sorted(d for d in os.listdir(root) if d.isdigit())
         if not years:
-            raise FileNotFoundError(f"no <YYYY> directories under {root}")
+            raise MissingDataError(f"no <YYYY> directories under {root}")
         days = sorted(os.listdir(os.path.join(root, years[0])))
         if not days:
-            raise FileNotFoundError(f"no day directories under {os.path.join(root, years[0])}")
+            raise MissingDataError(f"no day directories under {os.path.join(root, years[0])}")
         date = days[0]
     upper: dict = {}
     for name in list_day(root, date):

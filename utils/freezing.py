@@ -13,6 +13,7 @@ from fnmatch import fnmatchcase
 from torch import nn
 
 from utils.channels import ChannelLayout
+from utils.errors import ConfigError
 
 OLD_EXPERTS = "{old_experts}"
 
@@ -45,7 +46,7 @@ def apply_freeze(model: nn.Module, patterns: Iterable[str]) -> list[str]:
     names = [n for n, _ in model.named_parameters()]
     unused = [p for p in patterns if not any(fnmatchcase(n, p) for n in names)]
     if unused:
-        raise ValueError(f"config key 'freeze': patterns {unused} match no parameter of the model")
+        raise ConfigError(f"config key 'freeze': patterns {unused} match no parameter of the model")
     frozen = []
     for name, param in model.named_parameters():
         if any(fnmatchcase(name, p) for p in patterns):

@@ -24,6 +24,7 @@ from torch import nn
 
 from utils.channels import ChannelLayout
 from utils.checkpoint import check_channel_names, load_checkpoint
+from utils.errors import CheckpointError, ConfigError
 
 _EXPERT = re.compile(r"^(blocks\.\d+\.ffn\.experts\.)(\d+)(\..+)$")
 
@@ -58,7 +59,7 @@ def channel_map(old: ChannelLayout, new: ChannelLayout) -> list[int]:
     """``new_index[i]`` of every old channel i; error listing old channels the new set lacks."""
     missing = [c.name for c in old.channels if c not in new]
     if missing:
-        raise ValueError(f"old variables {missing} are not in the new variable set {new.names}")
+        raise ConfigError(f"old variables {missing} are not in the new variable set {new.names}")
     return [new.index(c.variable, c.level) for c in old.channels]
 
 
@@ -121,7 +122,7 @@ def grow_state_dict(
             state[name] = old_state[source].to(value.dtype)
             report.copied.append(name)
         else:
-            raise ValueError(
+            raise CheckpointError(
                 f"checkpoint tensor {source!r} has shape {tuple(old_state[source].shape)}"
                 f" but the new model's {name!r} has {tuple(value.shape)}; only "
                 f"channel-indexed tensors may change shape ({CHANNEL_TENSORS})"

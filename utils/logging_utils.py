@@ -1,9 +1,19 @@
 """Logging for training and evaluation: rank 0 logs to the console (through tqdm, so progress bars
-stay intact) and to ``out.log``; other ranks log warnings only."""
+stay intact) and to ``out.log``; other ranks log warnings and errors to both, every line prefixed
+with ``[rank N]`` when there is more than one rank.
+
+:func:`report_error` is how entry points end on an exception: the project's own errors
+(:class:`utils.errors.VAMoEError`) as one line, anything else (a bug) with its traceback, on the
+console (stderr) and in ``out.log``.
+"""
 
 import logging
+import sys
+import traceback
 
 from tqdm import tqdm
+
+from utils.errors import VAMoEError
 
 FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
@@ -16,18 +26,48 @@ class _TqdmHandler(logging.StreamHandler):
             self.handleError(record)
 
 
-def setup_logging(log_file: str | None = None, rank: int = 0) -> logging.Logger:
-    """The project logger ``vamoe``; INFO on rank 0 (console + ``log_file``), WARNING elsewhere."""
+def rank_prefix(rank: int, world_size: int) -> str:
+    return f"[rank {rank}] " if world_size > 1 else ""
+
+
+def setup_logging(
+    log_file: str | None = None, rank: int = 0, world_size: int = 1
+) -> logging.Logger:
+    """The project logger ``vamoe``: INFO on rank 0 (console + ``log_file``), WARNING elsewhere
+    (console + ``log_file`` too, appended)."""
     logger = logging.getLogger("vamoe")
+    for handler in logger.handlers:
+        handler.close()
     logger.handlers.clear()
     logger.propagate = False
     logger.setLevel(logging.DEBUG if rank == 0 else logging.WARNING)
+    prefix = rank_prefix(rank, world_size)
     console = _TqdmHandler()
     console.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-    console.setFormatter(logging.Formatter(FORMAT, "%H:%M:%S"))
+    console.setFormatter(logging.Formatter(prefix + FORMAT, "%H:%M:%S"))
     logger.addHandler(console)
     if log_file:
         handler = logging.FileHandler(log_file)
-        handler.setFormatter(logging.Formatter(FORMAT))
+        handler.setFormatter(logging.Formatter(prefix + FORMAT))
         logger.addHandler(handler)
     return logger
+
+
+def report_error(
+    err: BaseException, rank: int = 0, world_size: int = 1, brief: str | None = None
+) -> None:
+    """Print ``err`` on stderr and log it to the ``vamoe`` logger's files: one line for a
+    :class:`VAMoEError` (or ``brief`` when given), the traceback for anything else."""
+    prefix = rank_prefix(rank, world_size)
+    if brief is not None:
+        text = f"error: {brief}"
+    elif isinstance(err, VAMoEError):
+        text = f"error: {err}"
+    else:
+        text = "".join(traceback.format_exception(err)).rstrip()
+    print("\n".join(prefix + line for line in text.splitlines()), file=sys.stderr, flush=True)
+    for handler in logging.getLogger("vamoe").handlers:
+        if isinstance(handler, logging.FileHandler):
+            record = logging.LogRecord("vamoe", logging.ERROR, __file__, 0, text, None, None)
+            handler.handle(record)
+            handler.flush()

@@ -42,6 +42,7 @@ from utils.era5_layout import (
     to_hours,
     upper_name,
 )
+from utils.errors import ConfigError, OutputExistsError, cli_errors
 from utils.grid import latitudes, longitudes
 
 UPPER_VARIABLES = ("z", "q", "u", "v", "t")
@@ -72,16 +73,18 @@ class SyntheticERA5:
     ):
         bad = [p for p in levels if int(p) not in ERA5_LEVELS]
         if bad:
-            raise ValueError(f"levels {bad} are not ERA5 pressure levels")
+            raise ConfigError(f"levels {bad} are not ERA5 pressure levels")
         unknown = [v for v in variables if v not in UPPER_VARIABLES] + [
             s for s in surface if s not in SURFACE_VARIABLES
         ]
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown variables {unknown}; supported: {UPPER_VARIABLES} and {SURFACE_VARIABLES}"
             )
         if surface and not levels:
-            raise ValueError("surface fields are tied to the lowest level: give at least one level")
+            raise ConfigError(
+                "surface fields are tied to the lowest level: give at least one level"
+            )
         self.h, self.w = int(h_size), int(w_size)
         self.levels = [int(p) for p in levels]
         self.variables, self.surface = list(variables), list(surface)
@@ -244,10 +247,10 @@ def generate(
     from tqdm import tqdm
 
     if days < 1 or hour_step < 1 or 24 % hour_step:
-        raise ValueError("--days must be >= 1 and --hour_step must divide 24")
+        raise ConfigError("--days must be >= 1 and --hour_step must divide 24")
     if os.path.isdir(root_dir) and os.listdir(root_dir):
         if not overwrite:
-            raise FileExistsError(
+            raise OutputExistsError(
                 f"{root_dir} exists and is not empty; pass --overwrite to write into it"
             )
         shutil.rmtree(os.path.join(root_dir, STATISTIC_DIR), ignore_errors=True)
@@ -351,20 +354,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty root_dir")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    result = generate(
-        args.root_dir,
-        args.start,
-        args.days,
-        args.h_size,
-        args.w_size,
-        args.levels,
-        args.hour_step,
-        args.seed,
-        args.variables,
-        args.surface,
-        args.overwrite,
-        progress=not args.quiet,
-    )
+    with cli_errors():
+        result = generate(
+            args.root_dir,
+            args.start,
+            args.days,
+            args.h_size,
+            args.w_size,
+            args.levels,
+            args.hour_step,
+            args.seed,
+            args.variables,
+            args.surface,
+            args.overwrite,
+            progress=not args.quiet,
+        )
     print(json.dumps(result))
 
 

@@ -477,4 +477,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from utils.errors import cli_errors
+
+    with cli_errors():  # the project's errors as one line, exit 2
+        main()

@@ -132,9 +132,15 @@ def _to_csv(results: RolloutResults) -> str:
 
 
 def save_results(
-    results: RolloutResults, out_dir: str, config_name: str | None = None
+    results: RolloutResults,
+    out_dir: str,
+    config_name: str | None = None,
+    provenance: dict | None = None,
 ) -> dict[str, str]:
-    """Write every result file of ``results`` into ``out_dir``; returns ``{label: path}``."""
+    """Write every result file of ``results`` into ``out_dir``; returns ``{label: path}``.
+
+    ``provenance`` (plain JSON values: weights file, its epoch, the configuration, ...) is added
+    to ``metrics.json`` as top-level keys."""
     os.makedirs(out_dir, exist_ok=True)
     written: dict[str, str] = {}
     for f in results.forecasters:
@@ -151,7 +157,11 @@ def save_results(
     written["csv"] = path
     path = os.path.join(out_dir, "metrics.json")
     atomic_write_text(
-        path, json.dumps(_to_json(results, config_name), indent=1, allow_nan=False) + "\n"
+        path,
+        json.dumps(
+            {**_to_json(results, config_name), **(provenance or {})}, indent=1, allow_nan=False
+        )
+        + "\n",
     )
     written["json"] = path
     return written

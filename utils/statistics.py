@@ -36,9 +36,17 @@ from utils.era5_layout import (
     scan_missing,
     statistic_path,
 )
+from utils.errors import (
+    ConfigError,
+    DataError,
+    DataFileError,
+    MissingDataError,
+    OutputExistsError,
+    cli_errors,
+)
 
 
-class StatisticsError(KeyError):
+class StatisticsError(DataError, KeyError):
     """A missing or invalid statistics entry; the message names the file and the key."""
 
     def __str__(self):  # KeyError quotes its message; show it plainly
@@ -47,12 +55,17 @@ class StatisticsError(KeyError):
 
 def _read_json(path: str) -> dict:
     if not os.path.isfile(path):
-        raise FileNotFoundError(
+        raise MissingDataError(
             f"statistics file {path} does not exist (compute it with "
             "`python -m utils.statistics --root_dir ...`)"
         )
-    with open(path) as f:
-        data = json.load(f)
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as err:
+        raise DataFileError(f"cannot read statistics file {path}: {err}") from None
+    if not isinstance(data, dict):
+        raise StatisticsError(f"{path}: expected a JSON object, got {type(data).__name__}")
     for key in ("mean", "std"):
         if not isinstance(data.get(key), dict):
             raise StatisticsError(f"{path}: no '{key}' dictionary")
@@ -124,7 +137,9 @@ def write_mean_std(
     if not overwrite:
         existing = [p for p in paths if os.path.exists(p)]
         if existing:
-            raise FileExistsError(f"statistics {existing} exist; pass --overwrite to replace them")
+            raise OutputExistsError(
+                f"statistics {existing} exist; pass --overwrite to replace them"
+            )
     os.makedirs(os.path.dirname(paths[0]), exist_ok=True)
 
     def as37(per_level: dict) -> list:
@@ -207,10 +222,10 @@ def compute_statistics(
     channels = [Channel(v, int(p)) for v, levels in upper.items() for p in levels]
     channels += [Channel(s) for s in surface]
     if not channels:
-        raise ValueError(f"no variables to compute statistics for under {root_dir}")
+        raise ConfigError(f"no variables to compute statistics for under {root_dir}")
     missing = scan_missing(root_dir, channels, times)
     if missing:
-        raise FileNotFoundError(
+        raise MissingDataError(
             missing_files_message(missing, f"statistics over {start}..{end} every {hour_step} h")
         )
     stat_paths = [
@@ -223,7 +238,9 @@ def compute_statistics(
             p for p in stat_paths + ([clim_dir] if climatology else []) if os.path.exists(p)
         ]
         if existing:
-            raise FileExistsError(f"{existing} exist; pass overwrite (--overwrite) to replace them")
+            raise OutputExistsError(
+                f"{existing} exist; pass overwrite (--overwrite) to replace them"
+            )
 
     shape = read_field(channel_path(root_dir, int(times[0]), channels[0])).shape
     doys, hours, slots = climatology_slots(times)
@@ -313,6 +330,11 @@ def main(argv=None) -> None:
     parser.add_argument("--no_climatology", action="store_true")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
+    with cli_errors():
+        _run(args)
+
+
+def _run(args) -> None:
     upper = None
     if args.variables is not None or args.levels is not None:
         found, _ = discover_variables(args.root_dir, args.start)

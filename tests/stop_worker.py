@@ -1,0 +1,23 @@
+"""torchrun worker for tests/test_cluster.py: ``train.main`` in which only rank 1 receives SIGTERM,
+during its second optimiser step. Every rank must stop after that same step."""
+
+import os
+import signal
+import sys
+
+import train
+
+_rollout_loss = train.Trainer._rollout_loss
+_calls = {"n": 0}
+
+
+def _signal_rank_1(self, inp, tar, model=None):
+    _calls["n"] += 1
+    if self.info.rank == 1 and _calls["n"] == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return _rollout_loss(self, inp, tar, model)
+
+
+if __name__ == "__main__":
+    train.Trainer._rollout_loss = _signal_rank_1
+    train.main(sys.argv[1:])
