@@ -46,6 +46,7 @@ import sys
 import numpy as np
 import torch
 
+from networks.compile import compile_model
 from networks.vamoe import VAMoE
 from utils.atomic_io import atomic_save_npy, atomic_write_text
 from utils.checkpoint import check_channel_names, load_checkpoint, params_of_checkpoint
@@ -204,7 +205,7 @@ def _evaluate_into(
     layout = params.layout
     model, ckpt = load_model_and_checkpoint(params, weights, device, ckpt)
     if params.compile:
-        model = torch.compile(model)
+        model = compile_model(model)
     clim_path = default_climatology_path(params)
     climatology = None
     if os.path.exists(clim_path):

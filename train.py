@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from networks.compile import compile_model
 from networks.vamoe import VAMoE
 from utils import distributed as dist_utils
 from utils.atomic_io import atomic_write_text, remove_stale_temporaries
@@ -203,7 +204,7 @@ class Trainer:
                 find_unused_parameters=self.params.use_moe == "moe",
                 broadcast_buffers=False,
             )
-        return torch.compile(model) if self.params.compile else model
+        return compile_model(model) if self.params.compile else model
 
     def _log_setup(self, model, frozen) -> None:
         """Log the run's configuration, parameter counts and data sizes."""

@@ -26,7 +26,13 @@ window_size=[8,8]`` on the 32 x 64 grid (512 tokens per sample, 20 channels, 6 e
 fp32. CUDA: the paper configuration ``vamoe`` (128 x 256, D = 768, 24 blocks, 376 M parameters),
 batch 1, bf16 autocast, the training step measured without and with ``checkpoint_blocks``.
 ``--set`` overrides apply on top of either (``--set checkpoint_blocks=true``); ``--batch`` sets the
-batch. ``compile: true`` in the config wraps the model in ``torch.compile``.
+batch.
+
+``--compile`` (or ``compile: true`` in the config) measures every training-step variant twice in
+the same run, eager and compiled (``networks.compile.compile_model``, backend ``--compile-backend``,
+default Inductor), and adds a ``compile`` line: compile time (the first compiled step's time minus
+an eager step's), eager and compiled step time and MFU, and the ratio compiled/eager of the step
+times. The rollout then runs compiled too.
 
 ``--json`` prints one JSON object per measurement line; otherwise a readable table.
 """
@@ -47,6 +53,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from networks.channel_moe import ChannelMoE, sorted_topk  # noqa: E402
+from networks.compile import compile_model  # noqa: E402
 from networks.flops import channel_moe_flops, forward_flops, training_step_flops  # noqa: E402
 from networks.vamoe import VAMoE  # noqa: E402
 from train import build_optimizer  # noqa: E402
@@ -194,17 +201,24 @@ def bench_moe(
 
 
 # ---------------------------------------------------------------------------------- (2, 3) train
-def build_model(params, device: torch.device):
+def build_model(params, device: torch.device, backend: str | None = None):
+    """The model and what to call: the model itself, or its compiled form when ``backend``."""
     model = VAMoE.from_params(params).to(device)
-    compiled = torch.compile(model) if params.get("compile", False) else model
-    return model, compiled
+    return model, (model if backend is None else compile_model(model, backend=backend))
 
 
 def bench_train(
-    params, batch: int, device: torch.device, bf16: bool, steps: int, peak: PeakMatmul, label: str
+    params,
+    batch: int,
+    device: torch.device,
+    bf16: bool,
+    steps: int,
+    peak: PeakMatmul,
+    label: str,
+    backend: str | None = None,
 ) -> list[dict]:
     torch.manual_seed(0)
-    model, run_model = build_model(params, device)
+    model, run_model = build_model(params, device, backend)
     model.train()
     opt = build_optimizer(model, params)  # the trainer's optimizer
     c = params.layout.n_channels
@@ -219,8 +233,8 @@ def bench_train(
         out.loss.backward()
         opt.step()  # noqa: F821
 
-    for _ in range(2):
-        step()
+    first_step_s = timer(step)  # includes compilation when compiled
+    step()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []
@@ -239,7 +253,8 @@ def bench_train(
         "tokens": tokens,
         "bf16": bf16,
         "checkpoint_blocks": bool(params.checkpoint_blocks),
-        "compile": bool(params.get("compile", False)),
+        "compile": backend,
+        "first_step_s": first_step_s,
         "steps": steps,
         "step_ms": 1e3 * t_step,
         "step_ms_min": 1e3 * min(times),
@@ -271,9 +286,11 @@ def bench_train(
 
 
 # ---------------------------------------------------------------------------------- (4) rollout
-def bench_rollout(params, batch: int, device: torch.device, bf16: bool, steps: int) -> dict:
+def bench_rollout(
+    params, batch: int, device: torch.device, bf16: bool, steps: int, backend: str | None = None
+) -> dict:
     torch.manual_seed(0)
-    model, run_model = build_model(params, device)
+    model, run_model = build_model(params, device, backend)
     model.eval()
     c = params.layout.n_channels
     x0 = torch.randn(batch, c, params.h_size, params.w_size, device=device)
@@ -291,6 +308,7 @@ def bench_rollout(params, batch: int, device: torch.device, bf16: bool, steps: i
     flops = forward_flops(params, batch, training=False)
     out = {
         "measurement": "rollout",
+        "compile": backend,
         "batch": batch,
         "steps": steps,
         "bf16": bf16,
@@ -344,6 +362,14 @@ def print_table(rows: list[dict]) -> None:
                 else f"process peak RSS {row['peak_rss_gib']:.2f} GiB"
             )
             print(f"[3] memory [{row['label']}]: {value}")
+        elif kind == "compile":
+            print(
+                f"[2c] compiled [{row['label']}] ({row['backend']}): compile {row['compile_s']:.1f} s;"
+                f" step eager {row['eager_step_ms']:.0f} ms -> compiled "
+                f"{row['compiled_step_ms']:.0f} ms (ratio compiled/eager "
+                f"{row['ratio_compiled_eager']:.2f}); MFU {row['eager_mfu']:.3f} -> "
+                f"{row['compiled_mfu']:.3f}"
+            )
         elif kind == "rollout":
             print(
                 f"[4] rollout (inference, batch {row['batch']}): {row['steps_per_s']:.2f} steps/s"
@@ -370,6 +396,10 @@ def main(argv=None) -> None:
         "--no-bf16", action="store_true", help="CUDA: fp32 instead of bf16 autocast"
     )
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--compile", action="store_true", help="also measure the compiled step (same run)"
+    )
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -382,6 +412,7 @@ def main(argv=None) -> None:
     batch = args.batch or (CUDA_DEFAULT_BATCH if cuda else CPU_DEFAULT_BATCH)
     bf16 = cuda and not args.no_bf16
     params = YParams(args.yaml_config, config, overrides)
+    backend = args.compile_backend if args.compile or params.compile else None
     rollout_steps = args.rollout_steps or (10 if cuda else 5)
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -405,6 +436,7 @@ def main(argv=None) -> None:
             "set": overrides,
             "batch": batch,
             "bf16": bf16,
+            "compile": backend,
             "loadavg_1m": os.getloadavg()[0],
         }
     )
@@ -423,6 +455,10 @@ def main(argv=None) -> None:
         if ckpt is not None:
             params["checkpoint_blocks"] = ckpt
         train_rows += bench_train(params, batch, device, bf16, args.steps, peak, label)
+        if backend is not None:
+            train_rows += bench_train(
+                params, batch, device, bf16, args.steps, peak, label + "+compile", backend
+            )
     peak.trial()
     emit(
         {
@@ -440,9 +476,25 @@ def main(argv=None) -> None:
         if row["measurement"] == "train_step":
             row["mfu"] = row["achieved_gflops"] * 1e9 / peak.peak
         emit(row)
+    steps_by_label = {r["label"]: r for r in train_rows if r["measurement"] == "train_step"}
+    for label, _ in variants if backend is not None else []:
+        eager, compiled = steps_by_label[label], steps_by_label[label + "+compile"]
+        emit(
+            {
+                "measurement": "compile",
+                "label": label,
+                "backend": backend,
+                "compile_s": compiled["first_step_s"] - eager["step_ms"] / 1e3,
+                "eager_step_ms": eager["step_ms"],
+                "compiled_step_ms": compiled["step_ms"],
+                "ratio_compiled_eager": compiled["step_ms"] / eager["step_ms"],
+                "eager_mfu": eager["mfu"],
+                "compiled_mfu": compiled["mfu"],
+            }
+        )
     # (1) fast vs loop MoE; (4) rollout (eval mode: checkpoint_blocks plays no part).
     emit(bench_moe(params, batch, device, bf16, args.moe_reps, peak.peak))
-    emit(bench_rollout(params, batch, device, bf16, rollout_steps))
+    emit(bench_rollout(params, batch, device, bf16, rollout_steps, backend))
     # Other processes on the machine distort every timing; the load average tells how much.
     emit(
         {

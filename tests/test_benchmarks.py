@@ -26,8 +26,11 @@ def test_bench_model_json_reports_every_measurement():
         "--rollout-steps",
         "1",
         "--json",
+        "--compile",
+        "--compile-backend",
+        "aot_eager",  # traces forward and backward like Inductor, without generating kernels
     ]
-    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stderr
     rows = {}
     for line in run.stdout.splitlines():
@@ -38,6 +41,9 @@ def test_bench_model_json_reports_every_measurement():
         "peak_matmul",
         "train_stepplain",
         "memoryplain",
+        "train_stepplain+compile",
+        "memoryplain+compile",
+        "compileplain",
         "moe",
         "rollout",
         "total",
@@ -53,6 +59,11 @@ def test_bench_model_json_reports_every_measurement():
     assert step["mfu"] == pytest.approx(step["achieved_gflops"] / peak)
     assert 0 < step["mfu"] < 1.5 and rows["memoryplain"]["peak_rss_gib"] > 0
     assert rows["rollout"]["steps"] == 1 and rows["rollout"]["steps_per_s"] > 0
+    comp, compiled = rows["compileplain"], rows["train_stepplain+compile"]
+    assert compiled["compile"] == comp["backend"] == "aot_eager"
+    assert comp["ratio_compiled_eager"] == pytest.approx(compiled["step_ms"] / step["step_ms"])
+    assert comp["compiled_mfu"] == pytest.approx(compiled["mfu"])
+    assert comp["compile_s"] == pytest.approx(compiled["first_step_s"] - step["step_ms"] / 1e3)
 
 
 @pytest.mark.slow

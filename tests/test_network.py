@@ -504,3 +504,22 @@ def test_latitude_weighted_loss_uses_the_given_latitudes():
     torch.testing.assert_close(model.forecast_loss(pred, target), want)
     with pytest.raises(ValueError, match="32 latitudes for a grid of 33 rows"):
         VAMoE.from_params(params, lat=lat[:32])
+
+
+def test_token_moe_dense_dispatch_equals_per_token_top_k_experts():
+    from networks.token_moe import TokenMoE
+
+    torch.manual_seed(0)
+    moe = TokenMoE(dim=16, hidden_dim=24, num_experts=4, topk=2).eval()
+    x = torch.randn(2, 5, 16)
+    out, _ = moe(x)
+    tokens = x.reshape(-1, 16)
+    values, idx = moe.router(tokens).topk(2, dim=-1)
+    weights = torch.softmax(values, dim=-1)
+    expected = torch.stack(
+        [
+            sum(weights[t, s] * moe.experts[int(idx[t, s])](tokens[t]) for s in range(2))
+            for t in range(tokens.shape[0])
+        ]
+    )
+    torch.testing.assert_close(out.reshape(-1, 16), expected, rtol=1e-5, atol=1e-6)
