@@ -75,5 +75,5 @@ def test_quickstart_format_h5_reaches_every_step(tmp_path):
     assert f"--root_dir {tmp_path / 'data'}" in make
     assert "--exp_dir exp/h5 --set root_dir=" in train
     assert train.endswith("--set data_format=h5 --set max_epochs=1")
-    assert "--weights exp/h5/tiny/0/" in evaluate and "--override_dir results/h5/tiny/0" in evaluate
+    assert "--weights exp/h5/tiny/0/" in evaluate and "--out_dir results/h5/tiny/0" in evaluate
     assert evaluate.endswith("--set data_format=h5 --overwrite")
