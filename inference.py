@@ -60,6 +60,7 @@ from utils.plots import nearest_leads, plot_maps, plot_rmse_acc
 from utils.results import format_headline_table, save_results
 from utils.rollout import evaluate_rollout
 from utils.run_lock import process_alive
+from utils.YParams import add_override_argument
 
 MAP_VARIABLES = ("z500", "t2m")
 MAP_DAYS = (1, 5)
@@ -91,14 +92,7 @@ def parse_args(argv=None):
         default=None,
         help="score only the first N batches of initial conditions (quick look)",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value (parsed as YAML)",
-    )
+    add_override_argument(parser)
     return parser.parse_args(argv)
 
 

@@ -64,7 +64,7 @@ from utils.results import lead_label
 from utils.run_lock import RunLock
 from utils.stepper import Stepper, resolve_amp_dtype
 from utils.weighted_acc_rmse import MetricAccumulator, accumulation_dtype, lat_weights_torch
-from utils.YParams import YParams
+from utils.YParams import YParams, add_override_argument
 
 
 def parse_args(argv=None):
@@ -83,14 +83,7 @@ def parse_args(argv=None):
         default=None,
         help="resume from this checkpoint instead of the run's own ckpt.tar",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value (parsed as YAML)",
-    )
+    add_override_argument(parser)
     return parser.parse_args(argv)
 
 

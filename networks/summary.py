@@ -24,7 +24,7 @@ from networks.memory import training_memory
 from networks.vamoe import VAMoE
 from utils.errors import cli_errors
 from utils.freezing import freeze_from_params
-from utils.YParams import YParams
+from utils.YParams import YParams, add_override_argument
 
 RECIPE_KEYS = (
     "batch_size",
@@ -89,14 +89,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--yaml_config", default="config/vamoe.yaml")
     parser.add_argument("--config", default="vamoe")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value (parsed as YAML)",
-    )
+    add_override_argument(parser)
     parser.add_argument("--memory", action="store_true", help="estimate peak training memory")
     parser.add_argument("--batch", type=int, nargs="+", default=[1], help="per-device batch(es)")
     parser.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="autocast dtype")

@@ -203,6 +203,19 @@ def _resolve(path: str, document: dict, name: str, chain: tuple) -> dict:
     return {**_resolve(target_path, target, base, chain + (link,)), **section}
 
 
+def add_override_argument(parser) -> None:
+    """The ``--set KEY=VALUE`` option (repeatable, values parsed as YAML) of every entry point;
+    the values land in ``args.overrides`` for :class:`YParams`."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value (parsed as YAML)",
+    )
+
+
 def closest_key_hint(key: str, valid: Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` for the valid key closest to ``key``, or an empty string."""
     match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)

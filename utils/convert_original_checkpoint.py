@@ -31,7 +31,7 @@ from train import build_optimizer
 from utils.checkpoint import atomic_save, clean_state_dict, rng_state
 from utils.errors import CheckpointError, OutputExistsError, cli_errors
 from utils.freezing import freeze_from_params
-from utils.YParams import YParams
+from utils.YParams import YParams, add_override_argument
 
 # (original name, this project's name); a ``{field}`` stands for one dot-free part of the name
 # (block, expert and layer indices, weight/bias), which carries over unchanged.
@@ -257,14 +257,7 @@ def main(argv=None):
     parser.add_argument(
         "--overwrite", action="store_true", help="replace --output when it already exists"
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value (parsed as YAML)",
-    )
+    add_override_argument(parser)
     args = parser.parse_args(argv)
     with cli_errors():
         params = YParams(args.yaml_config, args.config, args.overrides)
