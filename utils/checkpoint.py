@@ -59,17 +59,23 @@ def load_latest_checkpoint(path: str, previous: str, log) -> tuple[dict[str, Any
         return load_checkpoint(previous), previous
 
 
-def load_checkpoint(path: str, map_location="cpu") -> dict[str, Any]:
-    """Load a checkpoint safely; errors name the file."""
+def load_tensors(path: str, map_location="cpu") -> Any:
+    """``torch.load`` with ``weights_only`` (tensors and plain containers, never arbitrary
+    pickled objects); a missing, corrupt or unsafe file is a :class:`CheckpointError` naming it."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist or is not a file")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
         raise CheckpointError(
             f"cannot load checkpoint {path!r} (corrupt, or holds objects other "
-            f"than tensors and plain containers): {err}"
+            f"than tensors and plain containers): {' '.join(str(err).split())}"
         ) from err
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict[str, Any]:
+    """Load a checkpoint of this project safely; errors name the file."""
+    ckpt = load_tensors(path, map_location)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise CheckpointError(
             f"checkpoint {path!r} has no 'model' entry; keys: "

@@ -28,7 +28,7 @@ import torch
 
 from networks.vamoe import VAMoE
 from train import build_optimizer
-from utils.checkpoint import atomic_save, clean_state_dict, rng_state
+from utils.checkpoint import atomic_save, clean_state_dict, load_tensors, rng_state
 from utils.errors import CheckpointError, OutputExistsError, cli_errors
 from utils.freezing import freeze_from_params
 from utils.YParams import YParams, add_override_argument
@@ -185,15 +185,7 @@ def convert_optimizer(
 
 def read_original(path: str) -> dict:
     """The original checkpoint, loaded safely (tensors and plain containers only)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as err:
-        raise ConversionError(f"checkpoint {path!r} does not exist") from err
-    except Exception as err:
-        raise ConversionError(
-            f"cannot load checkpoint {path!r} (corrupt, or holds objects other than tensors "
-            f"and plain containers): {' '.join(str(err).split())}"
-        ) from err
+    ckpt = load_tensors(path)
     if not isinstance(ckpt, dict) or "model_state" not in ckpt:
         keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ConversionError(
