@@ -49,17 +49,17 @@ import torch
 from networks.compile import compile_model
 from networks.vamoe import VAMoE
 from utils.atomic_io import atomic_save_npy, atomic_write_text
-from utils.checkpoint import check_channel_names, load_checkpoint, params_of_checkpoint
-from utils.climatology import Climatology, default_climatology_path
-from utils.data_loader_npyfiles import get_data_loader
-from utils.era5_layout import from_hours
+from utils.data.climatology import Climatology, default_climatology_path
+from utils.data.loader import get_data_loader
 from utils.errors import EXIT_USER_ERROR, ConfigError, OutputError, OutputExistsError, VAMoEError
+from utils.evaluation.paper_reference import paper_reference
+from utils.evaluation.plots import nearest_leads, plot_maps, plot_rmse_acc
+from utils.evaluation.results import format_headline_table, save_results
+from utils.evaluation.rollout import evaluate_rollout
 from utils.logging_utils import report_error, setup_logging
-from utils.paper_reference import paper_reference
-from utils.plots import nearest_leads, plot_maps, plot_rmse_acc
-from utils.results import format_headline_table, save_results
-from utils.rollout import evaluate_rollout
 from utils.run_lock import process_alive
+from utils.times import from_hours
+from utils.training.checkpoint import check_channel_names, load_checkpoint, params_of_checkpoint
 from utils.YParams import add_override_argument
 
 MAP_VARIABLES = ("z500", "t2m")

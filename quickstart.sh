@@ -54,7 +54,7 @@ if [ -f "$DATA_DIR/statistic/mean_std.json" ]; then
   step "reusing synthetic ERA5 in $DATA_DIR"
 else
   step "writing $DAYS days of synthetic ERA5 to $DATA_DIR ($FORMAT)"
-  "$PYTHON" -m utils.make_synthetic_era5 --root_dir "$DATA_DIR" --start 2020-01-01 --days "$DAYS" \
+  "$PYTHON" -m tools.make_synthetic_era5 --root_dir "$DATA_DIR" --start 2020-01-01 --days "$DAYS" \
     --format "$FORMAT"
 fi
 

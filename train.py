@@ -34,19 +34,11 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from networks.compile import compile_model
+from networks.freezing import freeze_from_params
 from networks.vamoe import VAMoE
 from utils import distributed as dist_utils
 from utils.atomic_io import atomic_write_text, remove_stale_temporaries
-from utils.checkpoint import (
-    atomic_save,
-    check_channel_names,
-    load_checkpoint,
-    load_latest_checkpoint,
-    rng_state,
-    set_rng_state,
-    unwrap,
-)
-from utils.data_loader_npyfiles import get_data_loader
+from utils.data.loader import get_data_loader
 from utils.errors import (
     EXIT_USER_ERROR,
     CheckpointError,
@@ -55,15 +47,24 @@ from utils.errors import (
     OutputError,
     VAMoEError,
 )
-from utils.freezing import freeze_from_params
-from utils.incremental import load_initial_stage
+from utils.evaluation.metrics import MetricAccumulator, accumulation_dtype, lat_weights_torch
+from utils.evaluation.results import lead_label
+from utils.evaluation.stepper import Stepper, resolve_amp_dtype
 from utils.logging_utils import report_error, setup_logging
-from utils.preemption import EXIT_PREEMPTED, Preempted, StopSignals, watch_launcher
 from utils.progress import progress_bar
-from utils.results import lead_label
 from utils.run_lock import RunLock
-from utils.stepper import Stepper, resolve_amp_dtype
-from utils.weighted_acc_rmse import MetricAccumulator, accumulation_dtype, lat_weights_torch
+from utils.training.checkpoint import (
+    atomic_save,
+    check_channel_names,
+    load_checkpoint,
+    load_latest_checkpoint,
+    rng_state,
+    set_rng_state,
+    unwrap,
+)
+from utils.training.incremental import load_initial_stage
+from utils.training.optimizer import build_optimizer, cosine_factor
+from utils.training.preemption import EXIT_PREEMPTED, Preempted, StopSignals, watch_launcher
 from utils.YParams import YParams, add_override_argument
 
 
@@ -85,25 +86,6 @@ def parse_args(argv=None):
     )
     add_override_argument(parser)
     return parser.parse_args(argv)
-
-
-def build_optimizer(model, params) -> torch.optim.AdamW:
-    """Fused AdamW (one kernel per step, CUDA and CPU) over the trainable parameters in two
-    groups: matrices, which decay, and vectors (biases, norms, log-variances) with the position
-    embedding, which decay only with ``weight_decay_all`` (as in the original code)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or name.endswith("pos_embed") else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": params.weight_decay},
-        {
-            "params": no_decay,
-            "weight_decay": params.weight_decay if params.weight_decay_all else 0.0,
-        },
-    ]
-    return torch.optim.AdamW(groups, lr=params.lr, betas=tuple(params.betas), fused=True)
 
 
 class Trainer:
@@ -173,7 +155,7 @@ class Trainer:
         self.optimizer = build_optimizer(model, params)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
-            _cosine_factor(
+            cosine_factor(
                 params.lr, params.min_lr, max(1, params.max_epochs * self.steps_per_epoch)
             ),
         )
@@ -619,21 +601,6 @@ class Trainer:
         if self.wandb is not None:
             self.wandb.finish(exit_code=EXIT_PREEMPTED)
         raise Preempted()
-
-
-def _cosine_factor(lr, min_lr, total_steps):
-    """LR multiplier of a cosine annealing from ``lr`` to ``min_lr`` over ``total_steps`` steps.
-
-    Closed form in the step count (held at ``min_lr`` past the end): a run resumed with a larger
-    ``max_epochs`` follows the longer schedule instead of climbing back up as the recursive
-    ``CosineAnnealingLR`` would past its end.
-    """
-
-    def factor(step):
-        progress = min(step, total_steps) / total_steps
-        return (min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))) / lr
-
-    return factor
 
 
 def _flatten(record, prefix=""):

@@ -115,7 +115,7 @@ def read_and_write(path: str, fmt: str, out: str) -> float:
 
 
 def convert_once(path: str, out: str, grid: str | None, workers: int) -> tuple[float, int]:
-    from utils.prepare_era5 import convert
+    from utils.conversion.convert import convert
 
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()

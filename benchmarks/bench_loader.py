@@ -9,7 +9,7 @@
 Measures samples/s (a sample = the input state and the target state(s)) of (1) raw ``np.load`` of
 the sample's ``.npy`` files in a tight loop, and, for each ``--format`` (``npy``: one file per
 field; ``h5``: one HDF5 file per year, converted from the same ``.npy`` files with
-``utils.npy_to_h5``, so both read the same data), (2) ``ERA5NpyDataset.__getitem__``, (3) the
+``utils.data.npy_to_h5``, so both read the same data), (2) ``ERA5Dataset.__getitem__``, (3) the
 training loader of ``get_data_loader`` with 0, 1 and 2 reader threads (``loader_backend:
 threads``) and 1 and 2 worker processes (``processes``), timed after the first batch so that
 start-up is excluded. Each of ``--repeats`` rounds times the raw loop right before every reader
@@ -43,8 +43,8 @@ CONFIG = os.path.join(REPO, "config", "vamoe.yaml")
 
 
 def _params(args, root, levels):
-    from utils.era5_layout import from_hours
-    from utils.make_synthetic_era5 import SURFACE_VARIABLES, UPPER_VARIABLES
+    from utils.data.synthetic import SURFACE_VARIABLES, UPPER_VARIABLES
+    from utils.times import from_hours
     from utils.YParams import YParams
 
     overrides = [f"root_dir={root}", "num_data_workers=0", f"batch_size={args.batch_size}"]
@@ -64,7 +64,7 @@ def _params(args, root, levels):
 
 
 def _start_hours(args):
-    from utils.era5_layout import to_hours
+    from utils.times import to_hours
 
     return to_hours(args.start)
 
@@ -75,10 +75,11 @@ def _rate(n, seconds):
 
 def _readers(args, params, data_format, through_loader, direct):
     """``[(name, timer)]`` of one format: ``dataset[i]`` and every loader setting asked for."""
-    from utils.data_loader_npyfiles import ERA5NpyDataset, get_data_loader
+    from utils.data.dataset import ERA5Dataset
+    from utils.data.loader import get_data_loader
 
     params["data_format"] = data_format
-    dataset = ERA5NpyDataset(params, "train")
+    dataset = ERA5Dataset(params, "train")
     readers = [("dataset[i]", lambda: direct(dataset))]
     for backend in args.backends:
         for workers in args.workers:
@@ -130,7 +131,7 @@ def main(argv=None):
 
     import torch
 
-    from utils.data_loader_npyfiles import ERA5NpyDataset
+    from utils.data.dataset import ERA5Dataset
 
     torch.set_num_threads(1)
     if args.paper_levels:
@@ -142,7 +143,7 @@ def main(argv=None):
     tmp = None
     root = args.root_dir
     if root is None:
-        from utils.make_synthetic_era5 import generate
+        from utils.data.synthetic import generate
 
         tmp = tempfile.TemporaryDirectory(prefix="bench_loader_")
         root = os.path.join(tmp.name, "era5")
@@ -154,7 +155,7 @@ def main(argv=None):
                 f"{time.perf_counter() - t:.1f} s under {root}"
             )
         if "h5" in args.format:
-            from utils.npy_to_h5 import convert
+            from utils.data.npy_to_h5 import convert
 
             t = time.perf_counter()
             convert(root, root, _params(args, root, levels).layout, hour_step=6)
@@ -162,7 +163,7 @@ def main(argv=None):
                 print(f"converted to h5 (<root>/all/<YYYY>.h5) in {time.perf_counter() - t:.1f} s")
     params = _params(args, root, levels)
     params["data_format"] = "npy"
-    reference = ERA5NpyDataset(params, "train")
+    reference = ERA5Dataset(params, "train")
     n = args.samples
     indices = [i % len(reference) for i in range(n)]
     files = []

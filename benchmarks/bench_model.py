@@ -56,8 +56,8 @@ from networks.channel_moe import ChannelMoE, sorted_topk  # noqa: E402
 from networks.compile import compile_model  # noqa: E402
 from networks.flops import channel_moe_flops, forward_flops, training_step_flops  # noqa: E402
 from networks.vamoe import VAMoE  # noqa: E402
-from train import build_optimizer  # noqa: E402
-from utils.stepper import autocast_context  # noqa: E402
+from utils.evaluation.stepper import autocast_context  # noqa: E402
+from utils.training.optimizer import build_optimizer  # noqa: E402
 from utils.YParams import YParams  # noqa: E402
 
 CPU_DEFAULT_CONFIG = "tiny"

@@ -25,8 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train  # noqa: E402
 from inference import evaluate  # noqa: E402
 from networks.summary import summarize  # noqa: E402
-from utils.make_synthetic_era5 import generate  # noqa: E402
-from utils.results import load_results  # noqa: E402
+from utils.data.synthetic import generate  # noqa: E402
+from utils.evaluation.results import load_results  # noqa: E402
 from utils.YParams import YParams  # noqa: E402
 
 CONFIG = "config/vamoe.yaml"

@@ -139,33 +139,3 @@ def channel_moe_flops(tokens: int, dim: int, num_experts: int, expert_channels_d
     """Forward FLOPs of one channel-MoE layer on ``tokens`` tokens (pos_proj included)."""
     parts = channel_moe_flops_by_component(tokens, dim, num_experts, expert_channels_divisor)
     return sum(parts.values())
-
-
-if __name__ == "__main__":  # python -m networks.flops --config vamoe [--batch 1]
-    import argparse
-    import json
-
-    from utils.errors import cli_errors
-    from utils.YParams import YParams
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--yaml_config", default="config/vamoe.yaml")
-    parser.add_argument("--config", default="vamoe")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args()
-    with cli_errors():
-        cfg = YParams(args.yaml_config, args.config, args.set)
-    parts = forward_flops_by_component(cfg, args.batch)
-    print(
-        json.dumps(
-            {
-                "config": args.config,
-                "batch": args.batch,
-                "forward_flops": sum(parts.values()),
-                "train_step_flops": training_step_flops(cfg, args.batch),
-                "components": parts,
-            },
-            indent=1,
-        )
-    )

@@ -2,7 +2,7 @@
 
 ``synthetic_root`` is the root of a ``tiny``-config dataset (32 x 64 grid, levels 850/500/250,
 z q u v t + t2m u10 v10 msl sp, 2020-01-01 .. 2020-01-31 every 6 h, with statistics and climatology)
-made by ``utils.make_synthetic_era5``; treat it as read-only. ``make_params(root, ...)`` builds a
+made by ``utils.data.synthetic``; treat it as read-only. ``make_params(root, ...)`` builds a
 ``YParams`` of a config section pointing at a root, with extra ``--set``-style overrides.
 """
 
@@ -30,7 +30,7 @@ def make_params(root_dir, name: str = "tiny", overrides=()):
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> str:
-    from utils.make_synthetic_era5 import generate
+    from utils.data.synthetic import generate
 
     root = str(tmp_path_factory.mktemp("synthetic") / "era5")
     generate(

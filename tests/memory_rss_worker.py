@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from networks.vamoe import VAMoE  # noqa: E402
-from train import build_optimizer  # noqa: E402
+from utils.training.optimizer import build_optimizer  # noqa: E402
 from utils.YParams import YParams  # noqa: E402
 
 

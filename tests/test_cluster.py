@@ -17,12 +17,13 @@ from conftest import make_params
 
 import train
 import utils.atomic_io
-from utils.checkpoint import load_checkpoint
-from utils.data_loader_npyfiles import ERA5NpyDataset, ShardedEpochSampler
-from utils.era5_layout import channel_paths, read_field
+from utils.data.dataset import ERA5Dataset
+from utils.data.loader import ShardedEpochSampler
+from utils.data.npy_layout import channel_paths, read_field
 from utils.errors import ConfigError, DataFileError
-from utils.preemption import EXIT_PREEMPTED
 from utils.run_lock import STALE_AFTER_S, RunLock, RunLockedError
+from utils.training.checkpoint import load_checkpoint
+from utils.training.preemption import EXIT_PREEMPTED
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A small network and short epochs: every run here takes seconds.
@@ -217,7 +218,7 @@ def test_a_locked_run_directory_is_refused_naming_host_and_pid(synthetic_root, t
 def _nan_file_read_only_by_rank_1(params):
     """A channel file of the first batch of rank 1 that neither rank 0's first batch nor the
     start-up check (sample 0) reads."""
-    dataset = ERA5NpyDataset(params, "train")
+    dataset = ERA5Dataset(params, "train")
     per_rank = params.batch_size // 2
     first = []
     for rank in (0, 1):
@@ -345,7 +346,7 @@ def test_a_rank_stops_when_its_launcher_dies(tmp_path):
     ready = str(tmp_path / "watching")
     child = (
         f"import sys, time; sys.path.insert(0, {REPO!r}); "
-        "from utils.preemption import watch_launcher; watch_launcher(0.05); "
+        "from utils.training.preemption import watch_launcher; watch_launcher(0.05); "
         f"open({ready!r}, 'w').close(); time.sleep(120)"
     )
     launcher = (
@@ -372,7 +373,7 @@ def test_a_rank_stops_when_its_launcher_dies(tmp_path):
 
 def test_a_truncated_statistics_file_is_named(tmp_path):
     from utils.channels import ChannelLayout
-    from utils.statistics import load_mean_std
+    from utils.data.statistics import load_mean_std
 
     os.makedirs(tmp_path / "statistic")
     (tmp_path / "statistic" / "mean_std_single.json").write_text('{"mean": {"t2m": 1.0,')

@@ -10,7 +10,7 @@ import torch
 import inference
 from networks.vamoe import VAMoE
 from tests.conftest import CONFIG, make_params
-from utils.checkpoint import atomic_save, load_checkpoint, params_of_checkpoint
+from utils.training.checkpoint import atomic_save, load_checkpoint, params_of_checkpoint
 from utils.YParams import ConfigError, YParams, load_section
 
 

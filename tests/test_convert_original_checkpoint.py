@@ -1,5 +1,5 @@
 """Checkpoints of the original code: built here from this project's model with the name table
-applied in reverse, converted back by ``utils.convert_original_checkpoint``."""
+applied in reverse, converted back by ``utils.training.original_checkpoint``."""
 
 import os
 import random
@@ -10,10 +10,11 @@ import torch
 
 from inference import load_model
 from networks.vamoe import VAMoE
-from train import build_optimizer
-from utils.checkpoint import load_checkpoint
-from utils.convert_original_checkpoint import ConversionError, convert, main
-from utils.incremental import load_initial_stage
+from tools.convert_original_checkpoint import main
+from utils.training.checkpoint import load_checkpoint
+from utils.training.incremental import load_initial_stage
+from utils.training.optimizer import build_optimizer
+from utils.training.original_checkpoint import ConversionError, convert
 from utils.YParams import YParams
 
 CONFIG = os.path.join(

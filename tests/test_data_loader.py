@@ -11,15 +11,12 @@ import torch
 from conftest import make_params
 
 from utils.channels import ERA5_LEVELS
-from utils.data_loader_npyfiles import (
-    DataFileError,
-    ERA5NpyDataset,
-    MissingDataError,
-    ShardedEpochSampler,
-    get_data_loader,
-)
-from utils.era5_layout import channel_paths, statistic_path, surface_path, to_hours, upper_path
-from utils.statistics import StatisticsError, load_mean_std
+from utils.data.dataset import ERA5Dataset
+from utils.data.loader import ShardedEpochSampler, get_data_loader
+from utils.data.npy_layout import channel_paths, statistic_path, surface_path, upper_path
+from utils.data.statistics import StatisticsError, load_mean_std
+from utils.errors import DataFileError, MissingDataError
+from utils.times import to_hours
 
 H, W = 4, 8
 UPPER, LEVELS, SURFACE = ["z", "t"], [850, 500], ["t2m"]
@@ -100,7 +97,7 @@ def expected_state(t):
 
 # ------------------------------------------------------------------------------ contents
 def test_item_files_times_order_and_normalisation(hand_root):
-    ds = ERA5NpyDataset(hand_params(hand_root), "train")
+    ds = ERA5Dataset(hand_params(hand_root), "train")
     assert ds.layout.names == NAMES
     np.testing.assert_allclose(ds.mean, [MEAN[n] for n in NAMES])
     np.testing.assert_allclose(ds.std, [STD[n] for n in NAMES])
@@ -117,13 +114,13 @@ def test_item_files_times_order_and_normalisation(hand_root):
 
 
 def test_multi_step_targets_and_inputs(hand_root):
-    ds = ERA5NpyDataset(hand_params(hand_root), "test")
+    ds = ERA5Dataset(hand_params(hand_root), "test")
     inp, tar, t = ds[1]
     assert t == to_hours("2020-01-03") + 12
     assert tar.shape == (3, 5, H, W)
     for k in range(3):
         np.testing.assert_allclose(tar[k].numpy(), expected_state(t + 6 * (k + 1)), rtol=1e-6)
-    ds2 = ERA5NpyDataset(hand_params(hand_root, "t_in=2"), "train")
+    ds2 = ERA5Dataset(hand_params(hand_root, "t_in=2"), "train")
     inp, tar, t = ds2[0]
     assert inp.shape == (2, 5, H, W) and t == T0 + 6
     np.testing.assert_allclose(inp[0].numpy(), expected_state(T0), rtol=1e-6)
@@ -145,7 +142,7 @@ def test_multi_step_targets_and_inputs(hand_root):
     ],
 )
 def test_lengths(hand_root, mode, overrides, expected):
-    ds = ERA5NpyDataset(hand_params(hand_root, *overrides), mode)
+    ds = ERA5Dataset(hand_params(hand_root, *overrides), mode)
     assert len(ds) == expected
     assert ds.times[-1] + int(ds._offsets[-1]) <= to_hours(ds.period[1]) + 23
 
@@ -248,7 +245,7 @@ def test_missing_files_all_listed(hand_copy):
     for p in gone:
         os.remove(p)
     with pytest.raises(MissingDataError) as err:
-        ERA5NpyDataset(hand_params(hand_copy), "train")
+        ERA5Dataset(hand_params(hand_copy), "train")
     msg = str(err.value)
     assert "3 data file(s) missing" in msg and "2020-01-01" in msg and "2020-01-02" in msg
     for p in gone:
@@ -258,8 +255,8 @@ def test_missing_files_all_listed(hand_copy):
 def test_missing_day_directory_and_skip_incomplete(hand_copy):
     shutil.rmtree(os.path.dirname(surface_path(hand_copy, T0 + 24, "t2m")))  # Jan 2 surface
     with pytest.raises(MissingDataError, match="4 data file"):
-        ERA5NpyDataset(hand_params(hand_copy), "train")
-    ds = ERA5NpyDataset(hand_params(hand_copy, "skip_incomplete_samples=true"), "train")
+        ERA5Dataset(hand_params(hand_copy), "train")
+    ds = ERA5Dataset(hand_params(hand_copy, "skip_incomplete_samples=true"), "train")
     assert list(ds.times) == [T0 + 6 * k for k in range(3)]  # Jan 1 18 -> Jan 2 00 is incomplete
 
 
@@ -268,13 +265,13 @@ def test_nan_names_file(hand_copy):
     arr = np.load(bad)
     arr[1, 2] = np.nan
     np.save(bad, arr)
-    ds = ERA5NpyDataset(hand_params(hand_copy), "train")
+    ds = ERA5Dataset(hand_params(hand_copy), "train")
     ds[0]
     with pytest.raises(DataFileError, match="NaN") as err:
         ds[1]  # its target is the bad time
     assert bad in str(err.value)
     with pytest.raises(DataFileError) as err:
-        ERA5NpyDataset(hand_params(hand_copy, "check_data_values=true"), "train")
+        ERA5Dataset(hand_params(hand_copy, "check_data_values=true"), "train")
     assert bad in str(err.value)
 
 
@@ -288,7 +285,7 @@ def test_nan_names_file(hand_copy):
 def test_bad_shape_or_dtype_names_file(hand_copy, bad_array, match):
     bad = surface_path(hand_copy, T0 + 12, "t2m")
     np.save(bad, bad_array)
-    ds = ERA5NpyDataset(hand_params(hand_copy), "train")  # start-up reads sample 0 only
+    ds = ERA5Dataset(hand_params(hand_copy), "train")  # start-up reads sample 0 only
     with pytest.raises(DataFileError, match=match) as err:
         ds[1]
     assert bad in str(err.value)
@@ -299,7 +296,7 @@ def test_garbage_file_names_file(hand_copy):
     with open(bad, "wb") as f:
         f.write(b"not an npy file")
     with pytest.raises(DataFileError) as err:
-        ERA5NpyDataset(hand_params(hand_copy), "train")  # start-up reads the first sample
+        ERA5Dataset(hand_params(hand_copy), "train")  # start-up reads the first sample
     assert bad in str(err.value)
 
 
@@ -312,7 +309,7 @@ def test_missing_statistics_key_and_level(hand_copy):
     with open(single, "w") as f:
         json.dump(data, f)
     with pytest.raises(StatisticsError) as err:
-        ERA5NpyDataset(params, "train")
+        ERA5Dataset(params, "train")
     assert "mean_std_single.json" in str(err.value) and "t2m" in str(err.value)
     other = hand_params(
         hand_copy, "pressure_level=[850, 250]", "surface_features=[]", "num_experts=2"
@@ -324,12 +321,12 @@ def test_missing_statistics_key_and_level(hand_copy):
 
 def test_missing_root_is_clear(tmp_path):
     with pytest.raises(MissingDataError, match="make_synthetic_era5"):
-        ERA5NpyDataset(hand_params(str(tmp_path / "nowhere")), "train")
+        ERA5Dataset(hand_params(str(tmp_path / "nowhere")), "train")
 
 
 def test_channel_paths_helper(hand_root):
     params = hand_params(hand_root)
-    assert channel_paths(hand_root, params.layout, T0) == ERA5NpyDataset(params, "train").paths(T0)
+    assert channel_paths(hand_root, params.layout, T0) == ERA5Dataset(params, "train").paths(T0)
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -78,9 +78,10 @@ def test_python_m_modules_exist(doc):
 
 def _repo_basenames():
     names = set()
-    for _dirpath, dirnames, filenames in os.walk(ROOT):
+    for dirpath, dirnames, filenames in os.walk(ROOT):
         dirnames[:] = [d for d in dirnames if not d.startswith(".") or d == ".ci"]
-        dirnames[:] = [d for d in dirnames if d not in ("data", "exp", "results", "__pycache__")]
+        run_time = ("data", "exp", "results") if dirpath == ROOT else ()  # git-ignored outputs
+        dirnames[:] = [d for d in dirnames if d not in (*run_time, "__pycache__")]
         names.update(filenames)
     return names
 

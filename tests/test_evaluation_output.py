@@ -10,8 +10,8 @@ from conftest import make_params
 
 import inference
 from networks.vamoe import VAMoE
-from utils.checkpoint import atomic_save
 from utils.errors import DataError, OutputExistsError
+from utils.training.checkpoint import atomic_save
 
 FAST = (
     "depth=1",
@@ -122,7 +122,7 @@ def test_climatology_fallback_is_an_error_unless_allowed_then_listed(
 
 
 def test_entry_points_print_one_line_naming_the_culprit(synthetic_root, tmp_path, capsys):
-    from networks import summary
+    from tools import summary
 
     missing = str(tmp_path / "missing.tar")
     cases = [

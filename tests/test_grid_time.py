@@ -15,14 +15,10 @@ import inference
 import train
 from networks.vamoe import VAMoE
 from utils.channels import ERA5_LEVELS, Channel
-from utils.data_loader_npyfiles import ERA5NpyDataset
-from utils.era5_layout import (
-    MissingDataError,
-    channel_path,
-    period_bounds,
-    statistic_path,
-    to_hours,
-)
+from utils.data.dataset import ERA5Dataset
+from utils.data.npy_layout import MissingDataError, channel_path, statistic_path
+from utils.data.statistics import compute_statistics
+from utils.data.synthetic import generate
 from utils.grid import (
     GridError,
     dataset_grid,
@@ -32,8 +28,7 @@ from utils.grid import (
     latitudes,
     pole_latitudes,
 )
-from utils.make_synthetic_era5 import generate
-from utils.statistics import compute_statistics
+from utils.times import period_bounds, to_hours
 
 
 def independent_area_weights(lat):
@@ -114,11 +109,11 @@ def test_data_step_is_read_from_the_data(twelve_hourly):
     common = ["num_data_workers=0", "h_size=8", "w_size=16"]
     p = make_params(twelve_hourly, "tiny", [*common, "lead_time=12", "train_interval=12"])
     p["train_period"] = ["2020-01-01T06", "2020-01-03"]
-    ds = ERA5NpyDataset(p, "train")
+    ds = ERA5Dataset(p, "train")
     assert ds.data_step == 12
     assert ds.times[0] == to_hours("2020-01-01") + 12  # first stored time in the period
     with pytest.raises(ValueError, match=r"'lead_time' \(6 h\) is not a multiple of the data step"):
-        ERA5NpyDataset(make_params(twelve_hourly, "tiny", common), "train")
+        ERA5Dataset(make_params(twelve_hourly, "tiny", common), "train")
 
 
 def test_statistics_use_the_times_that_exist(tmp_path):
@@ -164,7 +159,7 @@ def _independent_rmse(params, weights, data_root, stats_root):
     model = VAMoE.from_params(params)
     model.load_state_dict(torch.load(weights, weights_only=True)["model"])
     model.eval()
-    ds = ERA5NpyDataset(params, "test")
+    ds = ERA5Dataset(params, "test")
     inp, _, times = ds.read_batch(list(range(len(ds))))
     mean, std = _read_stats(stats_root, layout)
     if os.path.exists(grid_path(data_root)):
@@ -320,7 +315,7 @@ def test_hold_out_part_of_a_day(tmp_path, monkeypatch):
     ]
     weights, out = _train_and_evaluate(tmp_path, overrides, monkeypatch)
     params = make_params(train_root, "tiny", overrides)
-    assert len(ERA5NpyDataset(params, "train")) == 5  # inputs 01..05, targets to 06
+    assert len(ERA5Dataset(params, "train")) == 5  # inputs 01..05, targets to 06
     expected, n_ics = _independent_rmse(params, weights, test_root, train_root)
     assert n_ics == 2  # initial conditions 07 and 08 (+2 h <= 10)
     np.testing.assert_allclose(_csv_rmse(out, params.layout, 2, 1), expected, rtol=1e-6)
@@ -334,7 +329,7 @@ def test_a_period_without_data_is_named(tmp_path, twelve_hourly):
     p = make_params(twelve_hourly, "tiny", ["num_data_workers=0", "h_size=8", "w_size=16"])
     p["test_period"] = ["2021-01-01", "2021-01-02"]
     with pytest.raises(MissingDataError, match="test period"):
-        ERA5NpyDataset(p, "test")
+        ERA5Dataset(p, "test")
 
 
 def test_a_separate_root_must_record_the_training_grid(tmp_path, twelve_hourly):
@@ -344,9 +339,9 @@ def test_a_separate_root_must_record_the_training_grid(tmp_path, twelve_hourly):
     p = make_params(twelve_hourly, "tiny", [*common, f"test_root_dir={other}", "t_out_test=1"])
     p["test_period"] = ["2020-01-01", "2020-01-01"]
     with pytest.raises(GridError, match="record different grids"):
-        ERA5NpyDataset(p, "test")
+        ERA5Dataset(p, "test")
     os.remove(grid_path(other))  # a folder without a grid file is read on the training grid
-    ds = ERA5NpyDataset(p, "test")
+    ds = ERA5Dataset(p, "test")
     np.testing.assert_array_equal(ds.lat, latitudes(8))
     assert ds.stats_root == twelve_hourly and ds.root == other
 

@@ -13,13 +13,15 @@ from conftest import make_params
 
 import inference
 import train
-from utils import h5_reader, npy_to_h5
-from utils.checkpoint import load_checkpoint
-from utils.data_loader_npyfiles import ERA5NpyDataset, get_data_loader
-from utils.era5_layout import DataFileError, MissingDataError, to_hours
+from utils.data import h5_reader, npy_to_h5
+from utils.data.dataset import ERA5Dataset
+from utils.data.h5_layout import channel_indices, describe, runs, year_path
+from utils.data.loader import get_data_loader
+from utils.data.npy_layout import DataFileError, MissingDataError
+from utils.data.synthetic import generate
 from utils.grid import GridError
-from utils.h5_layout import channel_indices, describe, runs, year_path
-from utils.make_synthetic_era5 import generate
+from utils.times import to_hours
+from utils.training.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +35,8 @@ def h5_root(synthetic_root, tmp_path_factory):
 
 def pair(npy_root, h5_root, mode, *overrides):
     base = ["num_data_workers=0", *overrides]
-    a = ERA5NpyDataset(make_params(npy_root, "tiny", base), mode)
-    b = ERA5NpyDataset(make_params(h5_root, "tiny", base + ["data_format=h5"]), mode)
+    a = ERA5Dataset(make_params(npy_root, "tiny", base), mode)
+    b = ERA5Dataset(make_params(h5_root, "tiny", base + ["data_format=h5"]), mode)
     return a, b
 
 
@@ -76,7 +78,7 @@ def test_plain_fourcastnet_file_compressed_and_reordered(synthetic_root, tmp_pat
     names = params.layout.names
     order = ["extra"] + names[::-1]
     times = np.arange(to_hours("2020-01-01"), to_hours("2021-01-01"), 24)  # 366 daily rows
-    src = ERA5NpyDataset(params, "test")
+    src = ERA5Dataset(params, "test")
     os.makedirs(os.path.join(root, "train"))
     with h5py.File(os.path.join(root, "train", "2020.h5"), "w") as f:
         d = f.create_dataset(
@@ -90,18 +92,18 @@ def test_plain_fourcastnet_file_compressed_and_reordered(synthetic_root, tmp_pat
     daily = ["train_interval=24", "lead_time=24", "train_period=['2020-01-01', '2020-01-10']"]
     plain = make_params(root, "tiny", ["num_data_workers=0", "data_format=h5", *daily])
     with pytest.raises(DataFileError, match="h5_channels"):
-        ERA5NpyDataset(plain, "train")
+        ERA5Dataset(plain, "train")
     plain["h5_channels"] = order
-    b = ERA5NpyDataset(plain, "train")
+    b = ERA5Dataset(plain, "train")
     assert b.reader._year(2020)[0].row_offsets is None  # compressed: h5py path
-    a = ERA5NpyDataset(make_params(synthetic_root, "tiny", ["num_data_workers=0", *daily]), "train")
+    a = ERA5Dataset(make_params(synthetic_root, "tiny", ["num_data_workers=0", *daily]), "train")
     assert len(a) == len(b) == 9
     assert_same_batches(a, b, list(range(9)))
 
 
 def test_wrong_channels_grid_and_missing_times_name_both_sides(synthetic_root, h5_root):
     with pytest.raises(DataFileError) as err:
-        ERA5NpyDataset(
+        ERA5Dataset(
             make_params(h5_root, "tiny", ["data_format=h5", "h5_channels=[z500, z850]"]), "train"
         )
     assert (
@@ -110,7 +112,7 @@ def test_wrong_channels_grid_and_missing_times_name_both_sides(synthetic_root, h
         and "'z850', 'z500'" in str(err.value)
     )
     with pytest.raises(GridError, match=r"32 x 64 grid but the config has h_size: 16"):
-        ERA5NpyDataset(make_params(h5_root, "tiny", ["data_format=h5", "h_size=16"]), "train")
+        ERA5Dataset(make_params(h5_root, "tiny", ["data_format=h5", "h_size=16"]), "train")
     info = describe(year_path(h5_root, 2020))
     with pytest.raises(DataFileError, match=r"32 x 64.*16 x 64"):
         channel_indices(info, ["z500"], (16, 64))
@@ -119,7 +121,7 @@ def test_wrong_channels_grid_and_missing_times_name_both_sides(synthetic_root, h
     upper_only = ["surface_features=[]", "num_experts=5"]  # a subset of the file's channels
     assert_same_batches(*pair(synthetic_root, h5_root, "train", *upper_only), [1, 7])
     with pytest.raises(MissingDataError) as err:
-        ERA5NpyDataset(
+        ERA5Dataset(
             make_params(
                 h5_root,
                 "tiny",
@@ -151,7 +153,7 @@ def test_conversion_resumes_a_partial_year_and_runs_years_in_parallel(tmp_path, 
     out = str(tmp_path / "out")
     monkeypatch.setattr(npy_to_h5, "FLUSH_EVERY", 3)
     reads = {"n": 0}
-    from utils.data_loader_npyfiles import NpyStateReader
+    from utils.data.npy_reader import NpyStateReader
 
     original = NpyStateReader.read
 

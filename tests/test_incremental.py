@@ -6,12 +6,12 @@ import pytest
 import torch
 
 import train
+from networks.freezing import expand_freeze_patterns, freeze_from_params
 from networks.summary import summarize
 from networks.vamoe import VAMoE
 from utils.channels import ChannelLayout
-from utils.checkpoint import atomic_save, load_checkpoint
-from utils.freezing import expand_freeze_patterns, freeze_from_params
-from utils.incremental import grow_state_dict, load_initial_stage
+from utils.training.checkpoint import atomic_save, load_checkpoint
+from utils.training.incremental import grow_state_dict, load_initial_stage
 from utils.YParams import ConfigError, YParams
 
 CONFIG = "config/vamoe.yaml"

@@ -13,7 +13,7 @@ import torch
 import inference
 import train
 from networks.vamoe import VAMoE
-from utils.checkpoint import atomic_save
+from utils.training.checkpoint import atomic_save
 from utils.YParams import ConfigError, YParams
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from networks.memory import training_memory
 from networks.vamoe import VAMoE
+from utils.training.memory import training_memory
 from utils.YParams import YParams
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

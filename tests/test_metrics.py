@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from utils.evaluation.metrics import MetricAccumulator, lat_weights_torch, score_fields
 from utils.grid import latitudes
-from utils.weighted_acc_rmse import MetricAccumulator, lat_weights_torch, score_fields
 
 
 def _ref_weights(lat):

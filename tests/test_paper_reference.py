@@ -7,10 +7,10 @@ import re
 import numpy as np
 import pytest
 
-import utils.plots as plots
-from utils.paper_reference import PAPER_CURVES, paper_reference, read_paper_curves
-from utils.results import format_headline_table
-from utils.rollout import RolloutResults
+import utils.evaluation.plots as plots
+from utils.evaluation.paper_reference import PAPER_CURVES, paper_reference, read_paper_curves
+from utils.evaluation.results import format_headline_table
+from utils.evaluation.rollout import RolloutResults
 
 NAMES = ["z500", "t850", "t2m", "u10", "q500"]
 

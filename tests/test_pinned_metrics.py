@@ -23,7 +23,7 @@ import torch
 import inference
 from networks.vamoe import VAMoE
 from tests.conftest import make_params
-from utils.checkpoint import atomic_save
+from utils.training.checkpoint import atomic_save
 
 TOLERANCE = {
     "rmse": {"rel": 1e-5, "abs": 1e-9},

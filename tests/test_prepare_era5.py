@@ -14,12 +14,14 @@ pytest.importorskip("netCDF4")
 
 from conftest import make_params  # noqa: E402
 
+from tools.prepare_era5 import main  # noqa: E402
 from utils.channels import ERA5_LEVELS  # noqa: E402
-from utils.data_loader_npyfiles import ERA5NpyDataset  # noqa: E402
-from utils.era5_layout import statistic_path, surface_path, to_hours, upper_path  # noqa: E402
-from utils.era5_names import ConversionError  # noqa: E402
+from utils.conversion.convert import convert  # noqa: E402
+from utils.conversion.variable_names import ConversionError  # noqa: E402
+from utils.data.dataset import ERA5Dataset  # noqa: E402
+from utils.data.npy_layout import statistic_path, surface_path, upper_path  # noqa: E402
 from utils.grid import read_grid  # noqa: E402
-from utils.prepare_era5 import convert, main  # noqa: E402
+from utils.times import to_hours  # noqa: E402
 
 H, W = 4, 8
 LAT_N2S = np.array([67.5, 22.5, -22.5, -67.5])
@@ -156,7 +158,7 @@ def test_copernicus_round_trip(copernicus, tmp_path):
             "num_data_workers=0",
         ],
     )
-    ds = ERA5NpyDataset(params, "train")
+    ds = ERA5Dataset(params, "train")
     inp, tar, t = ds[2]
     assert t == to_hours("2020-01-01") + 12 and len(ds) == 7
     c = params.layout.index("t2m")

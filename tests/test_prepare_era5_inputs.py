@@ -19,12 +19,14 @@ pytest.importorskip("netCDF4")
 pytest.importorskip("zarr")
 pytest.importorskip("dask")
 
-from utils.era5_download import cds_requests, download  # noqa: E402
-from utils.era5_layout import surface_path, to_hours, upper_path  # noqa: E402
-from utils.era5_names import ConversionError  # noqa: E402
-from utils.era5_open import find_inputs, storage_options_for  # noqa: E402
+from tools.prepare_era5 import main  # noqa: E402
+from utils.conversion.convert import convert  # noqa: E402
+from utils.conversion.download import cds_requests, download  # noqa: E402
+from utils.conversion.sources import find_inputs, storage_options_for  # noqa: E402
+from utils.conversion.variable_names import ConversionError  # noqa: E402
+from utils.data.npy_layout import surface_path, upper_path  # noqa: E402
 from utils.grid import latitudes, longitudes, read_grid  # noqa: E402
-from utils.prepare_era5 import convert, main  # noqa: E402
+from utils.times import to_hours  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H, W = 4, 8
@@ -304,7 +306,7 @@ def test_killed_conversion_resumes(tmp_path):
         coords={"time": times, "level": [850, 500], "latitude": LAT_N2S, "longitude": LON},
     ).to_netcdf(path)
     root = str(tmp_path / "out")
-    cmd = [sys.executable, "-m", "utils.prepare_era5", "--input", path, "--root_dir", root]
+    cmd = [sys.executable, "-m", "tools.prepare_era5", "--input", path, "--root_dir", root]
     proc = subprocess.Popen(
         cmd + ["--no_stats", "--quiet"],
         cwd=REPO,

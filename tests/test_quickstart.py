@@ -71,7 +71,7 @@ def test_quickstart_format_h5_reaches_every_step(tmp_path):
     run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     make, _, train, evaluate = log.read_text().splitlines()
-    assert make.startswith("-m utils.make_synthetic_era5") and make.endswith("--format h5")
+    assert make.startswith("-m tools.make_synthetic_era5") and make.endswith("--format h5")
     assert f"--root_dir {tmp_path / 'data'}" in make
     assert "--exp_dir exp/h5 --set root_dir=" in train
     assert train.endswith("--set data_format=h5 --set max_epochs=1")

@@ -5,8 +5,8 @@ import pytest
 
 pytest.importorskip("scipy")  # an optional requirement of the converter
 
+from utils.conversion.regrid import ConservativeRegridder, cell_edges
 from utils.grid import latitudes, longitudes
-from utils.regrid import ConservativeRegridder, cell_edges
 
 
 def poles_grid(h, w):

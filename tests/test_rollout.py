@@ -10,10 +10,10 @@ import torch
 
 from utils.atomic_io import atomic_save_npy
 from utils.channels import ChannelLayout
+from utils.evaluation.metrics import MetricAccumulator, lat_weights_torch
+from utils.evaluation.results import CSV_COLUMNS, format_headline_table, load_results, save_results
+from utils.evaluation.rollout import evaluate_rollout
 from utils.grid import latitudes, longitudes
-from utils.results import CSV_COLUMNS, format_headline_table, load_results, save_results
-from utils.rollout import evaluate_rollout
-from utils.weighted_acc_rmse import MetricAccumulator, lat_weights_torch
 
 H, W = 8, 16
 LAYOUT = ChannelLayout(["z", "t"], [500, 850], ["t2m"])  # z500 z850 t500 t850 t2m
@@ -352,13 +352,13 @@ def test_headline_table(results):
     "hours,label", [(1, "1 h"), (6, "6 h"), (24, "1 d"), (36, "36 h"), (120, "5 d"), (0.5, "0.5 h")]
 )
 def test_lead_labels_in_hours_unless_whole_days(hours, label):
-    from utils.results import lead_label
+    from utils.evaluation.results import lead_label
 
     assert lead_label(hours) == label
 
 
 def test_plots(tmp_path, results):
-    from utils.plots import nearest_leads, plot_maps, plot_rmse_acc
+    from utils.evaluation.plots import nearest_leads, plot_maps, plot_rmse_acc
 
     p = plot_rmse_acc(results, ["z500", "t850", "t2m", "u10"], str(tmp_path / "rmse_acc.png"))
     assert os.path.getsize(p) > 10000

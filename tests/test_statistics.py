@@ -9,18 +9,12 @@ import pytest
 from conftest import SYNTHETIC_DAYS, SYNTHETIC_START, make_params
 
 from utils.channels import ERA5_LEVELS, ChannelLayout
-from utils.climatology import Climatology, ClimatologyWriter, default_climatology_path
-from utils.era5_layout import (
-    day_of_year_index,
-    period_times,
-    statistic_path,
-    surface_path,
-    to_hours,
-    upper_path,
-)
+from utils.data.climatology import Climatology, ClimatologyWriter, default_climatology_path
+from utils.data.npy_layout import statistic_path, surface_path, upper_path
+from utils.data.statistics import RunningMoments, StatisticsError, compute_statistics, load_mean_std
+from utils.data.synthetic import SyntheticERA5
 from utils.errors import DataError
-from utils.make_synthetic_era5 import SyntheticERA5
-from utils.statistics import RunningMoments, StatisticsError, compute_statistics, load_mean_std
+from utils.times import day_of_year_index, period_times, to_hours
 
 LEVELS = (850, 500, 250)
 
@@ -121,7 +115,7 @@ def test_data_climatology_and_cli_refuse_overwrite(synthetic_root, tmp_path, cap
         compute_statistics(
             root, "2020-01-02", "2020-01-04", 6, upper={"z": [500]}, surface=["t2m"], progress=False
         )
-    from utils.statistics import main
+    from tools.statistics import main
 
     main(
         [

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from utils.era5_layout import statistic_path, surface_path, to_hours, upper_path
-from utils.make_synthetic_era5 import SyntheticERA5, generate
+from utils.data.npy_layout import statistic_path, surface_path, upper_path
+from utils.data.synthetic import SyntheticERA5, generate
+from utils.times import to_hours
 
 T = to_hours("2020-01-10") + 6
 
@@ -119,7 +120,7 @@ def test_cli(tmp_path):
         [
             sys.executable,
             "-m",
-            "utils.make_synthetic_era5",
+            "tools.make_synthetic_era5",
             "--root_dir",
             root,
             "--start",

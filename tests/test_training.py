@@ -12,7 +12,8 @@ import torch
 
 import train
 from networks.vamoe import VAMoE
-from utils.checkpoint import atomic_save, load_checkpoint
+from utils.training.checkpoint import atomic_save, load_checkpoint
+from utils.training.optimizer import build_optimizer, cosine_factor
 from utils.YParams import YParams
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -275,7 +276,7 @@ def test_resuming_from_a_checkpoint_of_other_variables_is_refused(synthetic_root
 
 
 def test_cosine_schedule_is_closed_form_and_holds_at_the_end():
-    factor = train._cosine_factor(1e-3, 1e-5, 100)
+    factor = cosine_factor(1e-3, 1e-5, 100)
     values = [factor(s) * 1e-3 for s in range(0, 130)]
     assert values[0] == pytest.approx(1e-3) and values[50] == pytest.approx((1e-3 + 1e-5) / 2)
     assert all(a >= b for a, b in zip(values, values[1:], strict=False))  # never climbs back up
@@ -305,7 +306,7 @@ def test_weight_decay_of_vectors_follows_weight_decay_all(decay_all):
         ["weight_decay=0.01", f"weight_decay_all={decay_all}"],
     )
     model = VAMoE.from_params(params)
-    optimizer = train.build_optimizer(model, params)
+    optimizer = build_optimizer(model, params)
     decay = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
     assert decay[id(model.blocks[0].attn.qkv.weight)] == 0.01
     assert decay[id(model.blocks[0].attn.qkv.bias)] == (0.01 if decay_all else 0.0)

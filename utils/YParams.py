@@ -31,8 +31,8 @@ from ruamel.yaml import YAML
 
 from utils.atomic_io import atomic_write_text
 from utils.channels import ERA5_LEVELS, ChannelLayout
-from utils.era5_layout import period_bounds
 from utils.errors import ConfigError
+from utils.times import period_bounds
 
 DERIVED_KEYS = ("layout",)
 ALIASES = {

@@ -1,7 +1,7 @@
 """The project's own errors: bad configuration, bad data, unusable checkpoints.
 
-Each entry point (``train.py``, ``inference.py``, ``python -m networks.summary``,
-``python -m utils.statistics``, ``python -m utils.make_synthetic_era5``, ...) runs inside
+Each entry point (``train.py``, ``inference.py``, ``python -m tools.summary``,
+``python -m tools.statistics``, ``python -m tools.make_synthetic_era5``, ...) runs inside
 :func:`cli_errors`: a :class:`VAMoEError` prints one line, ``error: <message>`` (the message names
 the file, key or value at fault), and exits with :data:`EXIT_USER_ERROR`. Any other exception is a
 bug and keeps its traceback.

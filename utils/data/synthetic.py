@@ -2,8 +2,8 @@
 
 ::
 
-    python -m utils.make_synthetic_era5 --root_dir ./data/synthetic_era5 --start 2020-01-01 --days 31
-    python -m utils.make_synthetic_era5 --root_dir DIR --grid poles --h_size 61 --w_size 120 \
+    python -m tools.make_synthetic_era5 --root_dir ./data/synthetic_era5 --start 2020-01-01 --days 31
+    python -m tools.make_synthetic_era5 --root_dir DIR --grid poles --h_size 61 --w_size 120 \
         --hour_step 1 --start 2020-01-01T01 --hours 6
 
 Grids (``--grid``): ``centres`` (default; cell centres, no poles, as the 128 x 256 ERA5 set),
@@ -24,15 +24,13 @@ waves, which a small ViT learns, while persistence misses it.
 Besides the fields it writes ``statistic/grid.json`` (:func:`utils.grid.write_grid`),
 ``statistic/mean_std.json`` (null for levels not generated),
 ``statistic/mean_std_single.json`` (both computed from the written files by
-:func:`utils.statistics.compute_statistics`) and a climatology (``statistic/climatology/``) that is
+:func:`utils.data.statistics.compute_statistics`) and a climatology (``statistic/climatology/``) that is
 the generator's wave-free background state (seasonal and diurnal cycle) for the days of year
 generated: the true expected state of this synthetic climate, so ACC anomalies are the waves.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -40,19 +38,17 @@ from collections.abc import Sequence
 import numpy as np
 
 from utils.channels import ERA5_LEVELS
-from utils.era5_layout import (
+from utils.data.npy_layout import (
     CLIMATOLOGY_DIR,
     SINGLE_DIR,
     STATISTIC_DIR,
     day_dir,
-    format_hours,
-    from_hours,
     surface_name,
-    to_hours,
     upper_name,
 )
-from utils.errors import ConfigError, OutputExistsError, cli_errors
-from utils.grid import GRID_KINDS, grid_latitudes, longitudes, write_grid
+from utils.errors import ConfigError, OutputExistsError
+from utils.grid import grid_latitudes, longitudes, write_grid
+from utils.times import format_hours, from_hours, to_hours
 
 UPPER_VARIABLES = ("z", "q", "u", "v", "t")
 SURFACE_VARIABLES = ("t2m", "u10", "v10", "msl", "sp")
@@ -266,7 +262,7 @@ def generate(
     partial day) every ``hour_step`` hours under ``root_dir``, then the grid file, the statistics
     and the climatology. Refuses a non-empty ``root_dir`` unless ``overwrite``.
     ``data_format="h5"`` converts the fields to one HDF5 file per year (``<root_dir>/all/``,
-    :mod:`utils.npy_to_h5`) and removes the ``.npy`` files."""
+    :mod:`utils.data.npy_to_h5`) and removes the ``.npy`` files."""
     if data_format not in ("npy", "h5"):
         raise ConfigError(f"data_format must be 'npy' or 'h5', got {data_format!r}")
     from utils.progress import progress_bar
@@ -309,7 +305,7 @@ def generate(
         "climatology": None,
     }
     if statistics:
-        from utils.statistics import compute_statistics
+        from utils.data.statistics import compute_statistics
 
         stats = compute_statistics(
             root_dir,
@@ -328,7 +324,7 @@ def generate(
     result["data_format"] = data_format
     if data_format == "h5":
         from utils.channels import ChannelLayout
-        from utils.npy_to_h5 import convert
+        from utils.data.npy_to_h5 import convert
 
         layout = ChannelLayout(generator.variables, generator.levels, generator.surface)
         convert(root_dir, root_dir, layout, first, last, hour_step, overwrite=True)
@@ -340,7 +336,7 @@ def generate(
 
 def write_analytic_climatology(generator: SyntheticERA5, root_dir: str, times) -> str:
     """The background state (no waves) by day of year and hour, for the days of ``times``."""
-    from utils.climatology import ClimatologyWriter, climatology_slots
+    from utils.data.climatology import ClimatologyWriter, climatology_slots
 
     doys, hours, slots = climatology_slots(times)
     names = list(generator.fields(int(times[0]), waves=False))
@@ -364,75 +360,3 @@ def write_analytic_climatology(generator: SyntheticERA5, root_dir: str, times) -
     for n in names:
         writer.add(n, total[n] / len(times), cube[n])
     return writer.close()
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description="Write a synthetic ERA5 dataset in the project's data layout (docs/design.md)."
-    )
-    parser.add_argument("--root_dir", required=True)
-    parser.add_argument(
-        "--start", default="2020-01-01", help="first date YYYY-MM-DD or date-time YYYY-MM-DDTHH"
-    )
-    parser.add_argument("--days", type=int, default=31)
-    parser.add_argument(
-        "--hours", type=int, default=None, help="length in hours instead of --days (part of a day)"
-    )
-    parser.add_argument(
-        "--grid",
-        choices=GRID_KINDS,
-        default="centres",
-        help="latitudes: cell centres (no poles), poles (both included) or a Gaussian grid",
-    )
-    parser.add_argument("--h_size", type=int, default=32)
-    parser.add_argument("--w_size", type=int, default=64)
-    parser.add_argument(
-        "--levels",
-        type=int,
-        nargs="+",
-        default=list(DEFAULT_LEVELS),
-        help="pressure levels in hPa (ERA5 levels)",
-    )
-    parser.add_argument("--variables", nargs="*", default=list(UPPER_VARIABLES))
-    parser.add_argument("--surface", nargs="*", default=list(SURFACE_VARIABLES))
-    parser.add_argument("--hour_step", type=int, default=6)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty root_dir")
-    parser.add_argument(
-        "--no_statistics",
-        action="store_true",
-        help="fields and grid only (e.g. a held-out test folder: statistics come from training)",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument(
-        "--format",
-        choices=["npy", "h5"],
-        default="npy",
-        help="npy: one file per field; h5: one HDF5 file per year under <root_dir>/all/",
-    )
-    args = parser.parse_args(argv)
-    with cli_errors():
-        result = generate(
-            args.root_dir,
-            args.start,
-            args.days,
-            args.h_size,
-            args.w_size,
-            args.levels,
-            args.hour_step,
-            args.seed,
-            args.variables,
-            args.surface,
-            args.overwrite,
-            statistics=not args.no_statistics,
-            climatology=not args.no_statistics,
-            progress=not args.quiet,
-            grid=args.grid,
-            hours=args.hours,
-            data_format=args.format,
-        )
-    print(json.dumps(result))
-
-
-if __name__ == "__main__":
-    main()

@@ -2,7 +2,7 @@
 
 ::
 
-    python -m utils.npy_to_h5 --root_dir /data/era5 --config vamoe --workers 4
+    python -m tools.npy_to_h5 --root_dir /data/era5 --config vamoe --workers 4
 
 writes ``<out_dir>/<split>/<YYYY>.h5`` (default: ``<root_dir>/all/``, beside the ``.npy`` tree, so
 the same ``root_dir`` serves both formats) with the channels of ``--config`` (default: every
@@ -19,31 +19,26 @@ again). ``--workers`` converts that many years at once, in separate processes.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
-from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
 from utils.channels import ChannelLayout
-from utils.era5_layout import (
+from utils.data.h5_layout import ALL_SPLIT, FIELDS, create_year_file, same_contents_plan, year_path
+from utils.data.npy_layout import (
     SINGLE_DIR,
     STATISTIC_DIR,
     DataFileError,
     channel_path,
-    dates_of,
     discover_variables,
-    from_hours,
-    period_times,
     read_field,
     scan_missing,
 )
-from utils.errors import OutputExistsError, cli_errors
+from utils.errors import OutputExistsError
 from utils.grid import latitudes, longitudes, read_grid
-from utils.h5_layout import ALL_SPLIT, FIELDS, create_year_file, same_contents_plan, year_path
+from utils.times import dates_of, from_hours, period_times
 
 FLUSH_EVERY = 16  # rows between progress records of a partial file
 
@@ -93,7 +88,7 @@ def convert_year(
     file was continued) or ``skipped`` (complete already)."""
     import h5py
 
-    from utils.data_loader_npyfiles import NpyStateReader
+    from utils.data.npy_reader import NpyStateReader
 
     final = year_path(out_dir, year, split)
     result = {"year": int(year), "path": final, "rows": int(len(times))}
@@ -186,47 +181,3 @@ def convert(
         "incomplete_time_steps_left_out": int(len(incomplete)),
         "incomplete_dates": dates_of(incomplete)[:20],
     }
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root_dir", required=True, help="root of the .npy layout")
-    parser.add_argument("--out_dir", default=None, help="root of the h5 layout (default: root_dir)")
-    parser.add_argument("--config", default=None, help="config section whose channels to write")
-    parser.add_argument(
-        "--yaml_config",
-        default=os.path.join(
-            os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "vamoe.yaml"
-        ),
-    )
-    parser.add_argument(
-        "--start", default=None, help="first day, YYYY-MM-DD (default: first found)"
-    )
-    parser.add_argument("--end", default=None, help="last day, YYYY-MM-DD (default: last found)")
-    parser.add_argument("--hour_step", type=int, default=6)
-    parser.add_argument("--split", default=ALL_SPLIT, help="sub-directory of the year files")
-    parser.add_argument("--workers", type=int, default=1, help="years converted at once")
-    parser.add_argument("--overwrite", action="store_true", help="rewrite existing year files")
-    args = parser.parse_args(argv)
-    with cli_errors():
-        layout = None
-        if args.config:
-            from utils.YParams import YParams
-
-            layout = YParams(args.yaml_config, args.config).layout
-        summary = convert(
-            args.root_dir,
-            args.out_dir,
-            layout,
-            args.start,
-            args.end,
-            args.hour_step,
-            args.split,
-            args.workers,
-            args.overwrite,
-        )
-    print(json.dumps(summary))
-
-
-if __name__ == "__main__":
-    main()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from utils.channels import ERA5_LEVELS
-from utils.era5_names import (
+from utils.conversion.variable_names import (
     LAT_NAMES,
     LEVEL_NAMES,
     LON_NAMES,

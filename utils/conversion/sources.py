@@ -14,7 +14,7 @@ import glob
 import os
 from dataclasses import dataclass, field
 
-from utils.era5_names import ConversionError
+from utils.conversion.variable_names import ConversionError
 
 ZARR_MARKERS = (".zmetadata", ".zgroup", ".zattrs", "zarr.json")
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf")

@@ -17,7 +17,9 @@ import os
 import numpy as np
 
 PAPER_CURVES = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "paper_rmse_curves.csv"
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    "docs",
+    "paper_rmse_curves.csv",
 )
 PAPER_GRID = (128, 256)
 

@@ -15,7 +15,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from utils.weighted_acc_rmse import accumulation_dtype
+from utils.evaluation.metrics import accumulation_dtype
 
 __all__ = ["Stepper", "StepOutput", "resolve_amp_dtype", "autocast_context"]
 

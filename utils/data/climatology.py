@@ -26,8 +26,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from utils.era5_layout import CLIMATOLOGY_DIR, STATISTIC_DIR, day_of_year_index, from_hours
+from utils.data.npy_layout import CLIMATOLOGY_DIR, STATISTIC_DIR
 from utils.errors import DataError, DataFileError, MissingDataError
+from utils.times import day_of_year_index, from_hours
 
 FORMAT = "vamoe-climatology-1"
 
@@ -54,7 +55,7 @@ def resolve_climatology_dir(path_or_root: str) -> str:
     raise MissingDataError(
         f"no climatology at {path!r}: expected {os.path.join(path, 'meta.json')} or "
         f"{os.path.join(path, STATISTIC_DIR, CLIMATOLOGY_DIR, 'meta.json')} (create it with "
-        "`python -m utils.statistics` or `python -m utils.make_synthetic_era5`)"
+        "`python -m tools.statistics` or `python -m tools.make_synthetic_era5`)"
     )
 
 

@@ -10,12 +10,11 @@ are dates (whole days) or date-times (``2019-01-05T01``); the times used are exa
 dataset holds in the period (hourly, 3-, 6-, 12-hourly, or part of a day), read from its file
 names, never an assumed calendar; their count is reported (``n_times``)::
 
-    python -m utils.statistics --root_dir DIR --start 1979-01-01 --end 2020-12-31 [--hour_step 6]
+    python -m tools.statistics --root_dir DIR --start 1979-01-01 --end 2020-12-31 [--hour_step 6]
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import math
@@ -26,7 +25,7 @@ import numpy as np
 
 from utils.atomic_io import atomic_write_text
 from utils.channels import ERA5_LEVELS, Channel
-from utils.era5_layout import (
+from utils.data.npy_layout import (
     CLIMATOLOGY_DIR,
     MEAN_STD_FILE,
     MEAN_STD_SINGLE_FILE,
@@ -34,11 +33,8 @@ from utils.era5_layout import (
     available_times,
     channel_path,
     discover_variables,
-    format_hours,
-    from_hours,
     list_day,
     missing_files_message,
-    period_bounds,
     read_field,
     scan_missing,
     statistic_path,
@@ -49,8 +45,8 @@ from utils.errors import (
     DataFileError,
     MissingDataError,
     OutputExistsError,
-    cli_errors,
 )
+from utils.times import format_hours, from_hours, period_bounds
 
 
 class StatisticsError(DataError, KeyError):
@@ -64,7 +60,7 @@ def _read_json(path: str) -> dict:
     if not os.path.isfile(path):
         raise MissingDataError(
             f"statistics file {path} does not exist (compute it with "
-            "`python -m utils.statistics --root_dir ...`)"
+            "`python -m tools.statistics --root_dir ...`)"
         )
     try:
         with open(path) as f:
@@ -209,7 +205,7 @@ def compute_statistics(
     progress: bool = True,
 ) -> dict:
     """Stream over the times the dataset holds in ``[start, end]`` (dates or date-times, see
-    :func:`utils.era5_layout.period_bounds`) and write ``mean_std.json``, ``mean_std_single.json``
+    :func:`utils.times.period_bounds`) and write ``mean_std.json``, ``mean_std_single.json``
     and (``climatology``) the data climatology.
 
     Args:
@@ -219,7 +215,7 @@ def compute_statistics(
     Returns ``{"mean_std": path, "mean_std_single": path, "climatology": dir or None, "n_times": N}``.
     Every file is read once; only one channel's accumulators are in memory at a time.
     """
-    from utils.climatology import ClimatologyWriter, climatology_slots
+    from utils.data.climatology import ClimatologyWriter, climatology_slots
     from utils.progress import progress_bar
 
     first, last = period_bounds([start, end])
@@ -325,67 +321,3 @@ def _first_day_with_data(root_dir: str, first: int, last: int):
             return day
         day += _dt.timedelta(days=1)
     return from_hours(first).date()
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--root_dir", required=True)
-    parser.add_argument(
-        "--start",
-        required=True,
-        help="first date YYYY-MM-DD or date-time YYYY-MM-DDTHH (inclusive)",
-    )
-    parser.add_argument(
-        "--end", required=True, help="last date (whole day) or date-time YYYY-MM-DDTHH (inclusive)"
-    )
-    parser.add_argument(
-        "--hour_step",
-        type=int,
-        default=None,
-        help="use only hours of day that are multiples of it (default: every stored time)",
-    )
-    parser.add_argument(
-        "--variables", nargs="*", default=None, help="upper-air variables (default: all found)"
-    )
-    parser.add_argument(
-        "--levels",
-        nargs="*",
-        type=int,
-        default=None,
-        help="pressure levels in hPa (default: all found)",
-    )
-    parser.add_argument(
-        "--surface", nargs="*", default=None, help="surface variables (default: all found)"
-    )
-    parser.add_argument("--no_climatology", action="store_true")
-    parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(argv)
-    with cli_errors():
-        _run(args)
-
-
-def _run(args) -> None:
-    upper = None
-    if args.variables is not None or args.levels is not None:
-        found, _ = discover_variables(args.root_dir, args.start)
-        variables = args.variables if args.variables is not None else list(found)
-        upper = {
-            v: (args.levels if args.levels is not None else found.get(v, [])) for v in variables
-        }
-    result = compute_statistics(
-        args.root_dir,
-        args.start,
-        args.end,
-        args.hour_step,
-        upper,
-        args.surface,
-        climatology=not args.no_climatology,
-        overwrite=args.overwrite,
-    )
-    print(json.dumps(result))
-
-
-if __name__ == "__main__":
-    main()

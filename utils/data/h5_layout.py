@@ -30,7 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from utils.era5_layout import DataFileError, MissingDataError, to_hours
+from utils.data.npy_layout import DataFileError, MissingDataError
+from utils.times import to_hours
 
 FORMAT = "vamoe-era5-h5"
 FIELDS, TIME, CHANNEL, LATITUDE, LONGITUDE = "fields", "time", "channel", "latitude", "longitude"

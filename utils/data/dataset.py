@@ -1,7 +1,7 @@
 """ERA5 samples from the one-``.npy``-per-field layout or the one-HDF5-file-per-year layout
 (``data_format``; both described in ``docs/design.md``).
 
-``ERA5NpyDataset(params, mode)`` indexes the samples of ``params.<mode>_period`` in the dataset at
+``ERA5Dataset(params, mode)`` indexes the samples of ``params.<mode>_period`` in the dataset at
 ``<mode>_root_dir`` (``valid_root_dir`` / ``test_root_dir``; ``root_dir`` when unset or in
 training). A period's ends are dates or date-times (``'2019-01-05T01'``; a bare end date includes
 its whole day). The data step (hours between stored times) is ``data_step`` or, when that is null,
@@ -22,15 +22,12 @@ Every read checks the ``.npy`` header (shape ``(h_size, w_size)``, float32) and 
 checked for NaN/inf; ``check_data_values: true`` also scans every field of the period at start-up.
 All errors name the files (and dates) at fault.
 
-The files are read by a state reader chosen by ``data_format``: :class:`NpyStateReader` (``npy``,
+The files are read by a state reader chosen by ``data_format``: :class:`utils.data.npy_reader.NpyStateReader` (``npy``,
 one ``os.preadv`` per file, scattering the 128-byte header into a scratch buffer and the data
-straight into a preallocated batch array) or :class:`utils.h5_reader.H5StateReader` (``h5``, one
+straight into a preallocated batch array) or :class:`utils.data.h5_reader.H5StateReader` (``h5``, one
 HDF5 file per year); either way each channel is normalised here while it is still in cache, so
-the same sample is bit-identical from both formats. :meth:`ERA5NpyDataset.read_batch` reads a
-whole batch at once (no per-sample collation). ``get_data_loader`` reads ahead with threads
-(:class:`ThreadedBatchLoader`, the default ``loader_backend: threads``) or DataLoader worker
-processes (``processes``; the batch array then lives in shared memory, so it crosses to the main
-process without a copy).
+the same sample is bit-identical from both formats. :meth:`ERA5Dataset.read_batch` reads a
+whole batch at once (no per-sample collation); :mod:`utils.data.loader` batches and shards it.
 """
 
 from __future__ import annotations
@@ -38,36 +35,27 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
-from utils.era5_layout import (
+from utils.data.npy_layout import (
     DataFileError,
     MissingDataError,
-    available_times,
     channel_paths,
-    dates_of,
-    from_hours,
     missing_files_message,
-    npy_header,
-    period_bounds,
-    read_field,
-    scan_missing,
-    time_step,
 )
+from utils.data.npy_reader import NpyStateReader
+from utils.data.statistics import load_mean_std
 from utils.errors import ConfigError
 from utils.grid import GridError, dataset_grid, read_grid
-from utils.statistics import load_mean_std
+from utils.times import dates_of, period_bounds, time_step
 
 logger = logging.getLogger(__name__)
 
 MODES = ("train", "valid", "test")
-_HAS_PREADV = hasattr(os, "preadv")
 
 
 class _Batch(list):
@@ -96,77 +84,22 @@ def _empty(shape: Sequence[int], pin_memory: bool = False) -> torch.Tensor:
     return torch.empty(*shape, dtype=torch.float32, pin_memory=pin_memory)
 
 
-class NpyStateReader:
-    """States ``(C, H, W)`` of ``layout``'s channels from the one-``.npy``-per-field layout
-    (``data_format: npy``): one ``os.preadv`` per file, the 128-byte header into a scratch
-    buffer and the data straight into the destination."""
-
-    def __init__(self, root: str, layout, shape: tuple):
-        self.root, self.layout, self.shape = root, layout, tuple(shape)
-        self._header = npy_header(self.shape, np.float32)
-        self._expected = len(self._header) + int(np.prod(self.shape)) * 4
-
-    def missing(self, times) -> list[tuple[int, str]]:
-        """``(time_hours, path)`` of every missing file at ``times``, in time then channel order."""
-        return scan_missing(self.root, self.layout.channels, times)
-
-    def stored_times(self, first: int, last: int) -> np.ndarray:
-        """Sorted times (hours) in ``[first, last]`` at which any channel has a file."""
-        return available_times(self.root, self.layout.channels, first, last)
-
-    def source(self, time_hours: int, channel: int) -> str:
-        """The file of one field and its time, for error messages."""
-        path = channel_paths(self.root, self.layout, int(time_hours))[channel]
-        return f"{path} ({from_hours(time_hours):%Y-%m-%d %H:%M})"
-
-    def read(self, time_hours: int, dst: np.ndarray, each=None) -> None:
-        """Write the state at ``time_hours`` into ``dst`` (float32 ``(C, H, W)``), calling
-        ``each(time_hours, c, dst[c])`` right after channel ``c`` is read."""
-        scratch = bytearray(len(self._header))
-        for c, path in enumerate(channel_paths(self.root, self.layout, int(time_hours))):
-            out = dst[c]
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                raise MissingDataError(
-                    f"missing data file {path} ({from_hours(time_hours):%Y-%m-%d %H:%M})"
-                ) from None
-            except OSError as err:
-                raise DataFileError(f"cannot read {path}: {err.strerror}") from None
-            try:
-                if _HAS_PREADV:
-                    n = os.preadv(fd, [scratch, out, _TAIL], 0)
-                else:  # pragma: no cover - platforms without preadv
-                    with os.fdopen(os.dup(fd), "rb") as f:
-                        n = f.readinto(scratch) + f.readinto(memoryview(out).cast("B"))
-                        n += len(f.read(1))
-            except OSError as err:  # a directory, an I/O error
-                raise DataFileError(f"cannot read {path}: {err.strerror}") from None
-            finally:
-                os.close(fd)
-            if n != self._expected or scratch != self._header:
-                # another header layout, or a wrong file: check it fully
-                out[...] = read_field(path, self.shape, check_finite=False)
-            if each is not None:
-                each(time_hours, c, out)
-
-
 def make_reader(params, mode: str, root: str):
     """The state reader of ``params``' ``data_format`` for the dataset at ``root``:
-    :class:`NpyStateReader` (``npy``) or :class:`utils.h5_reader.H5StateReader` (``h5``, files
+    :class:`NpyStateReader` (``npy``) or :class:`utils.data.h5_reader.H5StateReader` (``h5``, files
     under ``<root>/<mode>/`` first)."""
     shape = (int(params["h_size"]), int(params["w_size"]))
     data_format = params.get("data_format", "npy")
     if data_format == "npy":
         return NpyStateReader(root, params["layout"], shape)
     if data_format == "h5":
-        from utils.h5_reader import H5StateReader
+        from utils.data.h5_reader import H5StateReader
 
         return H5StateReader(root, params["layout"], shape, mode, params.get("h5_channels"))
     raise ValueError(f"'data_format' is {data_format!r}; expected 'npy' or 'h5'")
 
 
-class ERA5NpyDataset(Dataset):
+class ERA5Dataset(Dataset):
     """Samples of one mode (``train``, ``valid`` or ``test``) of a configuration (see module doc)."""
 
     def __init__(self, params, mode: str):
@@ -186,8 +119,8 @@ class ERA5NpyDataset(Dataset):
         if not os.path.isdir(self.root):
             raise MissingDataError(
                 f"data root_dir {self.root!r} does not exist (make a synthetic set with "
-                "`python -m utils.make_synthetic_era5 --root_dir ...` or convert ERA5 with "
-                "`python -m utils.prepare_era5 ...`)"
+                "`python -m tools.make_synthetic_era5 --root_dir ...` or convert ERA5 with "
+                "`python -m tools.prepare_era5 ...`)"
             )
         self.lat, self.lon = self._grid()
 
@@ -370,166 +303,6 @@ class ERA5NpyDataset(Dataset):
 
     def __repr__(self) -> str:
         return (
-            f"ERA5NpyDataset({self.mode}, {len(self)} samples, {self.layout.n_channels} "
+            f"ERA5Dataset({self.mode}, {len(self)} samples, {self.layout.n_channels} "
             f"channels, {self.h}x{self.w}, root={self.root!r})"
         )
-
-
-_TAIL = bytearray(1)  # a byte past the expected end: a longer file reads into it and is rechecked
-
-
-def _world(distributed: bool) -> tuple[int, int]:
-    if not distributed:
-        return 1, 0
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-
-
-class ShardedEpochSampler(Sampler):
-    """Sample order that is a pure function of ``(seed, epoch)``, sharded over ranks, resumable.
-
-    Training (``shuffle=True``) permutes the indices with a generator seeded by ``seed + epoch``
-    and drops the tail that does not split evenly, so every rank gets the same number of samples
-    (equal step counts keep DDP's collectives in step). Evaluation keeps the order and gives rank
-    r the indices ``r, r + world, ...`` without padding (no sample is scored twice).
-    ``start`` skips the first samples of this rank's share: a run resumed mid-epoch continues
-    with exactly the samples an uninterrupted run would have seen.
-    """
-
-    def __init__(
-        self, n_samples: int, world: int = 1, rank: int = 0, shuffle: bool = False, seed: int = 0
-    ):
-        self.n_samples, self.world, self.rank = n_samples, world, rank
-        self.shuffle, self.seed = shuffle, seed
-        self.epoch, self.start = 0, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _indices(self) -> list:
-        if self.shuffle:
-            generator = torch.Generator()
-            generator.manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.n_samples, generator=generator).tolist()
-            order = order[: self.n_samples // self.world * self.world]
-        else:
-            order = list(range(self.n_samples))
-        return order[self.rank :: self.world][self.start :]
-
-    def __iter__(self):
-        return iter(self._indices())
-
-    def __len__(self) -> int:
-        n = self.n_samples // self.world * self.world if self.shuffle else self.n_samples
-        return max(0, len(range(self.rank, n, self.world)) - self.start)
-
-
-class ThreadedBatchLoader:
-    """Batches read ahead by a pool of threads in the training process (``loader_backend:
-    threads``).
-
-    Reading is ``os.preadv`` and numpy arithmetic, both of which release the GIL, so threads
-    overlap like worker processes do, without their cost: a worker process must put every batch
-    in fresh shared memory (tens of thousands of page faults per 70 MB batch), while a thread
-    reads into ordinary memory (huge pages with ``THP_MEM_ALLOC_ENABLE=1``) or, on a GPU
-    machine, straight into pinned memory from the CUDA caching host allocator, which reuses a
-    buffer once its batch is no longer referenced. Same interface as the DataLoader the trainer
-    uses: ``batch_size``, ``sampler``, ``dataset``, ``len()`` and iteration.
-    """
-
-    def __init__(
-        self,
-        dataset: ERA5NpyDataset,
-        batch_size: int,
-        sampler: Sampler,
-        drop_last: bool,
-        num_threads: int,
-        prefetch_factor: int,
-        pin_memory: bool,
-    ):
-        self.dataset, self.batch_size, self.sampler = dataset, batch_size, sampler
-        self.drop_last, self.pin_memory = drop_last, pin_memory
-        self.num_threads = num_threads
-        self.ahead = max(1, num_threads * prefetch_factor)
-
-    def __len__(self) -> int:
-        n = len(self.sampler)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def _batches(self) -> list:
-        indices = list(self.sampler)
-        batches = [
-            indices[i : i + self.batch_size] for i in range(0, len(indices), self.batch_size)
-        ]
-        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
-            batches.pop()
-        return batches
-
-    def __iter__(self):
-        batches = self._batches()
-        if self.num_threads == 0:
-            for indices in batches:
-                yield self.dataset.read_batch(indices, self.pin_memory)
-            return
-        pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="era5-reader")
-        pending = deque()
-        try:
-            for indices in batches:
-                pending.append(pool.submit(self.dataset.read_batch, indices, self.pin_memory))
-                if len(pending) > self.ahead:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-
-def get_data_loader(params, distributed: bool, run_mode: str):
-    """``(loader, dataset, sampler)`` for ``run_mode`` in train/valid/test.
-
-    Per-rank batch = the global batch size (``batch_size``, ``valid_batch_size`` or
-    ``eval_batch_size``) // world size. The sampler is a :class:`ShardedEpochSampler` in every
-    case (call ``sampler.set_epoch`` each epoch): training shuffles deterministically per epoch
-    and drops the last incomplete batch; validation and test keep the order.
-    ``num_data_workers`` reader threads (``loader_backend: threads``, the default) or worker
-    processes (``processes``) read ahead; 0 reads in the calling thread.
-    """
-    if run_mode not in MODES:
-        raise ValueError(f"run_mode must be one of {MODES}, got {run_mode!r}")
-    key = {"train": "batch_size", "valid": "valid_batch_size", "test": "eval_batch_size"}[run_mode]
-    world, rank = _world(distributed)
-    global_batch = int(params[key])
-    if global_batch % world:
-        raise ConfigError(f"'{key}' ({global_batch}) must be divisible by the world size ({world})")
-    batch = global_batch // world
-    dataset = ERA5NpyDataset(params, run_mode)
-    train = run_mode == "train"
-    sampler = ShardedEpochSampler(
-        len(dataset), world, rank, shuffle=train, seed=int(params.get("seed", 0) or 0)
-    )
-    workers = int(params.get("num_data_workers", 0) or 0)
-    prefetch = int(params.get("prefetch_factor", 2) or 2)
-    pin = torch.cuda.is_available()
-    backend = params.get("loader_backend", "threads")
-    if backend not in ("threads", "processes"):
-        raise ConfigError(f"'loader_backend' is {backend!r}; expected 'threads' or 'processes'")
-    if backend == "threads":
-        loader = ThreadedBatchLoader(dataset, batch, sampler, train, workers, prefetch, pin)
-        return loader, dataset, sampler
-    extra = {}
-    if workers > 0:
-        extra.update(prefetch_factor=prefetch, persistent_workers=True)
-    loader = DataLoader(
-        dataset,
-        batch_size=batch,
-        sampler=sampler,
-        drop_last=train,
-        num_workers=workers,
-        pin_memory=pin,
-        collate_fn=collate_batches,
-        **extra,
-    )
-    return loader, dataset, sampler

@@ -1,7 +1,7 @@
-"""Reads states from the one-HDF5-file-per-year layout (see :mod:`utils.h5_layout`).
+"""Reads states from the one-HDF5-file-per-year layout (see :mod:`utils.data.h5_layout`).
 
 :class:`H5StateReader` is the ``data_format: h5`` counterpart of the ``.npy`` reader of
-:mod:`utils.data_loader_npyfiles`: the dataset asks it for the state at a time, written into a
+:mod:`utils.data.dataset`: the dataset asks it for the state at a time, written into a
 ``(C, H, W)`` buffer in the config's channel order, and does everything else (periods,
 normalisation, checks) itself.
 
@@ -24,9 +24,17 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from utils.era5_layout import DataFileError, MissingDataError, from_hours
+from utils.data.h5_layout import (
+    H5YearFile,
+    channel_indices,
+    describe,
+    find_year_files,
+    runs,
+    year_path,
+)
+from utils.data.npy_layout import DataFileError, MissingDataError
 from utils.grid import read_grid
-from utils.h5_layout import H5YearFile, channel_indices, describe, find_year_files, runs, year_path
+from utils.times import from_hours
 
 BLOCK_BYTES = 1 << 19  # channels read at once: normalised while they are in the CPU cache
 

@@ -13,7 +13,7 @@ The new model is built for the new variables; the initial checkpoint (``cl_ckpt_
 - every other tensor with the same name and shape is copied;
 - the remaining tensors (the new groups' experts) keep their fresh initialisation.
 
-The freezing policy is applied separately (:mod:`utils.freezing`).
+The freezing policy is applied separately (:mod:`networks.freezing`).
 """
 
 import re
@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from utils.channels import ChannelLayout
-from utils.checkpoint import check_channel_names, load_checkpoint
 from utils.errors import CheckpointError, ConfigError
+from utils.training.checkpoint import check_channel_names, load_checkpoint
 
 _EXPERT = re.compile(r"^(blocks\.\d+\.ffn\.experts\.)(\d+)(\..+)$")
 

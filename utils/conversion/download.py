@@ -13,8 +13,8 @@ import datetime as _dt
 import os
 from collections.abc import Sequence
 
-from utils.era5_layout import parse_date
-from utils.era5_names import SURFACE_NAMES, UPPER_NAMES, ConversionError, is_upper
+from utils.conversion.variable_names import SURFACE_NAMES, UPPER_NAMES, ConversionError, is_upper
+from utils.times import parse_date
 
 PRESSURE_DATASET = "reanalysis-era5-pressure-levels"
 SINGLE_DATASET = "reanalysis-era5-single-levels"

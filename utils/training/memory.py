@@ -27,6 +27,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
 from networks.vamoe import VAMoE
+from utils.training.optimizer import build_optimizer
 
 
 class LiveStorageBytes(TorchDispatchMode):
@@ -81,7 +82,6 @@ def training_memory(params, batch: int, amp_dtype: torch.dtype | None = None) ->
     ``optimizer_bytes`` (AdamW moments and step counters) and ``activations_bytes`` (the rest at
     the peak), plus ``ddp_buckets_bytes`` (what DDP adds on every rank).
     """
-    from train import build_optimizer  # the trainer's optimiser (fused AdamW)
 
     tracker = LiveStorageBytes()
     with FakeTensorMode(), tracker:
@@ -117,3 +117,35 @@ def training_memory(params, batch: int, amp_dtype: torch.dtype | None = None) ->
         "activations_bytes": peak - param_bytes - grad_bytes - optimizer_bytes,
         "ddp_buckets_bytes": grad_bytes,
     }
+
+
+GIB = 2**30
+CAPACITIES_GB = (40, 80)
+
+
+def memory_row(params, batch: int, amp) -> dict:
+    """:func:`training_memory` in GiB with the 40/80 GB verdicts."""
+    est = training_memory(params, batch, amp)
+    row = {"config": params.config_name, **est}
+    row.update(
+        {
+            k.replace("_bytes", "_gib"): round(v / GIB, 2)
+            for k, v in est.items()
+            if k.endswith("_bytes")
+        }
+    )
+    ddp_total = est["peak_bytes"] + est["ddp_buckets_bytes"]
+    row["peak_ddp_gib"] = round(ddp_total / GIB, 2)
+    for gb in CAPACITIES_GB:
+        row[f"fits_{gb}gb"] = ddp_total <= 0.9 * gb * 1e9
+    return row
+
+
+def format_memory_row(row: dict) -> str:
+    fits = ", ".join(f"{gb} GB {'yes' if row[f'fits_{gb}gb'] else 'no'}" for gb in CAPACITIES_GB)
+    return (
+        f"{row['config']} batch {row['batch']} amp {row['amp'] or 'fp32'} checkpoint_blocks "
+        f"{row['checkpoint_blocks']}: peak {row['peak_gib']:.2f} GiB (params {row['params_gib']:.2f}, "
+        f"grads {row['grads_gib']:.2f}, AdamW {row['optimizer_gib']:.2f}, activations "
+        f"{row['activations_gib']:.2f}); with DDP buckets {row['peak_ddp_gib']:.2f} GiB; fits: {fits}"
+    )

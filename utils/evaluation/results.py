@@ -30,7 +30,7 @@ so compare a paper figure with this column. ``metrics.json``::
                                "acc": {...}, "acc_undefined": {"z500": [int, ...]}}, ...}}
 
 (NaN is written as JSON ``null``.) :func:`load_results` reads it back into a
-:class:`utils.rollout.RolloutResults`.
+:class:`utils.evaluation.rollout.RolloutResults`.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from utils.atomic_io import atomic_save_npy, atomic_write_text
-from utils.rollout import FORECASTERS, RolloutResults
+from utils.evaluation.rollout import FORECASTERS, RolloutResults
 
 MODEL_RMSE_FILE = "denormalized_lat_weight_rmse.npy"
 MODEL_ACC_FILE = "lat_weight_acc.npy"

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from utils.atomic_io import atomic_save_npy
-from utils.era5_layout import from_hours, surface_path, upper_path
-from utils.era5_names import ConversionError
-from utils.era5_normalise import NormalisedInput, normalise
-from utils.era5_open import InputSource
+from utils.conversion.normalise_input import NormalisedInput, normalise
+from utils.conversion.sources import InputSource
+from utils.conversion.variable_names import ConversionError
+from utils.data.npy_layout import surface_path, upper_path
+from utils.times import from_hours
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ def run_jobs(
         # the heavy imports happen once in the server rather than once per worker.
         if "forkserver" in multiprocessing.get_all_start_methods():
             mp_context = multiprocessing.get_context("forkserver")
-            mp_context.set_forkserver_preload(["xarray", "dask.array", "utils.era5_writer"])
+            mp_context.set_forkserver_preload(["xarray", "dask.array", "utils.conversion.writer"])
         else:
             mp_context = multiprocessing.get_context("spawn")
         pool = ProcessPoolExecutor(

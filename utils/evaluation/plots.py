@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from utils.atomic_io import atomic_write  # noqa: E402
-from utils.results import lead_label  # noqa: E402
+from utils.evaluation.results import lead_label  # noqa: E402
 
 __all__ = ["plot_rmse_acc", "plot_maps", "nearest_leads"]
 
@@ -46,9 +46,9 @@ def plot_rmse_acc(
     """RMSE (top rows) and ACC (bottom rows) vs lead time for the headline variables present
     (lead axis in days when the rollout reaches two days, else in hours).
 
-    ``results`` is a :class:`utils.rollout.RolloutResults`. Lead 0 is left out (it is the
+    ``results`` is a :class:`utils.evaluation.rollout.RolloutResults`. Lead 0 is left out (it is the
     initial state). ``reference`` (``{name: (lead_hours, rmse)}``, e.g. the paper's curves of
-    :func:`utils.paper_reference.paper_reference`) is drawn beside the model's RMSE as "paper".
+    :func:`utils.evaluation.paper_reference.paper_reference`) is drawn beside the model's RMSE as "paper".
     Returns ``path``.
     """
     names = [n for n in headline_names if n in results.channel_names]

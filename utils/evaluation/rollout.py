@@ -1,9 +1,9 @@
 """Model-agnostic autoregressive evaluation.
 
 :func:`evaluate_rollout` rolls a one-step forecaster out from every initial condition (IC) of a
-loader with a :class:`utils.stepper.Stepper` and scores the model and two baselines with the same
-metric code (:func:`utils.weighted_acc_rmse.score_fields`, accumulated over ICs in a
-:class:`utils.weighted_acc_rmse.MetricAccumulator` per forecaster; no forecast is kept in memory):
+loader with a :class:`utils.evaluation.stepper.Stepper` and scores the model and two baselines with the same
+metric code (:func:`utils.evaluation.metrics.score_fields`, accumulated over ICs in a
+:class:`utils.evaluation.metrics.MetricAccumulator` per forecaster; no forecast is kept in memory):
 
 * ``model``: ``x_k = step_fn(x_{k-1})`` in normalised units, ``x_0`` = the input state;
 * ``persistence``: the input state at every lead;
@@ -17,7 +17,7 @@ climatology at the initial time). Headline scores use columns 1..T.
 Loader contract: batches ``(inp, tar, time_hours)`` with ``inp`` ``(B, C, H, W)`` normalised (a
 ``(B, 1, C, H, W)`` single-input-state axis is squeezed), ``tar`` ``(B, T, C, H, W)`` normalised
 targets for leads 1..T (the time axis is there for T == 1 too), ``time_hours`` ``(B,)`` int64
-hours since 1970-01-01 of the input state. Result files are written by :mod:`utils.results`; the
+hours since 1970-01-01 of the input state. Result files are written by :mod:`utils.evaluation.results`; the
 conventions are described in ``docs/design.md``.
 """
 
@@ -30,15 +30,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from utils.progress import progress_bar
-from utils.stepper import Stepper, resolve_amp_dtype
-from utils.weighted_acc_rmse import (
+from utils.evaluation.metrics import (
     MetricAccumulator,
     accumulation_dtype,
     lat_weights_torch,
     latitudes_numpy,
     weighted_mean_hw,
 )
+from utils.evaluation.stepper import Stepper, resolve_amp_dtype
+from utils.progress import progress_bar
 
 FORECASTERS = ("model", "persistence", "climatology")
 

@@ -1,6 +1,6 @@
 """Convert a checkpoint written by the original VA-MoE code into this project's format.
 
-    python -m utils.convert_original_checkpoint --input ORIG.tar --config vamoe_initial \
+    python -m tools.convert_original_checkpoint --input ORIG.tar --config vamoe_initial \
         --output exp/vamoe_initial/0/training_checkpoints/best_ckpt.tar [--with_optimizer]
 
 The original saves ``{"model_state", "optimizer_state_dict", "epoch", "iters"}``, the model state
@@ -18,20 +18,17 @@ project's optimiser (parameter order: the order of ``model_state``, which is the
 so that ``train.py --checkpoint OUT.tar`` continues training.
 """
 
-import argparse
 import json
 import math
-import os
 import re
 
 import torch
 
+from networks.freezing import freeze_from_params
 from networks.vamoe import VAMoE
-from train import build_optimizer
-from utils.checkpoint import atomic_save, clean_state_dict, load_tensors, rng_state
-from utils.errors import CheckpointError, OutputExistsError, cli_errors
-from utils.freezing import freeze_from_params
-from utils.YParams import YParams, add_override_argument
+from utils.errors import CheckpointError
+from utils.training.checkpoint import atomic_save, clean_state_dict, load_tensors, rng_state
+from utils.training.optimizer import build_optimizer
 
 # (original name, this project's name); a ``{field}`` stands for one dot-free part of the name
 # (block, expert and layer indices, weight/bias), which carries over unchanged.
@@ -141,7 +138,7 @@ def convert_optimizer(
     steps: int,
     source: str,
 ) -> tuple[dict, dict]:
-    """This project's optimiser and scheduler states (``train.build_optimizer`` groups, a
+    """This project's optimiser and scheduler states (``utils.training.optimizer.build_optimizer`` groups, a
     ``LambdaLR`` at ``steps``, the original's step count) from the original's AdamW state.
 
     The original optimiser was built over the model's ``parameters()``, whose order is the order
@@ -233,36 +230,3 @@ def convert(params, source: str, output: str, with_optimizer: bool = False) -> d
         )
     atomic_save(ckpt, output)
     return ckpt
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--input", required=True, help="checkpoint of the original code")
-    parser.add_argument("--output", required=True, help="checkpoint to write (this project's)")
-    parser.add_argument("--yaml_config", default="config/vamoe.yaml")
-    parser.add_argument("--config", default="vamoe", help="section the checkpoint was trained as")
-    parser.add_argument(
-        "--with_optimizer",
-        action="store_true",
-        help="also convert the optimiser state, so that training can continue from it",
-    )
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace --output when it already exists"
-    )
-    add_override_argument(parser)
-    args = parser.parse_args(argv)
-    with cli_errors():
-        params = YParams(args.yaml_config, args.config, args.overrides)
-        if os.path.exists(args.output) and not args.overwrite:
-            raise OutputExistsError(f"{args.output!r} exists; pass --overwrite to replace it")
-        ckpt = convert(params, args.input, args.output, args.with_optimizer)
-    n_params = sum(v.numel() for v in ckpt["model"].values())
-    print(
-        f"wrote {args.output}: {len(ckpt['model'])} tensors, {n_params:,} parameters, "
-        f"config {params.config_name!r}, epoch {ckpt['epoch']}, step {ckpt['global_step']}"
-        + (", with optimiser state" if args.with_optimizer else "")
-    )
-
-
-if __name__ == "__main__":
-    main()
