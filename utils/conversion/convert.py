@@ -82,7 +82,7 @@ def convert(
     if stats:
         if written or overwrite or not os.path.exists(statistic_path(root_dir, MEAN_STD_FILE)):
             result["statistics"] = _statistics(
-                work, root_dir, hour_step, stats_start, stats_end, climatology, progress
+                request, work, stats_start, stats_end, climatology, progress
             )
         else:
             result["statistics"] = "kept (nothing new converted)"
@@ -118,9 +118,8 @@ def summary(request: ResolvedRequest, work: PendingWork, written: int) -> dict:
 
 
 def _statistics(
+    request: ResolvedRequest,
     work: PendingWork,
-    root_dir: str,
-    hour_step: int,
     stats_start,
     stats_end,
     climatology: bool,
@@ -131,10 +130,10 @@ def _statistics(
     from utils.data.statistics import compute_statistics
 
     return compute_statistics(
-        root_dir,
+        request.root_dir,
         stats_start or work.first_day,
         stats_end or work.last_day,
-        hour_step,
+        request.selection.hour_step,
         work.upper,
         work.surface,
         climatology=climatology,
