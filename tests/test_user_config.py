@@ -4,7 +4,7 @@ rest; unknown keys are errors naming the closest valid key."""
 import pytest
 from conftest import CONFIG
 
-from utils.YParams import ConfigError, YParams, load_section
+from utils.YParams import ConfigError, YParams, load_section, validate
 
 
 def write(tmp_path, text):
@@ -57,3 +57,30 @@ def test_unknown_keys_missing_bases_and_cycles_are_errors(tmp_path):
         ConfigError, match=r"unknown config key 'max_epoch' .*did you mean 'max_epochs'"
     ):
         YParams(CONFIG, "tiny", ["max_epoch=3"])
+
+
+def test_validate_reports_every_problem_of_a_round_in_one_error():
+    """First the type and range of each key; only when those hold, how the keys fit together."""
+    tiny = load_section(CONFIG, "tiny")
+    with pytest.raises(ConfigError) as err:
+        validate({**tiny, "h_size": 0, "lr": 0, "num_heads": 5, "window_size": [4]}, "tiny")
+    assert str(err.value) == (
+        "invalid config (section 'tiny'): 'h_size' must be a positive integer, got 0; "
+        "'lr' must be a number in (0.0, inf), got 0; 'min_lr' (0.0001) must not exceed 'lr' (0)"
+    )
+    fitting = {"num_heads": 5, "window_size": [4], "data_step": 0, "pressure_level": [505, 500]}
+    with pytest.raises(ConfigError) as err:
+        validate({**tiny, **fitting})
+    problems = str(err.value).removeprefix("invalid config: ").split("; ")
+    assert [p.split(" ")[0] for p in problems] == [
+        "'pressure_level'",
+        "'embed_dim'",
+        "'window_size'",
+        "'data_step'",
+    ]
+    assert problems[0].startswith("'pressure_level' has [505], which are not ERA5 levels (1000,")
+    assert problems[1:] == [
+        "'embed_dim' (64) is not divisible by 'num_heads' (5)",
+        "'window_size' must be two positive integers, got [4]",
+        "'data_step' must be null or a positive integer (hours), got 0",
+    ]

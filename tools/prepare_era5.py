@@ -21,7 +21,8 @@ import contextlib
 import json
 from collections.abc import Sequence
 
-from utils.conversion.convert import convert, project_variables
+from utils.conversion.convert import convert
+from utils.conversion.request import project_variables
 from utils.conversion.variable_names import ConversionError
 from utils.errors import cli_errors
 

@@ -352,43 +352,62 @@ class YParams:
         atomic_write_text(path, text.getvalue())
 
 
-# A flat list of independent checks appending to one list, so that every problem is reported in
-# one error; splitting it would only scatter that list.
 def validate(params: dict, section: str = "") -> None:
-    """Raise :class:`ConfigError` naming the keys of any inconsistent setting."""
+    """Raise :class:`ConfigError` naming the keys of any inconsistent setting.
+
+    Every problem is reported in one error, in two rounds: the type and range of each key, then
+    (when those hold) how the keys fit together."""
     where = f" (section {section!r})" if section else ""
+    _raise_problems(_type_problems(params) + _numeric_problems(params), where)
+    try:
+        layout = ChannelLayout.from_params(params)
+    except (ValueError, KeyError) as err:
+        raise ConfigError(f"invalid config{where}: {err}") from None
+    _raise_problems(
+        _level_problems(layout)
+        + _shape_problems(params)
+        + _expert_problems(params, layout)
+        + _period_problems(params)
+        + _step_problems(params),
+        where,
+    )
+
+
+def _raise_problems(problems: list[str], where: str) -> None:
+    if problems:
+        raise ConfigError("invalid config" + where + ": " + "; ".join(problems))
+
+
+def _type_problems(params: dict) -> list[str]:
+    """Keys with a fixed set of choices, and the integer keys (positive, >= 0, positive or null)."""
     problems = []
     for key, choices in _CHOICES.items():
         if key in params and params[key] not in choices:
             problems.append(f"'{key}' is {params[key]!r}; expected one of {list(choices)}")
     for key in _POSITIVE_INTS:
-        if key in params and not (
-            isinstance(params[key], int) and not isinstance(params[key], bool) and params[key] > 0
-        ):
+        if key in params and not (_is_int(params[key]) and params[key] > 0):
             problems.append(f"'{key}' must be a positive integer, got {params[key]!r}")
     for key in _NON_NEGATIVE_INTS:
-        if key in params and not (
-            isinstance(params[key], int) and not isinstance(params[key], bool) and params[key] >= 0
-        ):
+        if key in params and not (_is_int(params[key]) and params[key] >= 0):
             problems.append(f"'{key}' must be an integer >= 0, got {params[key]!r}")
     for key in _OPTIONAL_POSITIVE_INTS:
         value = params.get(key)
         if value is not None and not (_is_int(value) and value > 0):
             problems.append(f"'{key}' must be a positive integer or null, got {value!r}")
-    problems += _numeric_problems(params)
-    if problems:
-        raise ConfigError("invalid config" + where + ": " + "; ".join(problems))
+    return problems
 
-    try:
-        layout = ChannelLayout.from_params(params)
-    except (ValueError, KeyError) as err:
-        raise ConfigError(f"invalid config{where}: {err}") from None
+
+def _level_problems(layout: ChannelLayout) -> list[str]:
     bad_levels = [p for p in layout.pressure_level if p not in ERA5_LEVELS]
     if bad_levels:
-        problems.append(
-            f"'pressure_level' has {bad_levels}, which are not ERA5 levels {ERA5_LEVELS}"
-        )
+        return [f"'pressure_level' has {bad_levels}, which are not ERA5 levels {ERA5_LEVELS}"]
+    return []
 
+
+def _shape_problems(params: dict) -> list[str]:
+    """The embedding splits into the attention heads (and the experts' channel shares); the
+    attention window is two positive integers."""
+    problems = []
     d = params["embed_dim"]
     if d % params["num_heads"]:
         problems.append(
@@ -406,6 +425,12 @@ def validate(params: dict, section: str = "") -> None:
         and all(isinstance(w, int) and w > 0 for w in window)
     ):
         problems.append(f"'window_size' must be two positive integers, got {window!r}")
+    return problems
+
+
+def _expert_problems(params: dict, layout: ChannelLayout) -> list[str]:
+    """The channel MoE has one expert per variable group; the token MoE's top-k fits its experts."""
+    problems = []
     experts = params.get("num_experts")
     if params.get("use_moe") == "channelmoe" and experts != layout.n_groups:
         problems.append(
@@ -421,7 +446,13 @@ def validate(params: dict, section: str = "") -> None:
                 f"'moe_topk_tokens' ({params.get('moe_topk_tokens')}) must be between "
                 f"1 and 'num_experts' ({experts})"
             )
-    problems += _period_problems(params)
+    return problems
+
+
+def _step_problems(params: dict) -> list[str]:
+    """The sample intervals and the lead time divide one another; with a ``data_step``, each is
+    a multiple of it."""
+    problems = []
     for key in ("train_interval", "valid_interval", "test_interval"):
         if (
             key in params
@@ -434,7 +465,7 @@ def validate(params: dict, section: str = "") -> None:
                 "must divide one another"
             )
     step = params.get("data_step")
-    if step is not None and not (isinstance(step, int) and not isinstance(step, bool) and step > 0):
+    if step is not None and not (_is_int(step) and step > 0):
         problems.append(f"'data_step' must be null or a positive integer (hours), got {step!r}")
     elif step:
         for key in ("lead_time", "train_interval", "valid_interval", "test_interval"):
@@ -442,8 +473,7 @@ def validate(params: dict, section: str = "") -> None:
                 problems.append(
                     f"'{key}' ({params[key]}) is not a multiple of 'data_step' ({step})"
                 )
-    if problems:
-        raise ConfigError("invalid config" + where + ": " + "; ".join(problems))
+    return problems
 
 
 def _numeric_problems(params: dict) -> list[str]:

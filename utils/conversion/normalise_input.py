@@ -134,14 +134,39 @@ def _select_member(da, member_dim: str, member: int | None, where: str):
     return da.isel({member_dim: int(hits[0])}, drop=True)
 
 
-def normalise(
-    ds, where: str, member: int | None = None, level: int | None = None
-) -> NormalisedInput:
-    """Canonical, still lazy, form of dataset ``ds`` opened from ``where`` (see module doc).
+@dataclass(frozen=True)
+class _Axes:
+    """The coordinates of one dataset and how to bring its grid into canonical order.
 
-    ``member``: ensemble member to keep (value of the ensemble coordinate); ``level``: pressure
-    level (hPa) of upper-air variables that have neither a level dimension nor a level coordinate.
+    Attributes:
+        lat, lon, time: names of the latitude, longitude and time coordinates.
+        level: name of the pressure-level dimension (None: none); member: name of the ensemble
+            dimension (None: none).
+        lat_order, lon_order: indexers putting latitudes north to south and longitudes ascending
+            from 0° E (:func:`_indexer`).
+        lat_values ``(H,)``, lon_values ``(W,)``: the latitudes and longitudes in that order.
+        times: hours since 1970-01-01 of the time coordinate, shape ``(T,)``.
     """
+
+    lat: str
+    lon: str
+    time: str
+    level: str | None
+    member: str | None
+    lat_order: object
+    lon_order: object
+    lat_values: np.ndarray
+    lon_values: np.ndarray
+    times: np.ndarray
+
+    def has_level(self, da) -> bool:
+        """Whether ``da`` has the pressure-level dimension."""
+        return self.level is not None and self.level in da.dims
+
+
+def _axes(ds, where: str) -> _Axes:
+    """The coordinates of ``ds``; an error naming the missing ones when latitude, longitude or
+    time cannot be found."""
     every = {k: ds[k] for k in ds.variables}
     lat_name = find_coordinate(every, LAT_NAMES, "latitude", ("degrees_north", "degree_north"))
     lon_name = find_coordinate(every, LON_NAMES, "longitude", ("degrees_east", "degree_east"))
@@ -163,19 +188,39 @@ def normalise(
     member_dim = next((member_names[n] for n in MEMBER_NAMES if n in member_names), None)
 
     lat = np.asarray(ds[lat_name].values, dtype=np.float64)
-    lon = np.asarray(ds[lon_name].values, dtype=np.float64)
+    lon = np.mod(np.asarray(ds[lon_name].values, dtype=np.float64), 360.0)
     lat_order = _indexer(np.argsort(-lat, kind="stable"))
-    lon_wrapped = np.mod(lon, 360.0)
-    lon_order = _indexer(np.argsort(lon_wrapped, kind="stable"))
+    lon_order = _indexer(np.argsort(lon, kind="stable"))
     times = _hours(ds[time_name].values, where)
+    return _Axes(
+        lat_name,
+        lon_name,
+        time_name,
+        level_name,
+        member_dim,
+        lat_order,
+        lon_order,
+        lat[lat_order],
+        lon[lon_order],
+        times,
+    )
 
+
+def normalise(
+    ds, where: str, member: int | None = None, level: int | None = None
+) -> NormalisedInput:
+    """Canonical, still lazy, form of dataset ``ds`` opened from ``where`` (see module doc).
+
+    ``member``: ensemble member to keep (value of the ensemble coordinate); ``level``: pressure
+    level (hPa) of upper-air variables that have neither a level dimension nor a level coordinate.
+    """
+    axes = _axes(ds, where)
     variables, names, ignored = {}, {}, []
     for name, da in ds.data_vars.items():
-        if lat_name not in da.dims or lon_name not in da.dims:
+        if axes.lat not in da.dims or axes.lon not in da.dims:
             continue
-        has_level_dim = level_name is not None and level_name in da.dims
-        scalar = None if has_level_dim else _scalar_level(da, where, level)
-        project = recognise_variable(name, da.attrs, has_level_dim or scalar is not None)
+        scalar = None if axes.has_level(da) else _scalar_level(da, where, level)
+        project = recognise_variable(name, da.attrs, axes.has_level(da) or scalar is not None)
         if project is None:
             ignored.append(str(name))
             continue
@@ -183,43 +228,62 @@ def normalise(
             raise ConversionError(
                 f"{where}: variables {names[project]!r} and {name!r} are both {project!r}"
             )
-        if member_dim is not None and member_dim in da.dims:
-            da = _select_member(da, member_dim, member, where)
-        if time_name not in da.dims:
-            da = da.expand_dims(time_name)
-        if is_upper(project):
-            if not has_level_dim:
-                if scalar is None:
-                    raise ConversionError(
-                        f"{where}: cannot tell the pressure level of {name!r} (no level "
-                        "dimension, coordinate or '<name>_<level>hPa' file name); pass --level"
-                    )
-                da = da.expand_dims({"level": [scalar]})
-            else:
-                da = da.rename({level_name: "level"}).assign_coords(
-                    level=_levels_hpa(ds[level_name])
-                )
-            bad = [int(p) for p in da["level"].values if int(p) not in ERA5_LEVELS]
-            if bad:
-                raise ConversionError(
-                    f"{where}: {name!r} has levels {bad} hPa that are not ERA5 pressure levels"
-                )
-        elif has_level_dim:
-            raise ConversionError(f"{where}: surface variable {name!r} has a level dimension")
-        da = da.rename({time_name: "time", lat_name: "lat", lon_name: "lon"})
-        core = ("time", "level", "lat", "lon") if is_upper(project) else ("time", "lat", "lon")
-        for extra in [d for d in da.dims if d not in core]:
-            if da.sizes[extra] != 1:
-                raise ConversionError(
-                    f"{where}: variable {name!r} has an extra dimension {extra!r} of size "
-                    f"{da.sizes[extra]} (dimensions {dict(da.sizes)}); the converter takes "
-                    f"{list(core)} and an ensemble dimension with --member"
-                )
-            da = da.isel({extra: 0}, drop=True)
-        da = da.drop_vars([c for c in da.coords if c not in core])
-        da = da.transpose(*core).isel(lat=lat_order, lon=lon_order)
-        variables[project] = da.assign_coords(lat=lat[lat_order], lon=lon_wrapped[lon_order])
+        variables[project] = _canonical(ds, da, project, scalar, axes, member, where)
         names[project] = str(name)
     return NormalisedInput(
-        where, variables, times, lat[lat_order], lon_wrapped[lon_order], ignored, names
+        where, variables, axes.times, axes.lat_values, axes.lon_values, ignored, names
     )
+
+
+def _canonical(ds, da, project: str, scalar: int | None, axes: _Axes, member, where: str):
+    """Data variable ``da`` of ``ds``, recognised as ``project``, as a lazy DataArray
+    ``(time, [level,] lat, lon)`` in canonical order; ``scalar``: its pressure level when it has
+    no level dimension."""
+    has_level_dim = axes.has_level(da)
+    if axes.member is not None and axes.member in da.dims:
+        da = _select_member(da, axes.member, member, where)
+    if axes.time not in da.dims:
+        da = da.expand_dims(axes.time)
+    if is_upper(project):
+        da = _with_levels(ds, da, has_level_dim, scalar, axes, where)
+    elif has_level_dim:
+        raise ConversionError(f"{where}: surface variable {da.name!r} has a level dimension")
+    da = da.rename({axes.time: "time", axes.lat: "lat", axes.lon: "lon"})
+    core = ("time", "level", "lat", "lon") if is_upper(project) else ("time", "lat", "lon")
+    da = _drop_size_one_extras(da, core, where)
+    da = da.drop_vars([c for c in da.coords if c not in core])
+    da = da.transpose(*core).isel(lat=axes.lat_order, lon=axes.lon_order)
+    return da.assign_coords(lat=axes.lat_values, lon=axes.lon_values)
+
+
+def _with_levels(ds, da, has_level_dim: bool, scalar: int | None, axes: _Axes, where: str):
+    """Upper-air ``da`` with a ``level`` dimension in hPa (a size-1 one from ``scalar`` when it
+    has none); an error when its level is unknown or not an ERA5 pressure level."""
+    if not has_level_dim:
+        if scalar is None:
+            raise ConversionError(
+                f"{where}: cannot tell the pressure level of {da.name!r} (no level "
+                "dimension, coordinate or '<name>_<level>hPa' file name); pass --level"
+            )
+        da = da.expand_dims({"level": [scalar]})
+    else:
+        da = da.rename({axes.level: "level"}).assign_coords(level=_levels_hpa(ds[axes.level]))
+    bad = [int(p) for p in da["level"].values if int(p) not in ERA5_LEVELS]
+    if bad:
+        raise ConversionError(
+            f"{where}: {da.name!r} has levels {bad} hPa that are not ERA5 pressure levels"
+        )
+    return da
+
+
+def _drop_size_one_extras(da, core: tuple, where: str):
+    """``da`` without its dimensions other than ``core``, each of which must have size 1."""
+    for extra in [d for d in da.dims if d not in core]:
+        if da.sizes[extra] != 1:
+            raise ConversionError(
+                f"{where}: variable {da.name!r} has an extra dimension {extra!r} of size "
+                f"{da.sizes[extra]} (dimensions {dict(da.sizes)}); the converter takes "
+                f"{list(core)} and an ensemble dimension with --member"
+            )
+        da = da.isel({extra: 0}, drop=True)
+    return da
