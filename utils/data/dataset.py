@@ -76,7 +76,7 @@ class ERA5Dataset(Dataset):
 
     mode = _described("mode", "``train``, ``valid`` or ``test``.")
     root = _described("root", "The dataset the states are read from.")
-    stats_root = _described("stats_root", "The training dataset, whose statistics are used.")
+    stats_root = _described("stats_root", "The training dataset (statistics and grid).")
     period = _described("period", "``<mode>_period`` as configured.")
     layout = _described("layout", "The channel layout; its order is the ``C`` axis.")
     h = _described("h", "Grid rows ``H``.")

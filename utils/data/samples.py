@@ -55,7 +55,7 @@ class SampleDescription:
     Attributes:
         mode: ``train``, ``valid`` or ``test``.
         root: the dataset the states are read from.
-        stats_root: the training dataset, whose statistics are used.
+        stats_root: the training dataset, whose statistics and grid are used.
         period: ``<mode>_period`` as configured (``[start, end]``).
         layout: the :class:`utils.channels.ChannelLayout`; its channel order is the ``C`` axis.
         h, w: the grid size ``(H, W)``.
