@@ -1,61 +1,38 @@
-"""ERA5 samples from the one-``.npy``-per-field layout or the one-HDF5-file-per-year layout
+"""ERA5 samples read from the one-``.npy``-per-field layout or the one-HDF5-file-per-year layout
 (``data_format``; both described in ``docs/design.md``).
 
-``ERA5Dataset(params, mode)`` indexes the samples of ``params.<mode>_period`` in the dataset at
-``<mode>_root_dir`` (``valid_root_dir`` / ``test_root_dir``; ``root_dir`` when unset or in
-training). A period's ends are dates or date-times (``'2019-01-05T01'``; a bare end date includes
-its whole day). The data step (hours between stored times) is ``data_step`` or, when that is null,
-read from the times the period's files hold; ``lead_time`` and ``<mode>_interval`` must be
-multiples of it. Input times run every ``<mode>_interval`` hours from the first stored time of the
-period at which a whole sample fits, such that every input state (``t_in`` of them, ``lead_time``
-hours apart, the last at the sample time) and every target state (``t_out_<mode>`` of them at
-``+lead_time``, ``+2 lead_time``, ...) lies within the period. Normalisation statistics always
-come from the training ``root_dir``; the grid (``lat``, ``lon`` in degrees) from the dataset's
-``statistic/grid.json`` (:func:`utils.grid.dataset_grid`). Item ``i`` is
-``(inp, tar, time_hours)``: ``inp`` float32 ``(C, H, W)`` (``(t_in, C, H, W)`` when ``t_in > 1``), ``tar`` ``(T, C, H, W)`` (the time axis also for T = 1),
-z-score normalised per channel in the order of ``params.layout``, and the valid time of the (last)
-input state in hours since 1970-01-01T00:00 UTC.
+``ERA5Dataset(params, mode)`` reads the samples of ``params.<mode>_period`` that
+:func:`utils.data.samples.resolve_samples` resolves (data root, grid, data step, sample times,
+statistics: see :mod:`utils.data.samples`); :meth:`ERA5Dataset.from_description` reads an already
+resolved :class:`utils.data.samples.SampleDescription`. Item ``i`` is ``(inp, tar, time_hours)``:
+``inp`` float32 ``(C, H, W)`` (``(t_in, C, H, W)`` when ``t_in > 1``), ``tar`` ``(T, C, H, W)``
+(the time axis also for T = 1), z-score normalised per channel in the order of ``params.layout``,
+and the valid time of the (last) input state in hours since 1970-01-01T00:00 UTC.
 
-Start-up scans the period once (one ``listdir`` per day directory) and reports every missing file
-in one error; with ``skip_incomplete_samples: true`` it instead indexes only the complete samples.
 Every read checks the ``.npy`` header (shape ``(h_size, w_size)``, float32) and every sample is
-checked for NaN/inf; ``check_data_values: true`` also scans every field of the period at start-up.
-All errors name the files (and dates) at fault.
+checked for NaN/inf; ``check_data_values: true`` also scans every field of the period at start-up
+(otherwise the first sample is read). All errors name the files (and dates) at fault.
 
-The files are read by a state reader chosen by ``data_format``: :class:`utils.data.npy_reader.NpyStateReader` (``npy``,
-one ``os.preadv`` per file, scattering the 128-byte header into a scratch buffer and the data
-straight into a preallocated batch array) or :class:`utils.data.h5_reader.H5StateReader` (``h5``, one
-HDF5 file per year); either way each channel is normalised here while it is still in cache, so
-the same sample is bit-identical from both formats. :meth:`ERA5Dataset.read_batch` reads a
-whole batch at once (no per-sample collation); :mod:`utils.data.loader` batches and shards it.
+The files are read by the description's state reader, chosen by ``data_format``:
+:class:`utils.data.npy_reader.NpyStateReader` (``npy``, one ``os.preadv`` per file, scattering the
+128-byte header into a scratch buffer and the data straight into a preallocated batch array) or
+:class:`utils.data.h5_reader.H5StateReader` (``h5``, one HDF5 file per year); either way each
+channel is normalised here while it is still in cache, so the same sample is bit-identical from
+both formats. :meth:`ERA5Dataset.read_batch` reads a whole batch at once (no per-sample
+collation); :mod:`utils.data.loader` batches and shards it.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import os
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from utils.data.npy_layout import (
-    DataFileError,
-    MissingDataError,
-    channel_paths,
-    missing_files_message,
-)
-from utils.data.npy_reader import NpyStateReader
-from utils.data.statistics import load_mean_std
-from utils.errors import ConfigError
-from utils.grid import GridError, dataset_grid, read_grid
-from utils.times import dates_of, period_bounds, time_step
-
-logger = logging.getLogger(__name__)
-
-MODES = ("train", "valid", "test")
+from utils.data.npy_layout import DataFileError, MissingDataError, channel_paths
+from utils.data.samples import SampleDescription, resolve_samples
 
 
 class _Batch(list):
@@ -84,132 +61,59 @@ def _empty(shape: Sequence[int], pin_memory: bool = False) -> torch.Tensor:
     return torch.empty(*shape, dtype=torch.float32, pin_memory=pin_memory)
 
 
-def make_reader(params, mode: str, root: str):
-    """The state reader of ``params``' ``data_format`` for the dataset at ``root``:
-    :class:`NpyStateReader` (``npy``) or :class:`utils.data.h5_reader.H5StateReader` (``h5``, files
-    under ``<root>/<mode>/`` first)."""
-    shape = (int(params["h_size"]), int(params["w_size"]))
-    data_format = params.get("data_format", "npy")
-    if data_format == "npy":
-        return NpyStateReader(root, params["layout"], shape)
-    if data_format == "h5":
-        from utils.data.h5_reader import H5StateReader
-
-        return H5StateReader(root, params["layout"], shape, mode, params.get("h5_channels"))
-    raise ValueError(f"'data_format' is {data_format!r}; expected 'npy' or 'h5'")
+def _described(name: str, doc: str) -> property:
+    """A read-only dataset attribute that is the field ``name`` of its sample description."""
+    return property(lambda self: getattr(self.samples, name), doc=doc)
 
 
 class ERA5Dataset(Dataset):
-    """Samples of one mode (``train``, ``valid`` or ``test``) of a configuration (see module doc)."""
+    """Reads the samples of one mode (``train``, ``valid`` or ``test``) of a configuration, as
+    resolved by :func:`utils.data.samples.resolve_samples` (see the module doc).
+
+    ``ERA5Dataset(params, mode)`` resolves the samples and reads them;
+    :meth:`from_description` reads an already resolved :class:`SampleDescription`.
+    """
+
+    mode = _described("mode", "``train``, ``valid`` or ``test``.")
+    root = _described("root", "The dataset the states are read from.")
+    stats_root = _described("stats_root", "The training dataset (statistics and grid).")
+    period = _described("period", "``<mode>_period`` as configured.")
+    layout = _described("layout", "The channel layout; its order is the ``C`` axis.")
+    h = _described("h", "Grid rows ``H``.")
+    w = _described("w", "Grid columns ``W``.")
+    lat = _described("lat", "Latitudes in degrees, ``(H,)``.")
+    lon = _described("lon", "Longitudes in degrees, ``(W,)``.")
+    t_in = _described("t_in", "Input states per sample.")
+    t_out = _described("t_out", "Target states per sample.")
+    lead = _described("lead", "``lead_time``: hours between consecutive states of a sample.")
+    interval = _described("interval", "Hours between consecutive sample times.")
+    data_step = _described("data_step", "Hours between stored times.")
+    times = _described("times", "int64 ``(N,)``: the valid time of each sample's (last) input.")
+    _offsets = _described(
+        "offsets", "int64 ``(t_in + t_out,)``: hours from a sample's time to its states."
+    )
+    mean = _described("mean", "float32 ``(C,)`` channel means in physical units.")
+    std = _described("std", "float32 ``(C,)`` channel standard deviations in physical units.")
+    reader = _described("reader", "The state reader of the configured ``data_format``.")
 
     def __init__(self, params, mode: str):
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        self.mode = mode
-        self.stats_root = str(params["root_dir"])
-        self.root = str(params.get(f"{mode}_root_dir") or self.stats_root)
-        self.layout = params["layout"]
-        self.h, self.w = int(params["h_size"]), int(params["w_size"])
-        self.t_in = int(params["t_in"])
-        self.t_out = int(params[f"t_out_{mode}"])
-        self.lead = int(params["lead_time"])
-        self.interval = int(params[f"{mode}_interval"])
-        self.period = list(params[f"{mode}_period"])
-        skip_incomplete = bool(params.get("skip_incomplete_samples", False))
-        if not os.path.isdir(self.root):
-            raise MissingDataError(
-                f"data root_dir {self.root!r} does not exist (make a synthetic set with "
-                "`python -m tools.make_synthetic_era5 --root_dir ...` or convert ERA5 with "
-                "`python -m tools.prepare_era5 ...`)"
-            )
-        self.lat, self.lon = self._grid()
+        self._open(resolve_samples(params, mode), bool(params.get("check_data_values", False)))
 
-        first, last = period_bounds(self.period)
-        self._offsets = np.arange(-(self.t_in - 1), self.t_out + 1, dtype=np.int64) * self.lead
-        self.reader = make_reader(params, mode, self.root)
-        start = self._first_sample_time(params, first, last)
-        times = np.arange(start, last - self._offsets[-1] + 1, self.interval, dtype=np.int64)
-        if len(times) == 0:
-            raise ConfigError(
-                f"'{mode}_period' {self.period} is too short for t_in={self.t_in} and "
-                f"t_out_{mode}={self.t_out} at lead_time={self.lead} h: no sample fits"
-            )
+    @classmethod
+    def from_description(cls, samples: SampleDescription, check_values: bool = False):
+        """A dataset reading the samples ``samples`` describes; ``check_values`` reads every
+        field they use first (``check_data_values``), otherwise the first sample's files."""
+        dataset = cls.__new__(cls)
+        dataset._open(samples, check_values)
+        return dataset
 
-        self.mean, self.std = load_mean_std(self.stats_root, self.layout)
-        self._inv_std = (1.0 / self.std.astype(np.float64)).astype(np.float32)
-
-        needed = np.unique((times[:, None] + self._offsets[None, :]).ravel())
-        missing = self.reader.missing(needed)
-        if missing:
-            if not skip_incomplete:
-                raise MissingDataError(
-                    missing_files_message(missing, f"the {mode} period {self.period}")
-                    + "\n(set skip_incomplete_samples: true to index only the complete samples)"
-                )
-            bad = np.array(sorted({t for t, _ in missing}), dtype=np.int64)
-            complete = ~np.isin(times[:, None] + self._offsets[None, :], bad).any(axis=1)
-            logger.warning(
-                "%s: %d file(s) missing on %s; skipping %d of %d samples",
-                mode,
-                len(missing),
-                ", ".join(dates_of(bad)[:10]),
-                int((~complete).sum()),
-                len(times),
-            )
-            times = times[complete]
-            if len(times) == 0:
-                raise MissingDataError(
-                    "no complete sample left:\n"
-                    + missing_files_message(missing, f"the {mode} period")
-                )
-        self.times = times
-
-        if params.get("check_data_values", False):
+    def _open(self, samples: SampleDescription, check_values: bool) -> None:
+        self.samples = samples
+        self._inv_std = (1.0 / samples.std.astype(np.float64)).astype(np.float32)
+        if check_values:
             self.check_values()
         else:  # at least the first sample's files (shape, dtype, values) before training starts
             self._load([0])
-
-    def _grid(self) -> tuple[np.ndarray, np.ndarray]:
-        """The grid of the training root; a separate data root that records its own grid must
-        record the same one."""
-        lat, lon = dataset_grid(self.stats_root, self.h, self.w)
-        if self.root != self.stats_root and read_grid(self.root) is not None:
-            own_lat, own_lon = dataset_grid(self.root, self.h, self.w)
-            if not (np.allclose(own_lat, lat) and np.allclose(own_lon, lon)):
-                raise GridError(
-                    f"the {self.mode} data {self.root!r} and the training data "
-                    f"{self.stats_root!r} record different grids"
-                )
-        return lat, lon
-
-    def _first_sample_time(self, params, first: int, last: int) -> int:
-        """The first sample time: the first stored time from which a sample's inputs lie in the
-        period. ``lead_time`` and ``<mode>_interval`` must be multiples of the data step:
-        ``data_step``, or the step of the times stored in the period's first three days (the
-        whole period when those hold fewer than two)."""
-        earliest = first - int(self._offsets[0])
-        configured = params.get("data_step")
-        where = f"the {self.mode} period {self.period} under {self.root}"
-        if configured:
-            self.data_step = int(configured)
-            phase = earliest
-        else:
-            stored = self.reader.stored_times(first, min(last, first + 71))
-            if len(stored) < 2:
-                stored = self.reader.stored_times(first, last)
-            if len(stored) < 2:
-                raise MissingDataError(
-                    f"{len(stored)} stored time(s) of the configured channels in {where}: "
-                    "no sample fits"
-                )
-            self.data_step, phase = time_step(stored), int(stored[0])
-        for key, value in (("lead_time", self.lead), (f"{self.mode}_interval", self.interval)):
-            if value % self.data_step:
-                raise ConfigError(
-                    f"'{key}' ({value} h) is not a multiple of the data step "
-                    f"({self.data_step} h, {'data_step' if configured else 'read from ' + where})"
-                )
-        return earliest + (phase - earliest) % self.data_step
 
     # ----------------------------------------------------------------------------- indexing
     def __len__(self) -> int:
@@ -217,8 +121,7 @@ class ERA5Dataset(Dataset):
 
     def sample_times(self, i: int) -> tuple[list, list]:
         """Valid times (hours since epoch) of the input states and of the target states of item i."""
-        steps = [int(self.times[i] + o) for o in self._offsets]
-        return steps[: self.t_in], steps[self.t_in :]
+        return self.samples.sample_times(i)
 
     def paths(self, time_hours: int) -> list[str]:
         """Files of the state at ``time_hours``, in channel order."""
@@ -278,7 +181,7 @@ class ERA5Dataset(Dataset):
     # ----------------------------------------------------------------------------- checks
     def check_values(self) -> None:
         """Read every field the samples use; one error lists every bad file (shape, dtype, NaN/inf)."""
-        needed = np.unique((self.times[:, None] + self._offsets[None, :]).ravel())
+        needed = self.samples.state_times()
         state = np.empty((self.layout.n_channels, self.h, self.w), dtype=np.float32)
         problems = []
         for t in needed:

@@ -16,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from utils.data.dataset import MODES, ERA5Dataset, collate_batches
+from utils.data.dataset import ERA5Dataset, collate_batches
+from utils.data.samples import MODES
 from utils.errors import ConfigError
 
 

@@ -102,19 +102,7 @@ def convert_year(
         )
     os.makedirs(os.path.dirname(final), exist_ok=True)
     partial = partial_path(final)
-    f, start = None, 0
-    if os.path.exists(partial) and not overwrite:
-        try:
-            f = h5py.File(partial, "r+")
-            if same_contents_plan(f, times, layout.names, lat, lon):
-                start = int(f.attrs["rows_written"])
-            else:
-                f.close()
-                f = None
-        except (OSError, KeyError):
-            f = None
-    if f is None:
-        f = create_year_file(partial, times, layout.names, lat, lon)
+    f, start = _open_partial(partial, times, layout.names, (lat, lon), overwrite)
     reader = NpyStateReader(root, layout, (len(lat), len(lon)))
     state = np.empty((layout.n_channels, len(lat), len(lon)), dtype=np.float32)
     try:
@@ -133,6 +121,26 @@ def convert_year(
         os.fsync(handle.fileno())
     os.replace(partial, final)
     return dict(result, status="resumed" if start else "written")
+
+
+def _open_partial(partial: str, times, names: list, grid: tuple, overwrite: bool):
+    """``(open h5py file, rows already written)`` of the partial file ``partial``: continued
+    when it plans the same times, channels and grid (``(lat, lon)``) and not ``overwrite``,
+    else created anew."""
+    import h5py
+
+    lat, lon = grid
+    if os.path.exists(partial) and not overwrite:
+        f = None
+        try:
+            f = h5py.File(partial, "r+")
+            if same_contents_plan(f, times, names, lat, lon):
+                return f, int(f.attrs["rows_written"])
+        except (OSError, KeyError):
+            pass
+        if f is not None:
+            f.close()
+    return create_year_file(partial, times, names, lat, lon), 0
 
 
 def convert(

@@ -215,10 +215,44 @@ def compute_statistics(
     Returns ``{"mean_std": path, "mean_std_single": path, "climatology": dir or None, "n_times": N}``.
     Every file is read once; only one channel's accumulators are in memory at a time.
     """
-    from utils.data.climatology import ClimatologyWriter, climatology_slots
-    from utils.progress import progress_bar
+    from utils.data.climatology import climatology_slots
 
     first, last = period_bounds([start, end])
+    upper, channels = _channels_to_compute(root_dir, first, last, upper, surface)
+    what = f"statistics over {start}..{end}" + (f" every {hour_step} h" if hour_step else "")
+    times = _complete_times(root_dir, channels, first, last, hour_step, what)
+    stat_paths = [
+        statistic_path(root_dir, MEAN_STD_FILE),
+        statistic_path(root_dir, MEAN_STD_SINGLE_FILE),
+    ]
+    clim_dir = climatology_dir or os.path.join(root_dir, STATISTIC_DIR, CLIMATOLOGY_DIR)
+    if not overwrite:
+        _refuse_existing(stat_paths + ([clim_dir] if climatology else []))
+
+    shape = read_field(channel_path(root_dir, int(times[0]), channels[0])).shape
+    doys, hours, slots = climatology_slots(times)
+    writer = None
+    if climatology:
+        writer = _data_climatology_writer(clim_dir, shape, doys, hours, times, overwrite)
+    upper_mean, upper_std, surface_mean, surface_std = _stream_moments(
+        root_dir, upper, channels, times, slots, shape, writer, progress
+    )
+    paths = write_mean_std(
+        root_dir, upper_mean, upper_std, surface_mean, surface_std, overwrite=True
+    )
+    return {
+        "mean_std": paths[0],
+        "mean_std_single": paths[1],
+        "climatology": writer.close() if climatology else None,
+        "n_times": len(times),
+    }
+
+
+def _channels_to_compute(
+    root_dir: str, first: int, last: int, upper: dict | None, surface: Sequence[str] | None
+) -> tuple[dict, list[Channel]]:
+    """``(upper, channels)``: ``upper`` and ``surface`` as given, or discovered from the first
+    day of ``[first, last]`` (hours) that holds files, and the channels they make."""
     if upper is None or surface is None:
         found_upper, found_surface = discover_variables(
             root_dir, _first_day_with_data(root_dir, first, last)
@@ -229,45 +263,97 @@ def compute_statistics(
     channels += [Channel(s) for s in surface]
     if not channels:
         raise ConfigError(f"no variables to compute statistics for under {root_dir}")
+    return upper, channels
+
+
+def _complete_times(
+    root_dir: str, channels: list, first: int, last: int, hour_step: int | None, what: str
+) -> np.ndarray:
+    """The times (int64 hours) in ``[first, last]`` at which the dataset holds files, those
+    whose hour is a multiple of ``hour_step`` when given; an error unless every channel has a
+    file at each of them."""
     times = available_times(root_dir, channels, first, last)
     if hour_step:
         times = times[times % 24 % int(hour_step) == 0]
-    what = f"statistics over {start}..{end}" + (f" every {hour_step} h" if hour_step else "")
     if not len(times):
         raise MissingDataError(f"no data files under {root_dir} for the {what}")
     missing = scan_missing(root_dir, channels, times)
     if missing:
         raise MissingDataError(missing_files_message(missing, what))
-    stat_paths = [
-        statistic_path(root_dir, MEAN_STD_FILE),
-        statistic_path(root_dir, MEAN_STD_SINGLE_FILE),
-    ]
-    clim_dir = climatology_dir or os.path.join(root_dir, STATISTIC_DIR, CLIMATOLOGY_DIR)
-    if not overwrite:
-        existing = [
-            p for p in stat_paths + ([clim_dir] if climatology else []) if os.path.exists(p)
-        ]
-        if existing:
-            raise OutputExistsError(
-                f"{existing} exist; pass overwrite (--overwrite) to replace them"
-            )
+    return times
 
-    shape = read_field(channel_path(root_dir, int(times[0]), channels[0])).shape
-    doys, hours, slots = climatology_slots(times)
-    writer = (
-        ClimatologyWriter(
-            clim_dir,
-            shape,
-            hours,
-            doys,
-            overwrite=overwrite,
-            source="data",
-            period=[format_hours(times[0]), format_hours(times[-1])],
-            n_times=int(len(times)),
-        )
-        if climatology
-        else None
+
+def _refuse_existing(outputs: list[str]) -> None:
+    existing = [p for p in outputs if os.path.exists(p)]
+    if existing:
+        raise OutputExistsError(f"{existing} exist; pass overwrite (--overwrite) to replace them")
+
+
+def _data_climatology_writer(
+    clim_dir: str, shape: tuple, doys: list, hours: list, times: np.ndarray, overwrite: bool
+):
+    """A :class:`utils.data.climatology.ClimatologyWriter` of the days of year ``doys`` and
+    hours ``hours`` (those of ``times``, which it records as its period)."""
+    from utils.data.climatology import ClimatologyWriter
+
+    return ClimatologyWriter(
+        clim_dir,
+        shape,
+        hours,
+        doys,
+        overwrite=overwrite,
+        source="data",
+        period=[format_hours(times[0]), format_hours(times[-1])],
+        n_times=int(len(times)),
     )
+
+
+class _SlotSums:
+    """Float64 sums of one channel's fields ``(H, W)`` by climatology slot (day of year, hour),
+    with their counts, and over all times."""
+
+    def __init__(self, table: tuple[int, int], shape: tuple):
+        self.sums = np.zeros(table + shape, dtype=np.float64)
+        self.counts = np.zeros(table, dtype=np.int64)
+        self.total = np.zeros(shape, dtype=np.float64)
+
+    def add(self, slot: tuple[int, int], field: np.ndarray) -> None:
+        self.sums[slot] += field
+        self.counts[slot] += 1
+        self.total += field
+
+    def means(self, n_times: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(time mean (H, W), mean by slot (D, K, H, W))``; a slot without data holds the time
+        mean. Divides the sums in place."""
+        time_mean = self.total / n_times
+        empty = self.counts == 0
+        self.sums /= np.maximum(self.counts, 1)[:, :, None, None]
+        self.sums[empty] = time_mean
+        return time_mean, self.sums
+
+
+def _read_channel(
+    root_dir: str, ch: Channel, times, slots, shape: tuple, sums: _SlotSums | None, bar
+) -> RunningMoments:
+    """The moments of channel ``ch`` over ``times``, reading each field once (also into
+    ``sums`` at its slot of ``slots`` when given)."""
+    moments = RunningMoments()
+    for t, slot in zip(times, slots, strict=False):
+        field = read_field(channel_path(root_dir, int(t), ch), shape)
+        moments.update(field)
+        if sums is not None:
+            sums.add(slot, field)
+        bar.update(1)
+    return moments
+
+
+def _stream_moments(
+    root_dir: str, upper: dict, channels: list, times, slots, shape: tuple, writer, progress: bool
+) -> tuple[dict, dict, dict, dict]:
+    """``(upper_mean, upper_std, surface_mean, surface_std)`` for :func:`write_mean_std` over
+    ``times``, one channel at a time; with a climatology ``writer``, each channel's climatology
+    (each time's ``(day of year, hour)`` slot in ``slots``) is added to it too."""
+    from utils.progress import progress_bar
 
     upper_mean: dict = {v: {} for v in upper}
     upper_std: dict = {v: {} for v in upper}
@@ -276,40 +362,19 @@ def compute_statistics(
         total=len(channels) * len(times), desc="statistics", unit="file", enabled=progress
     )
     for ch in channels:
-        moments = RunningMoments()
-        if climatology:
-            sums = np.zeros((len(doys), len(hours)) + shape, dtype=np.float64)
-            counts = np.zeros((len(doys), len(hours)), dtype=np.int64)
-            total = np.zeros(shape, dtype=np.float64)
-        for t, slot in zip(times, slots, strict=False):
-            field = read_field(channel_path(root_dir, int(t), ch), shape)
-            moments.update(field)
-            if climatology:
-                sums[slot] += field
-                counts[slot] += 1
-                total += field
-            bar.update(1)
+        sums = None
+        if writer is not None:
+            sums = _SlotSums((len(writer.doys), len(writer.hours)), shape)
+        moments = _read_channel(root_dir, ch, times, slots, shape, sums, bar)
         if ch.level is None:
             surface_mean[ch.variable], surface_std[ch.variable] = moments.mean, moments.std
         else:
             upper_mean[ch.variable][ch.level] = moments.mean
             upper_std[ch.variable][ch.level] = moments.std
-        if climatology:
-            time_mean = total / len(times)
-            empty = counts == 0
-            sums /= np.maximum(counts, 1)[:, :, None, None]
-            sums[empty] = time_mean  # (doy, hour) slots without data: the time mean
-            writer.add(ch.name, time_mean, sums)
+        if writer is not None:
+            writer.add(ch.name, *sums.means(len(times)))
     bar.close()
-    paths = write_mean_std(
-        root_dir, upper_mean, upper_std, surface_mean, surface_std, overwrite=True
-    )
-    return {
-        "mean_std": paths[0],
-        "mean_std_single": paths[1],
-        "climatology": writer.close() if climatology else None,
-        "n_times": len(times),
-    }
+    return upper_mean, upper_std, surface_mean, surface_std
 
 
 def _first_day_with_data(root_dir: str, first: int, last: int):

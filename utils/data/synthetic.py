@@ -100,37 +100,8 @@ class SyntheticERA5:
         self.lat = np.deg2rad(self.lat_deg)[:, None]
         self.lon = np.deg2rad(self.lon_deg)[None, :]
         rng = np.random.default_rng(seed)
-        # Wave components: (band centre, band width, wavenumber, amplitude, speed (rad/h), phase,
-        # amplitude-pulse period (h), pulse phase). Speed peaks in mid-latitudes.
-        self.components = []
-        for hemisphere in (1.0, -1.0):
-            for centre in (20.0, 35.0, 50.0, 65.0):
-                c = hemisphere * (centre + rng.uniform(-4.0, 4.0))
-                speed_deg_h = (
-                    1.0 + 1.6 * np.exp(-(((abs(c) - 45.0) / 15.0) ** 2)) + rng.uniform(-0.2, 0.2)
-                )
-                m = int(rng.integers(2, 7))
-                self.components.append(
-                    dict(
-                        env=np.exp(-(((self.lat_deg[:, None] - c) / rng.uniform(9.0, 13.0)) ** 2)),
-                        m=m,
-                        amp=rng.uniform(500.0, 900.0) * (3.0 / m) ** 0.3,
-                        speed=np.deg2rad(speed_deg_h),
-                        phase=rng.uniform(0, 2 * np.pi),
-                        period=24.0 * rng.uniform(2.0, 8.0),
-                        pulse=rng.uniform(0, 2 * np.pi),
-                    )
-                )
-        # Fixed orography (m): a few smooth mountain ranges.
-        orog = np.zeros((self.h, self.w))
-        for _ in range(7):
-            lat0, lon0 = np.deg2rad(rng.uniform(-60, 60)), rng.uniform(0, 2 * np.pi)
-            dlon = np.angle(np.exp(1j * (self.lon - lon0)))
-            orog += rng.uniform(1500, 3500) * np.exp(
-                -(((self.lat - lat0) / np.deg2rad(rng.uniform(8, 18))) ** 2)
-                - (dlon / np.deg2rad(rng.uniform(15, 40))) ** 2
-            )
-        self.orography = orog
+        self.components = self._wave_components(rng)  # first: the order of draws fixes the fields
+        self.orography = self._orography(rng)
         # Kept away from 0 at pole rows, where the meridional wind divides by it.
         self._coslat = np.maximum(np.cos(self.lat), 1e-3)
         self._sinlat = np.sin(self.lat)
@@ -143,6 +114,43 @@ class SyntheticERA5:
             -np.deg2rad(180.0 / self.h) if grid == "centres" else self.lat[:, 0].copy()
         )
         self._dlon = 2 * np.pi / self.w
+
+    def _wave_components(self, rng: np.random.Generator) -> list[dict]:
+        """Eight geopotential wave components, in four latitude bands of each hemisphere: each
+        its band envelope ``env`` ``(H, 1)``, wavenumber ``m``, amplitude ``amp``, speed (rad/h),
+        phase, amplitude-pulse ``period`` (h) and ``pulse`` phase. Speed peaks in mid-latitudes."""
+        components = []
+        for hemisphere in (1.0, -1.0):
+            for centre in (20.0, 35.0, 50.0, 65.0):
+                c = hemisphere * (centre + rng.uniform(-4.0, 4.0))
+                speed_deg_h = (
+                    1.0 + 1.6 * np.exp(-(((abs(c) - 45.0) / 15.0) ** 2)) + rng.uniform(-0.2, 0.2)
+                )
+                m = int(rng.integers(2, 7))
+                components.append(
+                    dict(
+                        env=np.exp(-(((self.lat_deg[:, None] - c) / rng.uniform(9.0, 13.0)) ** 2)),
+                        m=m,
+                        amp=rng.uniform(500.0, 900.0) * (3.0 / m) ** 0.3,
+                        speed=np.deg2rad(speed_deg_h),
+                        phase=rng.uniform(0, 2 * np.pi),
+                        period=24.0 * rng.uniform(2.0, 8.0),
+                        pulse=rng.uniform(0, 2 * np.pi),
+                    )
+                )
+        return components
+
+    def _orography(self, rng: np.random.Generator) -> np.ndarray:
+        """Fixed orography (m) ``(H, W)``: a few smooth mountain ranges."""
+        orog = np.zeros((self.h, self.w))
+        for _ in range(7):
+            lat0, lon0 = np.deg2rad(rng.uniform(-60, 60)), rng.uniform(0, 2 * np.pi)
+            dlon = np.angle(np.exp(1j * (self.lon - lon0)))
+            orog += rng.uniform(1500, 3500) * np.exp(
+                -(((self.lat - lat0) / np.deg2rad(rng.uniform(8, 18))) ** 2)
+                - (dlon / np.deg2rad(rng.uniform(15, 40))) ** 2
+            )
+        return orog
 
     # ------------------------------------------------------------------------------ components
     @staticmethod
@@ -265,20 +273,49 @@ def generate(
     :mod:`utils.data.npy_to_h5`) and removes the ``.npy`` files."""
     if data_format not in ("npy", "h5"):
         raise ConfigError(f"data_format must be 'npy' or 'h5', got {data_format!r}")
-    from utils.progress import progress_bar
-
     span = 24 * int(days) if hours is None else int(hours)
     if span < 1 or hour_step < 1 or 24 % hour_step:
         raise ConfigError("--days / --hours must be >= 1 and --hour_step must divide 24")
+    _clear_root(root_dir, overwrite)
+    generator = SyntheticERA5(h_size, w_size, levels, seed, variables, surface, grid)
+    t0 = to_hours(start)
+    times = np.arange(t0, t0 + span, int(hour_step), dtype=np.int64)
+    _write_fields(generator, root_dir, times, progress)
+    first, last = format_hours(times[0]), format_hours(times[-1])
+    result = {
+        "root_dir": root_dir,
+        "start": first,
+        "end": last,
+        "n_times": int(len(times)),
+        "grid": write_grid(root_dir, generator.lat_deg, generator.lon_deg),
+        "channels": None,
+        "climatology": None,
+    }
+    if statistics:
+        result.update(_data_statistics(generator, root_dir, first, last, progress))
+    if climatology:
+        result["climatology"] = write_analytic_climatology(generator, root_dir, times)
+    result["channels"] = len(generator.variables) * len(generator.levels) + len(generator.surface)
+    result["data_format"] = data_format
+    if data_format == "h5":
+        _convert_to_h5(generator, root_dir, times, hour_step)
+    return result
+
+
+def _clear_root(root_dir: str, overwrite: bool) -> None:
+    """Refuse a non-empty ``root_dir`` unless ``overwrite``; then drop its statistics."""
     if os.path.isdir(root_dir) and os.listdir(root_dir):
         if not overwrite:
             raise OutputExistsError(
                 f"{root_dir} exists and is not empty; pass --overwrite to write into it"
             )
         shutil.rmtree(os.path.join(root_dir, STATISTIC_DIR), ignore_errors=True)
-    generator = SyntheticERA5(h_size, w_size, levels, seed, variables, surface, grid)
-    t0 = to_hours(start)
-    times = np.arange(t0, t0 + span, int(hour_step), dtype=np.int64)
+
+
+def _write_fields(generator: SyntheticERA5, root_dir: str, times, progress: bool) -> None:
+    """Every channel of ``generator`` at ``times`` (hours) as ``.npy`` files under ``root_dir``."""
+    from utils.progress import progress_bar
+
     made_dirs = set()
     for t in progress_bar(times, "synthetic ERA5", unit="step", enabled=progress):
         dt = from_hours(t)
@@ -294,44 +331,40 @@ def generate(
                 np.save(os.path.join(upper_dir, upper_name(dt.hour, v, p)), fields[f"{v}{p}"])
         for s in generator.surface:
             np.save(os.path.join(single_dir, surface_name(dt.hour, s)), fields[s])
+
+
+def _data_statistics(
+    generator: SyntheticERA5, root_dir: str, first: str, last: str, progress: bool
+) -> dict:
+    """``{"mean_std": path, "mean_std_single": path}`` of the written fields, computed from them
+    (:func:`utils.data.statistics.compute_statistics`)."""
+    from utils.data.statistics import compute_statistics
+
+    stats = compute_statistics(
+        root_dir,
+        first,
+        last,
+        upper={v: generator.levels for v in generator.variables},
+        surface=generator.surface,
+        climatology=False,
+        overwrite=True,
+        progress=progress,
+    )
+    return {"mean_std": stats["mean_std"], "mean_std_single": stats["mean_std_single"]}
+
+
+def _convert_to_h5(generator: SyntheticERA5, root_dir: str, times, hour_step: int) -> None:
+    """Replace the ``.npy`` files under ``root_dir`` by one HDF5 file per year
+    (:mod:`utils.data.npy_to_h5`, ``<root_dir>/all/``)."""
+    from utils.channels import ChannelLayout
+    from utils.data.npy_to_h5 import convert
+
+    layout = ChannelLayout(generator.variables, generator.levels, generator.surface)
     first, last = format_hours(times[0]), format_hours(times[-1])
-    result = {
-        "root_dir": root_dir,
-        "start": first,
-        "end": last,
-        "n_times": int(len(times)),
-        "grid": write_grid(root_dir, generator.lat_deg, generator.lon_deg),
-        "channels": None,
-        "climatology": None,
-    }
-    if statistics:
-        from utils.data.statistics import compute_statistics
-
-        stats = compute_statistics(
-            root_dir,
-            first,
-            last,
-            upper={v: generator.levels for v in generator.variables},
-            surface=generator.surface,
-            climatology=False,
-            overwrite=True,
-            progress=progress,
-        )
-        result.update(mean_std=stats["mean_std"], mean_std_single=stats["mean_std_single"])
-    if climatology:
-        result["climatology"] = write_analytic_climatology(generator, root_dir, times)
-    result["channels"] = len(generator.variables) * len(generator.levels) + len(generator.surface)
-    result["data_format"] = data_format
-    if data_format == "h5":
-        from utils.channels import ChannelLayout
-        from utils.data.npy_to_h5 import convert
-
-        layout = ChannelLayout(generator.variables, generator.levels, generator.surface)
-        convert(root_dir, root_dir, layout, first, last, hour_step, overwrite=True)
-        for year in sorted({from_hours(t).year for t in times}):
-            shutil.rmtree(os.path.join(root_dir, f"{year:04d}"), ignore_errors=True)
-        shutil.rmtree(os.path.join(root_dir, SINGLE_DIR), ignore_errors=True)
-    return result
+    convert(root_dir, root_dir, layout, first, last, hour_step, overwrite=True)
+    for year in sorted({from_hours(t).year for t in times}):
+        shutil.rmtree(os.path.join(root_dir, f"{year:04d}"), ignore_errors=True)
+    shutil.rmtree(os.path.join(root_dir, SINGLE_DIR), ignore_errors=True)
 
 
 def write_analytic_climatology(generator: SyntheticERA5, root_dir: str, times) -> str:
