@@ -39,27 +39,31 @@ import argparse
 import json
 import logging
 import os
-import shutil
-import socket
 import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from networks.compile import compile_model
-from networks.vamoe import VAMoE
 from utils.atomic_io import atomic_save_npy, atomic_write_text
 from utils.data.climatology import Climatology, default_climatology_path
+from utils.data.dataset import ERA5Dataset
 from utils.data.loader import get_data_loader
-from utils.errors import EXIT_USER_ERROR, ConfigError, OutputError, OutputExistsError, VAMoEError
+from utils.errors import EXIT_USER_ERROR, VAMoEError
 from utils.evaluation.paper_reference import paper_reference
 from utils.evaluation.plots import nearest_leads, plot_maps, plot_rmse_acc
 from utils.evaluation.results import format_headline_table, save_results
-from utils.evaluation.rollout import evaluate_rollout
+from utils.evaluation.rollout import RolloutResults, evaluate_rollout
+from utils.evaluation.staging import write_staged
 from utils.logging_utils import report_error, setup_logging
-from utils.run_lock import process_alive
 from utils.times import from_hours
-from utils.training.checkpoint import check_channel_names, load_checkpoint, params_of_checkpoint
+from utils.training.checkpoint import (
+    load_checkpoint,
+    load_model_and_checkpoint,
+    params_of_checkpoint,
+)
 from utils.YParams import add_override_argument
 
 MAP_VARIABLES = ("z500", "t2m")
@@ -96,58 +100,8 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def load_model(params, weights: str, device) -> VAMoE:
-    """The model of ``params`` with the weights of a checkpoint written by one process or DDP."""
-    return load_model_and_checkpoint(params, weights, device)[0]
-
-
-def load_model_and_checkpoint(params, weights: str, device, ckpt=None) -> tuple[VAMoE, dict]:
-    """:func:`load_model` and the checkpoint's other entries (epoch, global step, ...);
-    ``ckpt``: the checkpoint already loaded from ``weights``."""
-    ckpt = load_checkpoint(weights) if ckpt is None else ckpt
-    check_channel_names(
-        ckpt, weights, params.layout.names, f"config section {params.config_name!r}"
-    )
-    model = VAMoE.from_params(params)
-    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
-    if missing or unexpected:
-        raise ConfigError(
-            f"checkpoint {weights!r} does not match config section "
-            f"{params.config_name!r}: missing {missing[:5]}, unexpected "
-            f"{unexpected[:5]} (is it the right --config?)"
-        )
-    return model.to(device).eval(), {k: v for k, v in ckpt.items() if k != "model"}
-
-
 def _init_time_name(time_hours: int) -> str:
     return from_hours(int(time_hours)).strftime("%Y-%m-%dT%H")
-
-
-def _staging_prefix(out_dir: str) -> str:
-    parent, name = os.path.split(os.path.abspath(out_dir))
-    return os.path.join(parent, f".{name}.staging-{socket.gethostname()}-")
-
-
-def _remove_stale_staging(out_dir: str) -> None:
-    """Staging directories of killed evaluations of ``out_dir`` on this host."""
-    prefix = _staging_prefix(out_dir)
-    parent = os.path.dirname(prefix)
-    for name in os.listdir(parent) if os.path.isdir(parent) else []:
-        path = os.path.join(parent, name)
-        pid = path[len(prefix) :].removesuffix(".old") if path.startswith(prefix) else ""
-        if pid.isdigit() and not process_alive(int(pid), None):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _publish(staging: str, out_dir: str) -> None:
-    """Move the finished ``staging`` directory to ``out_dir``, replacing what was there."""
-    old = None
-    if os.path.lexists(out_dir):
-        old = staging + ".old"
-        os.replace(out_dir, old)
-    os.replace(staging, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def evaluate(
@@ -166,27 +120,24 @@ def evaluate(
     The files are written into a staging directory and moved to ``out_dir`` at the end; a
     non-empty ``out_dir`` is an error unless ``overwrite``.
     """
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
-        raise OutputExistsError(
-            f"output directory {out_dir} is not empty; pass --overwrite to replace its results"
-        )
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise OutputExistsError(f"output path {out_dir} exists and is not a directory")
-    _remove_stale_staging(out_dir)
-    staging = _staging_prefix(out_dir) + str(os.getpid())
-    try:
-        os.makedirs(staging)
-    except OSError as err:
-        raise OutputError(f"cannot create {staging}: {err.strerror or err}") from err
-    try:
-        written = _evaluate_into(
+    return write_staged(
+        out_dir,
+        lambda staging: _evaluate_into(
             params, weights, staging, out_dir, enable_amp, max_batches, log, ckpt
-        )
-        _publish(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return {k: os.path.join(out_dir, os.path.relpath(p, staging)) for k, p in written.items()}
+        ),
+        overwrite,
+    )
+
+
+@dataclass
+class _TestSetup:
+    """The model, the test data and the climatology of one evaluation."""
+
+    model: torch.nn.Module
+    loader: Iterable  # batches (inp, tar, time_hours), see utils.evaluation.rollout
+    dataset: ERA5Dataset
+    climatology: Climatology | None
+    device: torch.device
 
 
 def _evaluate_into(
@@ -194,30 +145,72 @@ def _evaluate_into(
 ) -> dict:
     """The evaluation, writing into ``out_dir`` (the staging directory of ``final_dir``)."""
     log = log or logging.getLogger("vamoe")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    loader, dataset, _ = get_data_loader(params, False, "test")
-    layout = params.layout
-    model, ckpt = load_model_and_checkpoint(params, weights, device, ckpt)
-    if params.compile:
-        model = compile_model(model)
-    clim_path = default_climatology_path(params)
-    climatology = None
-    if os.path.exists(clim_path):
-        climatology = Climatology(
-            clim_path, layout, allow_fallback=bool(params.get("allow_climatology_fallback"))
-        )
-    else:
-        log.warning("no climatology at %s: ACC and the climatology baseline are skipped", clim_path)
+    setup, ckpt = _set_up(params, weights, ckpt, log)
     log.info(
         "evaluating %s on %d initial conditions x %d steps of %d h (%s)",
         weights,
-        len(dataset),
+        len(setup.dataset),
         params.t_out_test,
         params.lead_time,
-        device,
+        setup.device,
     )
+    results = _rollout(params, setup, enable_amp, max_batches, out_dir)
+    fallbacks = sorted(setup.climatology.fallbacks) if setup.climatology is not None else []
+    provenance = _provenance(params, weights, ckpt, fallbacks)
+    written = save_results(results, out_dir, params.config_name, provenance)
+    headline = [n for n in params.headline_variables if n in params.layout.names]
+    reference = (
+        paper_reference(params.layout.names, params.h_size, params.w_size)
+        if params.paper_reference
+        else None
+    )
+    written.update(_plot(params, results, setup.dataset, headline, reference, out_dir))
+    summary = _summary(params, weights, ckpt, results, headline, reference, fallbacks)
+    atomic_write_text(os.path.join(out_dir, "summary.txt"), summary)
+    written["summary"] = os.path.join(out_dir, "summary.txt")
+    print(summary)
+    for note in results.notes:
+        log.info("note: %s", note)
+    log.info(
+        "results in %s: %s",
+        final_dir,
+        ", ".join(sorted(os.path.basename(p) for p in written.values())),
+    )
+    return written
 
-    map_names = [n for n in MAP_VARIABLES if n in layout.names]
+
+def _set_up(params, weights: str, ckpt, log) -> tuple[_TestSetup, dict]:
+    """The test loader, the model with the checkpoint's weights (compiled when
+    ``params.compile``) and the climatology; and the checkpoint's other entries."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    loader, dataset, _ = get_data_loader(params, False, "test")
+    model, ckpt = load_model_and_checkpoint(params, weights, device, ckpt)
+    if params.compile:
+        model = compile_model(model)
+    return _TestSetup(model, loader, dataset, _climatology(params, log), device), ckpt
+
+
+def _climatology(params, log) -> Climatology | None:
+    """The climatology of ``params``, or None (with a warning) when its file is missing."""
+    clim_path = default_climatology_path(params)
+    if os.path.exists(clim_path):
+        return Climatology(
+            clim_path, params.layout, allow_fallback=bool(params.get("allow_climatology_fallback"))
+        )
+    log.warning("no climatology at %s: ACC and the climatology baseline are skipped", clim_path)
+    return None
+
+
+def _map_names(layout) -> list[str]:
+    """The variables of :data:`MAP_VARIABLES` that ``layout`` has."""
+    return [n for n in MAP_VARIABLES if n in layout.names]
+
+
+def _rollout(params, setup: _TestSetup, enable_amp, max_batches, out_dir) -> RolloutResults:
+    """The scored rollout over the test period. The first initial condition's channels of
+    :func:`_map_names` are captured for the maps, and with ``save_raw_forecasts`` every forecast
+    is written to ``out_dir/forecasts/<init time>.npy`` (``T x C x H x W``, physical units)."""
+    layout, dataset = params.layout, setup.dataset
     raw_dir = os.path.join(out_dir, "forecasts")
 
     def write_raw(time_hours, forecast):
@@ -226,41 +219,44 @@ def _evaluate_into(
             forecast.astype(np.float32, copy=False),
         )
 
-    results = evaluate_rollout(
-        lambda x: model(x).forecast,
-        loader,
+    return evaluate_rollout(
+        lambda x: setup.model(x).forecast,
+        setup.loader,
         params.t_out_test,
         dataset.mean,
         dataset.std,
         dataset.lat,
-        climatology,
-        device,
+        setup.climatology,
+        setup.device,
         amp_dtype=params.amp_dtype if enable_amp else None,
         raw_forecast_writer=write_raw if params.save_raw_forecasts else None,
         lead_time=params.lead_time,
         channels=layout,
         capture_ic=0,
-        capture_channels=[layout.index_of_name(n) for n in map_names],
+        capture_channels=[layout.index_of_name(n) for n in _map_names(layout)],
         max_batches=max_batches,
     )
-    fallbacks = sorted(climatology.fallbacks) if climatology is not None else []
-    provenance = {
+
+
+def _provenance(params, weights: str, ckpt: dict, fallbacks: list[str]) -> dict:
+    """What ``metrics.json`` records of the weights, the configuration and the climatology."""
+    return {
         "weights": os.path.abspath(weights),
         "weights_epoch": ckpt.get("epoch"),
         "weights_global_step": ckpt.get("global_step"),
         "climatology_fallbacks": fallbacks,
         "config_values": json.loads(json.dumps(params.to_dict())),
     }
-    written = save_results(results, out_dir, params.config_name, provenance)
-    headline = [n for n in params.headline_variables if n in layout.names]
-    reference = (
-        paper_reference(layout.names, params.h_size, params.w_size)
-        if params.paper_reference
-        else None
-    )
-    written["rmse_acc"] = plot_rmse_acc(
-        results, headline, os.path.join(out_dir, "rmse_acc.png"), reference=reference
-    )
+
+
+def _plot(params, results, dataset, headline, reference, out_dir) -> dict:
+    """``rmse_acc.png`` and, when a sample was captured, ``maps.png``; ``{label: path}``."""
+    map_names = _map_names(params.layout)
+    written = {
+        "rmse_acc": plot_rmse_acc(
+            results, headline, os.path.join(out_dir, "rmse_acc.png"), reference=reference
+        )
+    }
     if results.sample is not None and map_names:
         leads = nearest_leads(results.lead_hours, [24 * d for d in MAP_DAYS])
         sample = results.sample
@@ -274,6 +270,11 @@ def _evaluate_into(
             os.path.join(out_dir, "maps.png"),
             title=f"{params.config_name}, initialised {_init_time_name(sample['time_hours'])}",
         )
+    return written
+
+
+def _summary(params, weights, ckpt, results, headline, reference, fallbacks) -> str:
+    """The text of ``summary.txt``: the run, the headline table and the climatology fallbacks."""
     table = format_headline_table(results, headline, params.headline_days, reference)
     epoch = f" (epoch {ckpt['epoch']})" if ckpt.get("epoch") is not None else ""
     summary = (
@@ -283,17 +284,7 @@ def _evaluate_into(
     if fallbacks:
         summary += "\nclimatology fallbacks (allow_climatology_fallback):\n"
         summary += "".join(f"  {line}\n" for line in fallbacks)
-    atomic_write_text(os.path.join(out_dir, "summary.txt"), summary)
-    written["summary"] = os.path.join(out_dir, "summary.txt")
-    print(summary)
-    for note in results.notes:
-        log.info("note: %s", note)
-    log.info(
-        "results in %s: %s",
-        final_dir,
-        ", ".join(sorted(os.path.basename(p) for p in written.values())),
-    )
-    return written
+    return summary
 
 
 def main(argv=None):

@@ -123,7 +123,7 @@ def convert_once(path: str, out: str, grid: str | None, workers: int) -> tuple[f
     return time.perf_counter() - start, result["written"]
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--h_in", type=int, default=361, help="input rows (default 361: 0.5 deg)")
     parser.add_argument("--w_in", type=int, default=720, help="input columns")
@@ -134,75 +134,89 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work_dir", default=None, help="where to write (default: a temp dir)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def measure(args, work: str, path: str, n_fields: int) -> list[dict]:
+    """Time ``--repeats`` rounds (both references, then every conversion run); returns one row
+    per reference and per conversion run: median fields/s and median per-round ratios."""
+    runs = [(None, w) for w in args.workers] + [(args.grid, w) for w in args.workers]
+    plain_rates, floor_rates = [], []
+    rates: dict = {run: [] for run in runs}
+    ratios: dict = {run: [] for run in runs}
+    floor_ratios: dict = {run: [] for run in runs}
+    plain_read(path, args.format)  # warm the page cache and the imports
+    for _ in range(args.repeats):  # a round: both references, then every run
+        plain = n_fields / plain_read(path, args.format)
+        floor = n_fields / read_and_write(path, args.format, os.path.join(work, "floor"))
+        plain_rates.append(plain)
+        floor_rates.append(floor)
+        for run in runs:
+            seconds, written = convert_once(path, os.path.join(work, "out"), *run)
+            if written != n_fields:
+                raise RuntimeError(f"converter wrote {written} fields, expected {n_fields}")
+            rates[run].append(n_fields / seconds)
+            ratios[run].append(rates[run][-1] / plain)
+            floor_ratios[run].append(rates[run][-1] / floor)
+    rows = [
+        {
+            "measurement": "plain_read",
+            "input": f"{args.format} {args.h_in}x{args.w_in}",
+            "fields": n_fields,
+            "fields_per_s": statistics.median(plain_rates),
+            "ratio_to_plain_read": 1.0,
+        },
+        {
+            "measurement": "read_and_atomic_write",
+            "fields_per_s": statistics.median(floor_rates),
+            "ratio_to_plain_read": statistics.median(
+                [f / p for f, p in zip(floor_rates, plain_rates, strict=True)]
+            ),
+            "ratio_to_read_and_write": 1.0,
+        },
+    ]
+    for (grid, workers), values in rates.items():
+        rows.append(
+            {
+                "measurement": "convert",
+                "grid": grid or f"{args.h_in}x{args.w_in} (input)",
+                "workers": workers,
+                "fields_per_s": statistics.median(values),
+                "ratio_to_plain_read": statistics.median(ratios[(grid, workers)]),
+                "ratio_to_read_and_write": statistics.median(floor_ratios[(grid, workers)]),
+            }
+        )
+    return rows
+
+
+def print_table(args, rows: list[dict], n_fields: int) -> None:
+    print(
+        f"input: {args.format}, {args.h_in} x {args.w_in}, {n_fields} fields; "
+        f"medians of {args.repeats} rounds"
+    )
+    print(f"{'run':<40} {'fields/s':>9} {'x plain read':>13} {'x read+write':>13}")
+    labels = ["plain read (xarray)", "read + atomic writes"] + [
+        f"convert -> {row['grid']}, {row['workers']} worker(s)" for row in rows[2:]
+    ]
+    for label, row in zip(labels, rows, strict=True):
+        to_floor = row.get("ratio_to_read_and_write")
+        print(
+            f"{label:<40} {row['fields_per_s']:>9.1f} {row['ratio_to_plain_read']:>13.2f} "
+            f"{'' if to_floor is None else f'{to_floor:.2f}':>13}"
+        )
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     work = tempfile.mkdtemp(prefix="bench_convert_", dir=args.work_dir)
     try:
         path, n_fields = make_input(work, args.h_in, args.w_in, args.times, args.format)
-        runs = [(None, w) for w in args.workers] + [(args.grid, w) for w in args.workers]
-        plain_rates, floor_rates = [], []
-        rates: dict = {run: [] for run in runs}
-        ratios: dict = {run: [] for run in runs}
-        floor_ratios: dict = {run: [] for run in runs}
-        plain_read(path, args.format)  # warm the page cache and the imports
-        for _ in range(args.repeats):  # a round: both references, then every run
-            plain = n_fields / plain_read(path, args.format)
-            floor = n_fields / read_and_write(path, args.format, os.path.join(work, "floor"))
-            plain_rates.append(plain)
-            floor_rates.append(floor)
-            for run in runs:
-                seconds, written = convert_once(path, os.path.join(work, "out"), *run)
-                if written != n_fields:
-                    raise RuntimeError(f"converter wrote {written} fields, expected {n_fields}")
-                rates[run].append(n_fields / seconds)
-                ratios[run].append(rates[run][-1] / plain)
-                floor_ratios[run].append(rates[run][-1] / floor)
-        rows = [
-            {
-                "measurement": "plain_read",
-                "input": f"{args.format} {args.h_in}x{args.w_in}",
-                "fields": n_fields,
-                "fields_per_s": statistics.median(plain_rates),
-                "ratio_to_plain_read": 1.0,
-            },
-            {
-                "measurement": "read_and_atomic_write",
-                "fields_per_s": statistics.median(floor_rates),
-                "ratio_to_plain_read": statistics.median(
-                    [f / p for f, p in zip(floor_rates, plain_rates, strict=True)]
-                ),
-                "ratio_to_read_and_write": 1.0,
-            },
-        ]
-        for (grid, workers), values in rates.items():
-            rows.append(
-                {
-                    "measurement": "convert",
-                    "grid": grid or f"{args.h_in}x{args.w_in} (input)",
-                    "workers": workers,
-                    "fields_per_s": statistics.median(values),
-                    "ratio_to_plain_read": statistics.median(ratios[(grid, workers)]),
-                    "ratio_to_read_and_write": statistics.median(floor_ratios[(grid, workers)]),
-                }
-            )
+        rows = measure(args, work, path, n_fields)
         if args.json:
             for row in rows:
                 print(json.dumps(row))
-            return
-        print(
-            f"input: {args.format}, {args.h_in} x {args.w_in}, {n_fields} fields; "
-            f"medians of {args.repeats} rounds"
-        )
-        print(f"{'run':<40} {'fields/s':>9} {'x plain read':>13} {'x read+write':>13}")
-        labels = ["plain read (xarray)", "read + atomic writes"] + [
-            f"convert -> {row['grid']}, {row['workers']} worker(s)" for row in rows[2:]
-        ]
-        for label, row in zip(labels, rows, strict=True):
-            to_floor = row.get("ratio_to_read_and_write")
-            print(
-                f"{label:<40} {row['fields_per_s']:>9.1f} {row['ratio_to_plain_read']:>13.2f} "
-                f"{'' if to_floor is None else f'{to_floor:.2f}':>13}"
-            )
+        else:
+            print_table(args, rows, n_fields)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

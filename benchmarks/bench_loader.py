@@ -73,14 +73,47 @@ def _rate(n, seconds):
     return n / seconds if seconds > 0 else float("inf")
 
 
-def _readers(args, params, data_format, through_loader, direct):
+def _time_raw(files) -> float:
+    """Samples/s of ``np.load`` of every file of every sample (``files``: a path list per sample)."""
+    start = time.perf_counter()
+    for sample in files:
+        for p in sample:
+            np.load(p)
+    return _rate(len(files), time.perf_counter() - start)
+
+
+def _time_dataset(dataset, indices) -> float:
+    """Samples/s of ``dataset[i]`` for every ``i`` of ``indices``."""
+    start = time.perf_counter()
+    for i in indices:
+        dataset[i]
+    return _rate(len(indices), time.perf_counter() - start)
+
+
+def _time_loader(loader, n) -> float:
+    """Samples/s of ``n // batch_size`` batches of ``loader`` (cycled), after its first batch."""
+    batches = max(1, n // loader.batch_size)
+    iterator = iter(loader)
+    next(iterator)  # start-up (workers, first prefetch) excluded
+    count, start = 0, time.perf_counter()
+    for _ in range(batches):
+        try:
+            inp, _, _ = next(iterator)
+        except StopIteration:
+            iterator = iter(loader)
+            inp, _, _ = next(iterator)
+        count += inp.shape[0]
+    return _rate(count, time.perf_counter() - start)
+
+
+def _readers(args, params, data_format, indices):
     """``[(name, timer)]`` of one format: ``dataset[i]`` and every loader setting asked for."""
     from utils.data.dataset import ERA5Dataset
     from utils.data.loader import get_data_loader
 
     params["data_format"] = data_format
     dataset = ERA5Dataset(params, "train")
-    readers = [("dataset[i]", lambda: direct(dataset))]
+    readers = [("dataset[i]", lambda: _time_dataset(dataset, indices))]
     for backend in args.backends:
         for workers in args.workers:
             if backend == "processes" and workers == 0:
@@ -88,12 +121,15 @@ def _readers(args, params, data_format, through_loader, direct):
             params["num_data_workers"], params["loader_backend"] = workers, backend
             loader = get_data_loader(params, False, "train")[0]
             readers.append(
-                (f"loader {backend}={workers}", lambda loader=loader: through_loader(loader))
+                (
+                    f"loader {backend}={workers}",
+                    lambda loader=loader: _time_loader(loader, len(indices)),
+                )
             )
-    return dataset, readers
+    return readers
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root_dir", default=None, help="existing dataset (default: generate one)")
     parser.add_argument("--config", default="tiny")
@@ -127,98 +163,65 @@ def main(argv=None):
     )
     parser.add_argument("--repeats", type=int, default=5, help="rounds of measurements")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
-    args = parser.parse_args(argv)
+    return parser
 
-    import torch
 
-    from utils.data.dataset import ERA5Dataset
-
-    torch.set_num_threads(1)
+def _levels(args) -> list[int]:
     if args.paper_levels:
         from utils.YParams import YParams
 
-        levels = list(YParams(CONFIG, "vamoe").pressure_level)
-    else:
-        levels = args.levels
-    tmp = None
-    root = args.root_dir
-    if root is None:
-        from utils.data.synthetic import generate
+        return list(YParams(CONFIG, "vamoe").pressure_level)
+    return args.levels
 
-        tmp = tempfile.TemporaryDirectory(prefix="bench_loader_")
-        root = os.path.join(tmp.name, "era5")
+
+def _generate(args, levels, root) -> None:
+    """Write the synthetic dataset under ``root`` (and its h5 form when timed)."""
+    from utils.data.synthetic import generate
+
+    t = time.perf_counter()
+    generate(root, args.start, args.days, args.h_size, args.w_size, levels, climatology=False)
+    if not args.json:
+        print(
+            f"generated {args.days} days at {args.h_size}x{args.w_size} in "
+            f"{time.perf_counter() - t:.1f} s under {root}"
+        )
+    if "h5" in args.format:
+        from utils.data.npy_to_h5 import convert
+
         t = time.perf_counter()
-        generate(root, args.start, args.days, args.h_size, args.w_size, levels, climatology=False)
+        convert(root, root, _params(args, root, levels).layout, hour_step=6)
         if not args.json:
-            print(
-                f"generated {args.days} days at {args.h_size}x{args.w_size} in "
-                f"{time.perf_counter() - t:.1f} s under {root}"
-            )
-        if "h5" in args.format:
-            from utils.data.npy_to_h5 import convert
+            print(f"converted to h5 (<root>/all/<YYYY>.h5) in {time.perf_counter() - t:.1f} s")
 
-            t = time.perf_counter()
-            convert(root, root, _params(args, root, levels).layout, hour_step=6)
-            if not args.json:
-                print(f"converted to h5 (<root>/all/<YYYY>.h5) in {time.perf_counter() - t:.1f} s")
-    params = _params(args, root, levels)
-    params["data_format"] = "npy"
-    reference = ERA5Dataset(params, "train")
-    n = args.samples
-    indices = [i % len(reference) for i in range(n)]
-    files = []
-    for i in indices:
-        ins, outs = reference.sample_times(i)
-        files.append([p for t in ins + outs for p in reference.paths(t)])
 
-    def raw():
-        start = time.perf_counter()
-        for sample in files:
-            for p in sample:
-                np.load(p)
-        return _rate(n, time.perf_counter() - start)
+def _measure(args, params, files, indices):
+    """``(reader names, raw rates, {(format, name): rates}, {(format, name): ratios to raw})``.
 
-    def direct(dataset):
-        start = time.perf_counter()
-        for i in indices:
-            dataset[i]
-        return _rate(n, time.perf_counter() - start)
-
-    def through_loader(loader):
-        batches = max(1, n // loader.batch_size)
-        iterator = iter(loader)
-        next(iterator)  # start-up (workers, first prefetch) excluded
-        count, start = 0, time.perf_counter()
-        for _ in range(batches):
-            try:
-                inp, _, _ = next(iterator)
-            except StopIteration:
-                iterator = iter(loader)
-                inp, _, _ = next(iterator)
-            count += inp.shape[0]
-        return _rate(count, time.perf_counter() - start)
-
-    raw()  # warm the page cache
-    by_format = {f: _readers(args, params, f, through_loader, direct) for f in args.format}
-    for _, readers in by_format.values():
+    Each round times the raw loop right before every reader, so a ratio compares two rates
+    measured seconds apart; the medians over rounds are robust to this machine's noise."""
+    _time_raw(files)  # warm the page cache
+    by_format = {f: _readers(args, params, f, indices) for f in args.format}
+    for readers in by_format.values():
         for _, reader in readers[:1]:
             reader()  # warm the page cache of this format's files
-    names = [name for name, _ in next(iter(by_format.values()))[1]]
-    # Each round times the raw loop right before every reader, so a ratio compares two rates
-    # measured seconds apart; the medians over rounds are robust to this machine's noise.
+    names = [name for name, _ in next(iter(by_format.values()))]
     raw_rates = []
     rates = {(f, name): [] for f in args.format for name in names}
     ratios = {key: [] for key in rates}
     for _ in range(args.repeats):
         for k, name in enumerate(names):
             for f in args.format:
-                reference_rate = raw()
-                rate = by_format[f][1][k][1]()
+                reference_rate = _time_raw(files)
+                rate = by_format[f][k][1]()
                 raw_rates.append(reference_rate)
                 rates[f, name].append(rate)
                 ratios[f, name].append(rate / reference_rate)
-    raw_rate = float(np.median(raw_rates))
-    rows = [("raw np.load", "npy", raw_rate, 1.0, None)]
+    return names, raw_rates, rates, ratios
+
+
+def _rows(args, names, raw_rates, rates, ratios):
+    """``[(reader, format, median rate, median ratio to raw, median h5 / npy or None)]``."""
+    rows = [("raw np.load", "npy", float(np.median(raw_rates)), 1.0, None)]
     for name in names:
         h5_vs_npy = None
         if {"npy", "h5"} <= set(args.format):
@@ -233,42 +236,78 @@ def main(argv=None):
                     h5_vs_npy if f == "h5" else None,
                 )
             )
-    states = reference.t_in + reference.t_out
+    return rows
+
+
+def _print_json(args, header, rows) -> None:
+    for name, f, rate, ratio, h5_vs_npy in rows:
+        row = dict(
+            header,
+            reader=name,
+            format=f,
+            samples_per_s=round(rate, 2),
+            ratio_to_raw=round(ratio, 3),
+            repeats=args.repeats,
+        )
+        if h5_vs_npy is not None:
+            row["h5_over_npy"] = round(h5_vs_npy, 3)
+        print(json.dumps(row))
+
+
+def _print_table(args, header, rows, raw_rates, mb) -> None:
+    print(", ".join(f"{k}={v}" for k, v in header.items()))
+    print(f"{'reader':<24}{'format':>7}{'samples/s':>12}{'MB/s':>10}{'x raw':>8}{'h5/npy':>8}")
+    for name, f, rate, ratio, h5_vs_npy in rows:
+        tail = f"{h5_vs_npy:>8.2f}" if h5_vs_npy is not None else ""
+        print(f"{name:<24}{f:>7}{rate:>12.1f}{rate * mb:>10.0f}{ratio:>8.2f}{tail}")
+    print(
+        f"(medians over {args.repeats} rounds; x raw and h5/npy are medians of per-round "
+        f"ratios; raw np.load ranged {min(raw_rates):.1f}-{max(raw_rates):.1f} samples/s)"
+    )
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+
+    import torch
+
+    from utils.data.dataset import ERA5Dataset
+
+    torch.set_num_threads(1)
+    levels = _levels(args)
+    tmp = None
+    root = args.root_dir
+    if root is None:
+        tmp = tempfile.TemporaryDirectory(prefix="bench_loader_")
+        root = os.path.join(tmp.name, "era5")
+        _generate(args, levels, root)
+    params = _params(args, root, levels)
+    params["data_format"] = "npy"
+    reference = ERA5Dataset(params, "train")
+    n = args.samples
+    indices = [i % len(reference) for i in range(n)]
+    files = []
+    for i in indices:
+        ins, outs = reference.sample_times(i)
+        files.append([p for t in ins + outs for p in reference.paths(t)])
+    names, raw_rates, rates, ratios = _measure(args, params, files, indices)
+    rows = _rows(args, names, raw_rates, rates, ratios)
     files_per_sample = len(files[0])
     mb = files_per_sample * reference.h * reference.w * 4 / 2**20
     header = dict(
         grid=f"{reference.h}x{reference.w}",
         channels=reference.layout.n_channels,
         npy_files_opened_per_sample=files_per_sample,
-        h5_reads_per_sample=states,
+        h5_reads_per_sample=reference.t_in + reference.t_out,
         mb_per_sample=round(mb, 2),
         samples=n,
         batch_size=args.batch_size,
         cpus=os.cpu_count(),
     )
     if args.json:
-        for name, f, rate, ratio, h5_vs_npy in rows:
-            row = dict(
-                header,
-                reader=name,
-                format=f,
-                samples_per_s=round(rate, 2),
-                ratio_to_raw=round(ratio, 3),
-                repeats=args.repeats,
-            )
-            if h5_vs_npy is not None:
-                row["h5_over_npy"] = round(h5_vs_npy, 3)
-            print(json.dumps(row))
+        _print_json(args, header, rows)
     else:
-        print(", ".join(f"{k}={v}" for k, v in header.items()))
-        print(f"{'reader':<24}{'format':>7}{'samples/s':>12}{'MB/s':>10}{'x raw':>8}{'h5/npy':>8}")
-        for name, f, rate, ratio, h5_vs_npy in rows:
-            tail = f"{h5_vs_npy:>8.2f}" if h5_vs_npy is not None else ""
-            print(f"{name:<24}{f:>7}{rate:>12.1f}{rate * mb:>10.0f}{ratio:>8.2f}{tail}")
-        print(
-            f"(medians over {args.repeats} rounds; x raw and h5/npy are medians of per-round "
-            f"ratios; raw np.load ranged {min(raw_rates):.1f}-{max(raw_rates):.1f} samples/s)"
-        )
+        _print_table(args, header, rows, raw_rates, mb)
     if tmp is not None:
         tmp.cleanup()
 

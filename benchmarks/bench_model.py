@@ -47,6 +47,7 @@ import resource
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -262,8 +263,18 @@ def bench_train(
         "model_tflop_per_step": flops / 1e12,
         "achieved_gflops": flops / t_step / 1e9,
     }  # peak and MFU: added by main()
+    mem = memory_row(device, label)
+    del model, run_model, opt, x, y
+    gc.collect()
     if device.type == "cuda":
-        mem = {
+        torch.cuda.empty_cache()
+    return [train, mem]
+
+
+def memory_row(device: torch.device, label: str) -> dict:
+    """Peak memory since the last reset: CUDA allocations, or the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return {
             "measurement": "memory",
             "label": label,
             "device": "cuda",
@@ -271,18 +282,12 @@ def bench_train(
             "max_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30,
             "fits_80gb": torch.cuda.max_memory_reserved(device) < 80e9,
         }
-    else:
-        mem = {
-            "measurement": "memory",
-            "label": label,
-            "device": "cpu",
-            "peak_rss_gib": process_peak_rss_bytes() / 2**30,
-        }
-    del model, run_model, opt, x, y
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return [train, mem]
+    return {
+        "measurement": "memory",
+        "label": label,
+        "device": "cpu",
+        "peak_rss_gib": process_peak_rss_bytes() / 2**30,
+    }
 
 
 # ---------------------------------------------------------------------------------- (4) rollout
@@ -377,7 +382,7 @@ def print_table(rows: list[dict]) -> None:
             )
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="VA-MoE speed and memory benchmark")
     parser.add_argument("--yaml_config", default="config/vamoe.yaml")
     parser.add_argument(
@@ -400,86 +405,118 @@ def main(argv=None) -> None:
         "--compile", action="store_true", help="also measure the compiled step (same run)"
     )
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend")
-    args = parser.parse_args(argv)
+    return parser
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    cuda = device.type == "cuda"
-    if args.config is None:
-        config = CUDA_DEFAULT_CONFIG if cuda else CPU_DEFAULT_CONFIG
-        overrides = ([] if cuda else list(CPU_DEFAULT_SET)) + args.set
-    else:
-        config, overrides = args.config, list(args.set)
-    batch = args.batch or (CUDA_DEFAULT_BATCH if cuda else CPU_DEFAULT_BATCH)
-    bf16 = cuda and not args.no_bf16
-    params = YParams(args.yaml_config, config, overrides)
-    backend = args.compile_backend if args.compile or params.compile else None
-    rollout_steps = args.rollout_steps or (10 if cuda else 5)
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
 
-    rows: list[dict] = []
+@dataclass
+class Setup:
+    """What one run measures: the configuration and the settings on the device."""
 
-    def emit(row: dict) -> None:
-        rows.append(row)
-        if args.json:
-            print(json.dumps(row), flush=True)
+    device: torch.device
+    config: str
+    overrides: list[str]
+    params: YParams
+    batch: int
+    bf16: bool
+    backend: str | None  # torch.compile backend of the compiled variants, None: eager only
+    rollout_steps: int
 
-    emit(
-        {
+    @classmethod
+    def from_args(cls, args) -> Setup:
+        """The defaults of the device (see the module docstring) under the command line's."""
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        cuda = device.type == "cuda"
+        if args.config is None:
+            config = CUDA_DEFAULT_CONFIG if cuda else CPU_DEFAULT_CONFIG
+            overrides = ([] if cuda else list(CPU_DEFAULT_SET)) + args.set
+        else:
+            config, overrides = args.config, list(args.set)
+        params = YParams(args.yaml_config, config, overrides)
+        return cls(
+            device=device,
+            config=config,
+            overrides=overrides,
+            params=params,
+            batch=args.batch or (CUDA_DEFAULT_BATCH if cuda else CPU_DEFAULT_BATCH),
+            bf16=cuda and not args.no_bf16,
+            backend=args.compile_backend if args.compile or params.compile else None,
+            rollout_steps=args.rollout_steps or (10 if cuda else 5),
+        )
+
+    def env_row(self) -> dict:
+        cuda = self.device.type == "cuda"
+        return {
             "measurement": "env",
-            "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+            "device": torch.cuda.get_device_name(self.device) if cuda else "cpu",
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(),
-            "config": config,
-            "set": overrides,
-            "batch": batch,
-            "bf16": bf16,
-            "compile": backend,
+            "config": self.config,
+            "set": self.overrides,
+            "batch": self.batch,
+            "bf16": self.bf16,
+            "compile": self.backend,
             "loadavg_1m": os.getloadavg()[0],
         }
-    )
-    t0 = time.perf_counter()
 
-    peak = PeakMatmul(device, 8192 if cuda else 4096, torch.bfloat16 if bf16 else torch.float32)
-    peak.trial()
-    # (2), (3): the training step; on CUDA without and with block checkpointing.
-    variants = (
-        [("plain", False), ("checkpoint_blocks", True)]
-        if cuda and not any(s.startswith("checkpoint_blocks=") for s in overrides)
-        else [("checkpoint_blocks" if params.checkpoint_blocks else "plain", None)]
-    )
-    train_rows = []
+    def train_variants(self) -> list[tuple[str, bool | None]]:
+        """``[(label, checkpoint_blocks to set or None)]``: on CUDA without and with block
+        checkpointing unless ``--set`` chose, elsewhere the configuration's setting."""
+        if self.device.type == "cuda" and not any(
+            s.startswith("checkpoint_blocks=") for s in self.overrides
+        ):
+            return [("plain", False), ("checkpoint_blocks", True)]
+        return [("checkpoint_blocks" if self.params.checkpoint_blocks else "plain", None)]
+
+
+def bench_train_variants(setup: Setup, steps: int, peak: PeakMatmul, variants) -> list[dict]:
+    """The ``train_step`` and ``memory`` rows of every variant, eager and, with a compile
+    backend, compiled (label ``+compile``); MFU not yet added."""
+    params, rows = setup.params, []
     for label, ckpt in variants:
         if ckpt is not None:
             params["checkpoint_blocks"] = ckpt
-        train_rows += bench_train(params, batch, device, bf16, args.steps, peak, label)
-        if backend is not None:
-            train_rows += bench_train(
-                params, batch, device, bf16, args.steps, peak, label + "+compile", backend
+        rows += bench_train(params, setup.batch, setup.device, setup.bf16, steps, peak, label)
+        if setup.backend is not None:
+            rows += bench_train(
+                params,
+                setup.batch,
+                setup.device,
+                setup.bf16,
+                steps,
+                peak,
+                label + "+compile",
+                setup.backend,
             )
-    peak.trial()
-    emit(
-        {
-            "measurement": "peak_matmul",
-            "size": peak.size,
-            "dtype": str(peak.dtype).split(".")[-1],
-            "trials": len(peak.trials),
-            "peak_gflops": peak.peak / 1e9,
-            "median_gflops": statistics.median(peak.trials) / 1e9,
-        }
-    )
-    peak.free()
+    return rows
+
+
+def peak_row(peak: PeakMatmul) -> dict:
+    return {
+        "measurement": "peak_matmul",
+        "size": peak.size,
+        "dtype": str(peak.dtype).split(".")[-1],
+        "trials": len(peak.trials),
+        "peak_gflops": peak.peak / 1e9,
+        "median_gflops": statistics.median(peak.trials) / 1e9,
+    }
+
+
+def add_mfu(train_rows: list[dict], peak_flops: float) -> None:
+    """Give every row the final peak and every ``train_step`` row its MFU."""
     for row in train_rows:
-        row["peak_gflops"] = peak.peak / 1e9  # final best over all trials
+        row["peak_gflops"] = peak_flops / 1e9  # final best over all trials
         if row["measurement"] == "train_step":
-            row["mfu"] = row["achieved_gflops"] * 1e9 / peak.peak
-        emit(row)
+            row["mfu"] = row["achieved_gflops"] * 1e9 / peak_flops
+
+
+def compile_rows(train_rows: list[dict], variants, backend: str) -> list[dict]:
+    """One ``compile`` row per variant: the compiled step against the eager one."""
     steps_by_label = {r["label"]: r for r in train_rows if r["measurement"] == "train_step"}
-    for label, _ in variants if backend is not None else []:
+    rows = []
+    for label, _ in variants:
         eager, compiled = steps_by_label[label], steps_by_label[label + "+compile"]
-        emit(
+        rows.append(
             {
                 "measurement": "compile",
                 "label": label,
@@ -492,9 +529,43 @@ def main(argv=None) -> None:
                 "compiled_mfu": compiled["mfu"],
             }
         )
+    return rows
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    setup = Setup.from_args(args)
+    device, cuda, bf16 = setup.device, setup.device.type == "cuda", setup.bf16
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    rows: list[dict] = []
+
+    def emit(row: dict) -> None:
+        rows.append(row)
+        if args.json:
+            print(json.dumps(row), flush=True)
+
+    emit(setup.env_row())
+    t0 = time.perf_counter()
+
+    peak = PeakMatmul(device, 8192 if cuda else 4096, torch.bfloat16 if bf16 else torch.float32)
+    peak.trial()
+    # (2), (3): the training step; on CUDA without and with block checkpointing.
+    variants = setup.train_variants()
+    train_rows = bench_train_variants(setup, args.steps, peak, variants)
+    peak.trial()
+    emit(peak_row(peak))
+    peak.free()
+    add_mfu(train_rows, peak.peak)
+    for row in train_rows:
+        emit(row)
+    for row in compile_rows(train_rows, variants, setup.backend) if setup.backend else []:
+        emit(row)
     # (1) fast vs loop MoE; (4) rollout (eval mode: checkpoint_blocks plays no part).
-    emit(bench_moe(params, batch, device, bf16, args.moe_reps, peak.peak))
-    emit(bench_rollout(params, batch, device, bf16, rollout_steps, backend))
+    emit(bench_moe(setup.params, setup.batch, device, bf16, args.moe_reps, peak.peak))
+    emit(bench_rollout(setup.params, setup.batch, device, bf16, setup.rollout_steps, setup.backend))
     # Other processes on the machine distort every timing; the load average tells how much.
     emit(
         {

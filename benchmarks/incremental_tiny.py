@@ -55,25 +55,44 @@ def rmse_at(results, name, hours):
     return float(results.rmse["model"][results.channel_index(name), results.lead_index(hours)])
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--root_dir", default="data/synthetic_era5")
-    parser.add_argument("--work_dir", default="exp/incremental_tiny")
-    parser.add_argument("--epochs_initial", type=int, default=8)
-    parser.add_argument("--epochs_incremental", type=int, default=8)
-    args = parser.parse_args(argv)
-
-    if not os.path.isfile(os.path.join(args.root_dir, "statistic", "mean_std.json")):
-        generate(
-            args.root_dir,
-            "2020-01-01",
-            32,
-            h_size=32,
-            w_size=64,
-            levels=(850, 500, 250),
-            hour_step=6,
-            seed=0,
+def print_old_variables(report, initial, incremental, old_names, hours) -> None:
+    """RMSE of the old variables at ``hours`` before and after the incremental stage."""
+    print(
+        f"\nold variables, RMSE at {hours} h{'before':>12}{'after':>12}{'change':>10}"
+        f"{'persistence':>13}"
+    )
+    changes = []
+    for name in old_names:
+        before, after = rmse_at(initial, name, hours), rmse_at(incremental, name, hours)
+        persist = float(
+            initial.rmse["persistence"][initial.channel_index(name), initial.lead_index(hours)]
         )
+        changes.append(after / before - 1)
+        report["old"][f"{name}@{hours}h"] = {"before": before, "after": after}
+        print(
+            f"  {name:<25}{before:>12.4g}{after:>12.4g}{100 * changes[-1]:>+8.1f} %{persist:>13.4g}"
+        )
+    print(f"  mean relative change {100 * np.mean(changes):+.1f} % (positive = forgetting)")
+    report[f"old_mean_change_{hours}h"] = float(np.mean(changes))
+
+
+def print_new_variables(report, incremental, scratch, new_names, hours) -> None:
+    """RMSE of the new variables at ``hours``: the incremental model and the one from scratch."""
+    print(
+        f"new variables, RMSE at {hours} h{'incremental':>12}{'scratch':>12}"
+        f"{'':>10}{'persistence':>13}"
+    )
+    for name in new_names:
+        inc, scr = rmse_at(incremental, name, hours), rmse_at(scratch, name, hours)
+        persist = float(
+            scratch.rmse["persistence"][scratch.channel_index(name), scratch.lead_index(hours)]
+        )
+        report["new"][f"{name}@{hours}h"] = {"incremental": inc, "scratch": scr}
+        print(f"  {name:<25}{inc:>12.4g}{scr:>12.4g}{'':>10}{persist:>13.4g}")
+
+
+def run_stages(args):
+    """The three stages (initial, incremental, from scratch): their results and their steps."""
     initial, steps_initial = stage(
         "tiny_initial", args.root_dir, args.work_dir, args.epochs_initial
     )
@@ -93,52 +112,40 @@ def main(argv=None):
         args.epochs_incremental,
         [f"train_period=[{half[0]}, {half[1]}]"],
     )
+    steps = {"initial": steps_initial, "incremental": steps_incremental, "scratch": steps_scratch}
+    return (initial, incremental, scratch), steps
 
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--root_dir", default="data/synthetic_era5")
+    parser.add_argument("--work_dir", default="exp/incremental_tiny")
+    parser.add_argument("--epochs_initial", type=int, default=8)
+    parser.add_argument("--epochs_incremental", type=int, default=8)
+    args = parser.parse_args(argv)
+
+    if not os.path.isfile(os.path.join(args.root_dir, "statistic", "mean_std.json")):
+        generate(
+            args.root_dir,
+            "2020-01-01",
+            32,
+            h_size=32,
+            w_size=64,
+            levels=(850, 500, 250),
+            hour_step=6,
+            seed=0,
+        )
+    (initial, incremental, scratch), steps = run_stages(args)
     old_names = YParams(CONFIG, "tiny_initial").layout.names
     new_names = [n for n in YParams(CONFIG, "tiny").layout.names if n not in old_names]
-    report = {
-        "steps": {
-            "initial": steps_initial,
-            "incremental": steps_incremental,
-            "scratch": steps_scratch,
-        },
-        "old": {},
-        "new": {},
-    }
+    report = {"steps": steps, "old": {}, "new": {}}
     print(
-        f"\nsteps: initial {steps_initial}, incremental {steps_incremental}, "
-        f"from scratch {steps_scratch}"
+        f"\nsteps: initial {steps['initial']}, incremental {steps['incremental']}, "
+        f"from scratch {steps['scratch']}"
     )
     for hours in LEADS:
-        print(
-            f"\nold variables, RMSE at {hours} h{'before':>12}{'after':>12}{'change':>10}"
-            f"{'persistence':>13}"
-        )
-        changes = []
-        for name in old_names:
-            before, after = rmse_at(initial, name, hours), rmse_at(incremental, name, hours)
-            persist = float(
-                initial.rmse["persistence"][initial.channel_index(name), initial.lead_index(hours)]
-            )
-            changes.append(after / before - 1)
-            report["old"][f"{name}@{hours}h"] = {"before": before, "after": after}
-            print(
-                f"  {name:<25}{before:>12.4g}{after:>12.4g}{100 * changes[-1]:>+8.1f} %"
-                f"{persist:>13.4g}"
-            )
-        print(f"  mean relative change {100 * np.mean(changes):+.1f} % (positive = forgetting)")
-        report[f"old_mean_change_{hours}h"] = float(np.mean(changes))
-        print(
-            f"new variables, RMSE at {hours} h{'incremental':>12}{'scratch':>12}"
-            f"{'':>10}{'persistence':>13}"
-        )
-        for name in new_names:
-            inc, scr = rmse_at(incremental, name, hours), rmse_at(scratch, name, hours)
-            persist = float(
-                scratch.rmse["persistence"][scratch.channel_index(name), scratch.lead_index(hours)]
-            )
-            report["new"][f"{name}@{hours}h"] = {"incremental": inc, "scratch": scr}
-            print(f"  {name:<25}{inc:>12.4g}{scr:>12.4g}{'':>10}{persist:>13.4g}")
+        print_old_variables(report, initial, incremental, old_names, hours)
+        print_new_variables(report, incremental, scratch, new_names, hours)
     fractions = {
         name: summarize(YParams(CONFIG, name))["trainable_fraction"]
         for name in ("tiny_incremental", "vamoe_incremental")

@@ -8,10 +8,9 @@ import re
 import pytest
 import torch
 
-from inference import load_model
 from networks.vamoe import VAMoE
 from tools.convert_original_checkpoint import main
-from utils.training.checkpoint import load_checkpoint
+from utils.training.checkpoint import load_checkpoint, load_model
 from utils.training.incremental import load_initial_stage
 from utils.training.optimizer import build_optimizer
 from utils.training.original_checkpoint import ConversionError, convert

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-import inference
 import train
 from networks.vamoe import VAMoE
-from utils.training.checkpoint import atomic_save
+from utils.training.checkpoint import atomic_save, load_model
 from utils.YParams import ConfigError, YParams
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,7 +110,7 @@ def test_checkpoint_written_by_ddp_loads(trained_tiny, tmp_path):
     path = str(tmp_path / "ddp.tar")
     atomic_save(ckpt, path)
     params = YParams(CONFIG, "tiny")
-    model = inference.load_model(params, path, torch.device("cpu"))
+    model = load_model(params, path, torch.device("cpu"))
     reference = VAMoE.from_params(params)
     reference.load_state_dict(torch.load(trained_tiny, weights_only=True)["model"])
     x = torch.randn(1, 20, 32, 64)
@@ -121,7 +120,7 @@ def test_checkpoint_written_by_ddp_loads(trained_tiny, tmp_path):
 
 def test_checkpoint_of_other_variables_is_refused(trained_tiny):
     with pytest.raises(ConfigError, match="trained on channels"):
-        inference.load_model(YParams(CONFIG, "tiny_initial"), trained_tiny, torch.device("cpu"))
+        load_model(YParams(CONFIG, "tiny_initial"), trained_tiny, torch.device("cpu"))
 
 
 def test_checkpoint_that_can_run_code_is_refused(tmp_path):
@@ -132,4 +131,4 @@ def test_checkpoint_that_can_run_code_is_refused(tmp_path):
     path = str(tmp_path / "evil.tar")
     torch.save({"model": {}, "payload": Evil()}, path)
     with pytest.raises(RuntimeError, match="evil.tar"):
-        inference.load_model(YParams(CONFIG, "tiny"), path, torch.device("cpu"))
+        load_model(YParams(CONFIG, "tiny"), path, torch.device("cpu"))

@@ -217,7 +217,7 @@ class _Run:
     stepper: Stepper
     n_steps: int
     scores: dict[str, MetricAccumulator]
-    weights: torch.Tensor
+    weights: torch.Tensor  # (H, 1) latitude weights
     climatology: ClimatologyCache | None
     capture: SampleCapture
     raw_forecast_writer: Callable[[int, np.ndarray], None] | None
@@ -352,38 +352,12 @@ def evaluate_rollout(
     lat = latitudes_numpy(lat)
     stepper = Stepper(step_fn, mean, std, device, resolve_amp_dtype(amp_dtype, device))
     names, meta = channel_meta(channels, stepper.n_channels)
-    dtype = accumulation_dtype(device)
-    run = _Run(
-        stepper=stepper,
-        n_steps=n_steps,
-        scores={f: MetricAccumulator(stepper.n_channels, n_steps + 1, device) for f in forecasters},
-        weights=lat_weights_torch(lat, device, dtype),
-        climatology=None
-        if climatology is None
-        else ClimatologyCache(climatology, lead_time, device, dtype),
-        capture=SampleCapture(capture_ic, capture_channels),
-        raw_forecast_writer=raw_forecast_writer if "model" in forecasters else None,
+    capture = SampleCapture(capture_ic, capture_channels)
+    writer = raw_forecast_writer if "model" in forecasters else None
+    run = _start_run(stepper, n_steps, forecasters, lat, climatology, lead_time, capture, writer)
+    n_ics = _roll_out_loader(
+        run, loader if max_batches is None else _FirstItems(loader, max_batches), progress
     )
-    n_ics = 0
-    batches = loader if max_batches is None else _FirstItems(loader, max_batches)
-    with torch.inference_mode():
-        for batch in progress_bar(batches, "rollout", unit="batch", enabled=progress):
-            inp, tar, times = split_batch(batch, n_steps)
-            if inp.shape[1] != stepper.n_channels or inp.shape[-2] != len(lat):
-                raise ValueError(
-                    f"fields {tuple(inp.shape)} do not match {stepper.n_channels} channels "
-                    f"(normalisation statistics) and {len(lat)} latitudes"
-                )
-            inp = inp.to(device, torch.float32, non_blocking=True)
-            tar = tar.to(device, torch.float32, non_blocking=True)
-            if run.climatology is not None:
-                run.climatology.drop_before(min(times))
-            run.capture.start_batch(n_ics, times, stepper.n_channels)
-            _rollout_batch(run, inp, tar, times)
-            run.capture.end_batch()
-            n_ics += inp.shape[0]
-    if n_ics == 0:
-        raise ValueError("the loader gave no batches")
     if raw_forecast_writer is not None and "model" not in forecasters:
         notes.append("raw_forecast_writer ignored: the model is not scored")
     if capture_ic is not None and run.capture.sample is None:
@@ -392,6 +366,56 @@ def evaluate_rollout(
             f"{'model' in forecasters})"
         )
     return _results(run, n_ics, names, meta, lead_time, climatology, notes)
+
+
+def _start_run(
+    stepper: Stepper,
+    n_steps: int,
+    forecasters: Sequence[str],
+    lat: np.ndarray,
+    climatology,
+    lead_time: int,
+    capture: SampleCapture,
+    raw_forecast_writer: Callable[[int, np.ndarray], None] | None,
+) -> _Run:
+    """A :class:`_Run` with empty score sums ``(C, n_steps + 1)`` per forecaster and the latitude
+    weights of ``lat`` (degrees, length H)."""
+    device, dtype = stepper.device, accumulation_dtype(stepper.device)
+    return _Run(
+        stepper=stepper,
+        n_steps=n_steps,
+        scores={f: MetricAccumulator(stepper.n_channels, n_steps + 1, device) for f in forecasters},
+        weights=lat_weights_torch(lat, device, dtype),
+        climatology=None
+        if climatology is None
+        else ClimatologyCache(climatology, lead_time, device, dtype),
+        capture=capture,
+        raw_forecast_writer=raw_forecast_writer,
+    )
+
+
+def _roll_out_loader(run: _Run, batches: Iterable, progress: bool) -> int:
+    """Roll out and score every batch of ``batches``; returns the number of ICs."""
+    stepper, n_lat, n_ics = run.stepper, run.weights.shape[0], 0
+    with torch.inference_mode():
+        for batch in progress_bar(batches, "rollout", unit="batch", enabled=progress):
+            inp, tar, times = split_batch(batch, run.n_steps)
+            if inp.shape[1] != stepper.n_channels or inp.shape[-2] != n_lat:
+                raise ValueError(
+                    f"fields {tuple(inp.shape)} do not match {stepper.n_channels} channels "
+                    f"(normalisation statistics) and {n_lat} latitudes"
+                )
+            inp = inp.to(stepper.device, torch.float32, non_blocking=True)
+            tar = tar.to(stepper.device, torch.float32, non_blocking=True)
+            if run.climatology is not None:
+                run.climatology.drop_before(min(times))
+            run.capture.start_batch(n_ics, times, stepper.n_channels)
+            _rollout_batch(run, inp, tar, times)
+            run.capture.end_batch()
+            n_ics += inp.shape[0]
+    if n_ics == 0:
+        raise ValueError("the loader gave no batches")
+    return n_ics
 
 
 class _FirstItems:

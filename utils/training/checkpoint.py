@@ -1,4 +1,5 @@
-"""Checkpoint files: atomic writes, safe loading, and model state dicts without wrappers.
+"""Checkpoint files: atomic writes, safe loading, model state dicts without wrappers, and the
+model of a configuration with a checkpoint's weights (:func:`load_model`).
 
 Checkpoints are written to a temporary file in the destination folder and renamed over the
 target (``os.replace`` is atomic on POSIX), so a crash mid-write never leaves a broken
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from networks.vamoe import VAMoE
 from utils.atomic_io import atomic_write
 from utils.errors import CheckpointError, ConfigError
 from utils.YParams import YParams, load_section
@@ -93,6 +95,31 @@ def check_channel_names(ckpt: dict[str, Any], path: str, names, where: str) -> N
             f"checkpoint {path!r} was trained on channels {list(saved)}, but "
             f"{where} gives {list(names)}"
         )
+
+
+def load_model(params, weights: str, device) -> VAMoE:
+    """The model of ``params`` with the weights of a checkpoint written by one process or DDP,
+    on ``device`` in eval mode."""
+    return load_model_and_checkpoint(params, weights, device)[0]
+
+
+def load_model_and_checkpoint(params, weights: str, device, ckpt=None) -> tuple[VAMoE, dict]:
+    """:func:`load_model` and the checkpoint's other entries (epoch, global step, ...);
+    ``ckpt``: the checkpoint already loaded from ``weights``. A checkpoint trained on other
+    channels, or whose parameters do not match the model's, is a :class:`ConfigError`."""
+    ckpt = load_checkpoint(weights) if ckpt is None else ckpt
+    check_channel_names(
+        ckpt, weights, params.layout.names, f"config section {params.config_name!r}"
+    )
+    model = VAMoE.from_params(params)
+    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+    if missing or unexpected:
+        raise ConfigError(
+            f"checkpoint {weights!r} does not match config section "
+            f"{params.config_name!r}: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]} (is it the right --config?)"
+        )
+    return model.to(device).eval(), {k: v for k, v in ckpt.items() if k != "model"}
 
 
 def rng_state() -> dict[str, Any]:
