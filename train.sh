@@ -4,7 +4,7 @@
 # train.py, e.g.  bash train.sh --set max_epochs=3 --enable_amp
 #
 # Multi-node without SLURM: set NNODES, NODE_RANK, MASTER_ADDR and MASTER_PORT on every node.
-# Under SLURM, prefer one task per GPU with export_DDP_vars.sh (see README).
+# Under SLURM, prefer one task per GPU with export_DDP_vars.sh (see docs/cluster.md).
 set -euo pipefail
 cd "$(dirname "$0")"
 

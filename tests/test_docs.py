@@ -1,7 +1,12 @@
-"""The documentation (README.md, docs/*.md) agrees with the code it describes."""
+"""The documentation (README.md, docs/*.md) agrees with the code it describes: commands, flags,
+config names, parameter counts, the code map and the links between the pages."""
 
+import glob
 import os
 import re
+import subprocess
+import sys
+from functools import cache
 
 import pytest
 from ruamel.yaml import YAML
@@ -13,10 +18,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "config", "vamoe.yaml")
 README = os.path.join(ROOT, "README.md")
 CONFIG_DOC = os.path.join(ROOT, "docs", "configuration.md")
-DOCS = [README, CONFIG_DOC] + [
-    os.path.join(ROOT, "docs", name)
-    for name in ("incremental.md", "design.md", "data.md", "differences.md")
-]
+MODEL_SIZE_DOC = os.path.join(ROOT, "docs", "model_size.md")
+CODE_MAP = os.path.join(ROOT, "docs", "code_map.md")
+DOCS = [README] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
 
 # Modules run with `python -m` that are not part of this repository.
 EXTERNAL_MODULES = {"pytest", "venv", "pip", "torch.distributed.run"}
@@ -115,10 +119,10 @@ def test_config_names_are_sections(doc):
     assert not bad, f"--config / CONFIG= names in {doc} that are not sections: {bad}"
 
 
-def test_readme_parameter_counts_match_summary():
-    """Rows of the README's model-size table: | `section` | channels | experts | total | trainable |."""
+def test_model_size_table_matches_summary():
+    """Rows of the model-size table: | `section` | channels | experts | total | trainable |."""
     rows = re.findall(
-        r"^\| `(\w+)`[^|]*\| (\d+) \| (\d+) \| ([\d,]+) \| ([^|]+) \|$", read(README), re.M
+        r"^\| `(\w+)`[^|]*\| (\d+) \| (\d+) \| ([\d,]+) \| ([^|]+) \|$", read(MODEL_SIZE_DOC), re.M
     )
     sections = {r[0] for r in rows}
     assert {"vamoe", "vamoe_initial", "vamoe_1024", "vamoe_incremental"} <= sections, rows
@@ -136,18 +140,24 @@ def test_readme_parameter_counts_match_summary():
             assert float(percent) == round(100 * s["trainable_fraction"], 1), name
 
 
-def test_readme_quoted_counts_match_summary():
-    """Every paper count quoted in prose (e.g. '92,412,812 of 375,675,788') is a real count."""
-    text = read(README)
-    counts = {}
-    for name in ("vamoe", "vamoe_initial", "vamoe_1024", "vamoe_incremental"):
-        s = summarize(YParams(CONFIG, name))
-        counts[s["total_params"]] = name
-        counts[s["trainable_params"]] = name
-    quoted = {int(q.replace(",", "")) for q in re.findall(r"\b\d{2,3},\d{3},\d{3}\b", text)}
-    assert quoted, "no parameter counts quoted in README.md"
-    bad = sorted(quoted - set(counts))
-    assert not bad, f"counts in README.md that networks.summary does not produce: {bad}"
+@cache
+def _real_counts():
+    """Total and trainable counts of every section, and of the incremental stage at D = 1024."""
+    summaries = [summarize(YParams(CONFIG, name)) for name in section_names()]
+    summaries.append(summarize(YParams(CONFIG, "vamoe_incremental", ["embed_dim=1024"])))
+    return {n for s in summaries for n in (s["total_params"], s["trainable_params"])}
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: os.path.relpath(p, ROOT))
+def test_quoted_counts_match_summary(doc):
+    """Every parameter count quoted in prose (e.g. '92,412,812 of 375,675,788') is a real count."""
+    quoted = {int(q.replace(",", "")) for q in re.findall(r"\b\d{2,3},\d{3},\d{3}\b", read(doc))}
+    bad = sorted(quoted - _real_counts())
+    assert not bad, f"counts in {doc} that networks.summary does not produce: {bad}"
+
+
+def test_readme_quotes_the_incremental_split():
+    assert "92,412,812 of 375,675,788" in read(README)
 
 
 def _text_files():
@@ -189,3 +199,157 @@ def test_recipe_table_shows_the_vamoe_defaults():
         assert YAML(typ="safe").load(first) == params[key], (key, value)
         checked.append(key)
     assert {"lr", "min_lr", "betas", "weight_decay", "max_epochs", "drop_path"} <= set(checked)
+
+
+# --------------------------------------------------------------------------------------------------
+# Commands shown in the documentation: every --flag exists in the --help of the program it goes to.
+
+# Launchers whose arguments go to a Python entry point, with the flags they take themselves.
+LAUNCHERS = {
+    "train.sh": ("train.py", ()),
+    "test.sh": ("inference.py", ()),
+    "quickstart.sh": ("train.py", ("--format",)),
+}
+INVOCATION = re.compile(
+    r"python3? -m (tools\.\w+)"  # a command of tools/
+    r"|python3? ((?:benchmarks/)?\w+\.py)\b"  # an entry point or a benchmark
+    r"|bash ((?:train|test|quickstart)\.sh)\b"  # a launcher
+)
+
+
+def _command_lines(text):
+    """Shell commands of a page: fenced-block lines (comments dropped, continuations joined) and
+    inline code spans."""
+    commands = []
+    for block in fenced_blocks(text):
+        lines = [re.sub(r"(^|\s)#.*$", "", ln) for ln in block.replace("\\\n", " ").splitlines()]
+        commands += [ln for ln in lines if ln.strip()]
+    without_blocks = re.sub(r"^```[^\n]*\n.*?^```", "", text, flags=re.M | re.S)
+    commands += re.findall(r"`([^`\n]+)`", without_blocks)
+    return commands
+
+
+def _shown_flags():
+    """{(program, flag): [docs showing it]}; the program is a ``tools.X`` module or a script path."""
+    shown = {}
+    for doc in DOCS:
+        for command in _command_lines(read(doc)):
+            for match in INVOCATION.finditer(command):
+                module, script, launcher = match.groups()
+                if script and not os.path.isfile(os.path.join(ROOT, script)):
+                    continue  # test_script_paths_exist reports it
+                program, own = LAUNCHERS.get(launcher, (module or script, ()))
+                args = re.split(r"&&|;|\||'", command[match.end() :])[0]
+                for flag in re.findall(r"(?<![\w-])--[A-Za-z][\w-]*", args):
+                    if flag not in own:
+                        shown.setdefault((program, flag), []).append(os.path.relpath(doc, ROOT))
+    return shown
+
+
+@cache
+def _help(program):
+    target = ["-m", program] if program.startswith("tools.") else [program]
+    run = subprocess.run(
+        [sys.executable, *target, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, f"{program} --help failed:\n{run.stderr}"
+    return run.stdout
+
+
+def test_commands_are_found_in_the_docs():
+    programs = {program for program, _ in _shown_flags()}
+    assert {"tools.prepare_era5", "tools.summary", "train.py", "inference.py"} <= programs
+    assert "benchmarks/bench_model.py" in programs
+
+
+@pytest.mark.parametrize("program", sorted({p for p, _ in _shown_flags()}))
+def test_shown_flags_exist(program):
+    text = _help(program)
+    bad = {
+        flag: docs
+        for (prog, flag), docs in sorted(_shown_flags().items())
+        if prog == program and not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text)
+    }
+    assert not bad, f"flags shown for {program} that its --help does not list: {bad}"
+
+
+# --------------------------------------------------------------------------------------------------
+# docs/code_map.md: one table per folder, one row per module.
+
+MAPPED_FOLDERS = [
+    "networks",
+    "utils",
+    "utils/data",
+    "utils/conversion",
+    "utils/evaluation",
+    "utils/training",
+    "tools",
+    "benchmarks",
+]
+
+
+def _code_map_rows():
+    """{folder: {module file names in its table}}, from the '## `folder/`' headings."""
+    rows, folder = {}, None
+    for line in read(CODE_MAP).splitlines():
+        heading = re.match(r"^## `([\w/]+)/`", line)
+        if heading:
+            folder = heading.group(1)
+            rows[folder] = set()
+        elif line.startswith("## "):
+            folder = None
+        elif folder:
+            cell = re.match(r"^\| `([\w.]+)` \|", line)
+            if cell:
+                rows[folder].add(cell.group(1))
+    return rows
+
+
+@pytest.mark.parametrize("folder", MAPPED_FOLDERS)
+def test_code_map_has_one_row_per_module(folder):
+    rows = _code_map_rows()
+    assert folder in rows, f"docs/code_map.md has no '## `{folder}/`' table"
+    path = os.path.join(ROOT, folder)
+    modules = {n for n in os.listdir(path) if n.endswith(".py") and n != "__init__.py"}
+    missing, stale = sorted(modules - rows[folder]), sorted(rows[folder] - modules)
+    assert not missing, f"modules of {folder}/ without a row in docs/code_map.md: {missing}"
+    assert not stale, f"rows of {folder}/ in docs/code_map.md naming no module: {stale}"
+
+
+def test_every_code_folder_has_a_code_map_table():
+    folders = {
+        os.path.relpath(os.path.dirname(p), ROOT)
+        for p in glob.glob(os.path.join(ROOT, "*", "**", "*.py"), recursive=True)
+    }
+    folders = {f for f in folders if f.split(os.sep)[0] not in ("tests", ".venv", "data", "exp")}
+    assert folders <= set(MAPPED_FOLDERS), sorted(folders - set(MAPPED_FOLDERS))
+
+
+# --------------------------------------------------------------------------------------------------
+# Links between the pages: the file exists, and so does the heading an anchor points to.
+
+
+def _slug(heading):
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(path):
+    text = re.sub(r"^```[^\n]*\n.*?^```", "", read(path), flags=re.M | re.S)
+    return {_slug(h) for h in re.findall(r"^#+ (.+)$", text, re.M)}
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: os.path.relpath(p, ROOT))
+def test_links_and_anchors_resolve(doc):
+    text = re.sub(r"^```[^\n]*\n.*?^```", "", read(doc), flags=re.M | re.S)
+    bad = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+://", target):
+            continue
+        path, _, anchor = target.partition("#")
+        full = os.path.normpath(os.path.join(os.path.dirname(doc), path)) if path else doc
+        if not os.path.exists(full):
+            bad.append(f"{target} (no such file)")
+        elif anchor and full.endswith(".md") and anchor not in _anchors(full):
+            bad.append(f"{target} (no such heading)")
+    assert not bad, f"broken links in {os.path.relpath(doc, ROOT)}: {bad}"
