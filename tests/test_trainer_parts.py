@@ -55,9 +55,10 @@ def _parts(root, tmp_path, *overrides, stop=None):
     torch.manual_seed(params.seed)
     data = load_training_data(params, distributed=False)
     model = build_model(params, data.train_set.lat, CPU.device)
-    state = build_training_state(wrap_model(model, params, CPU), params, 2, None, 1)
+    state = build_training_state(
+        wrap_model(model, params, CPU), params, data.steps_per_epoch, None, 1
+    )
     files = RunFiles(str(tmp_path / "run"))
-    os.makedirs(files.ckpt_dir, exist_ok=True)
     loop = TrainingLoop(state, data, files, params, CPU, None, stop)
     return params, data, state, files, loop
 
@@ -349,7 +350,7 @@ def test_resumed_weights_win_and_other_channels_are_refused(synthetic_root):
 def test_steps_per_epoch_follow_the_cap_and_an_empty_epoch_is_refused(synthetic_root):
     data = load_training_data(_params(synthetic_root), distributed=False)
     assert data.steps_per_epoch == len(data.train_loader) == 95 // 8
-    capped = TrainingData(*(data.train_loader, data.train_set, None, None, None), 4)
+    capped = TrainingData(data.train_loader, data.train_set, None, None, None, 4)
     assert capped.steps_per_epoch == 4
     params = _params(synthetic_root, "batch_size=1000", "valid_batch_size=8")
     with pytest.raises(ConfigError, match=r"'batch_size' \(1000\) exceeds the 95 training"):
