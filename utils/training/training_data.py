@@ -9,8 +9,12 @@ from utils.errors import ConfigError
 
 @dataclass
 class TrainingData:
-    """The loaders, data sets and training sampler of a run (``max_steps_per_epoch``: the
-    config's cap on optimiser steps per epoch, 0 or None for none)."""
+    """The loaders, data sets and training sampler of a run.
+
+    The loaders yield normalised batches ``[inp (B, C, H, W), tar (B, T, C, H, W), time_hours
+    (B,)]`` with T = ``t_out_train`` or ``t_out_valid``; ``max_steps_per_epoch`` is the config's
+    cap on optimiser steps per epoch (0 or None: none).
+    """
 
     train_loader: object
     train_set: ERA5Dataset
