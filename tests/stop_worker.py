@@ -6,18 +6,19 @@ import signal
 import sys
 
 import train
+from utils.training import losses
 
-_rollout_loss = train.Trainer._rollout_loss
+_rollout_loss = losses.rollout_loss
 _calls = {"n": 0}
 
 
-def _signal_rank_1(self, stepper, inp, tar):
+def _signal_rank_1(stepper, inp, tar):
     _calls["n"] += 1
-    if self.info.rank == 1 and _calls["n"] == 2:
+    if int(os.environ["RANK"]) == 1 and _calls["n"] == 2:
         os.kill(os.getpid(), signal.SIGTERM)
-    return _rollout_loss(self, stepper, inp, tar)
+    return _rollout_loss(stepper, inp, tar)
 
 
 if __name__ == "__main__":
-    train.Trainer._rollout_loss = _signal_rank_1
+    losses.rollout_loss = _signal_rank_1
     train.main(sys.argv[1:])

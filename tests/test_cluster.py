@@ -22,6 +22,7 @@ from utils.data.loader import ShardedEpochSampler
 from utils.data.npy_layout import channel_paths, read_field
 from utils.errors import ConfigError, DataFileError
 from utils.run_lock import STALE_AFTER_S, RunLock, RunLockedError
+from utils.training import losses, training_state
 from utils.training.checkpoint import load_checkpoint
 from utils.training.preemption import EXIT_PREEMPTED
 
@@ -119,19 +120,19 @@ def test_a_kill_at_each_end_of_epoch_write_resumes_to_the_uninterrupted_run(
 def test_stop_signal_checkpoints_exits_75_and_the_same_command_resumes_identically(
     synthetic_root, tmp_path, monkeypatch, reference_run
 ):
-    original, calls = train.Trainer._rollout_loss, {"n": 0}
+    original, calls = losses.rollout_loss, {"n": 0}
 
-    def signalled(self, stepper, inp, tar):
+    def signalled(stepper, inp, tar):
         calls["n"] += 1
         if calls["n"] == 2:  # during the second optimiser step of epoch 1
             os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, stepper, inp, tar)
+        return original(stepper, inp, tar)
 
-    monkeypatch.setattr(train.Trainer, "_rollout_loss", signalled)
+    monkeypatch.setattr(losses, "rollout_loss", signalled)
     with pytest.raises(SystemExit) as exit_info:
         run_train(synthetic_root, tmp_path)
     assert exit_info.value.code == EXIT_PREEMPTED
-    monkeypatch.setattr(train.Trainer, "_rollout_loss", original)
+    monkeypatch.setattr(losses, "rollout_loss", original)
     run_dir = os.path.join(tmp_path, "tiny", "0")
     stopped = load_checkpoint(os.path.join(ckpt_dir(run_dir), "ckpt.tar"))
     assert (stopped["epoch"], stopped["step_in_epoch"], stopped["global_step"]) == (0, 2, 2)
@@ -263,7 +264,7 @@ def test_a_bug_keeps_its_traceback_and_a_config_error_is_one_line(
     def broken(model, params):
         raise KeyError("injected")
 
-    monkeypatch.setattr(train, "build_optimizer", broken)
+    monkeypatch.setattr(training_state, "build_optimizer", broken)
     with pytest.raises(SystemExit) as exit_info:
         run_train(synthetic_root, tmp_path)
     assert exit_info.value.code == 1

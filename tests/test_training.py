@@ -12,6 +12,7 @@ import torch
 
 import train
 from networks.vamoe import VAMoE
+from utils.training import losses
 from utils.training.checkpoint import atomic_save, load_checkpoint
 from utils.training.optimizer import build_optimizer, cosine_factor
 from utils.YParams import YParams
@@ -100,19 +101,19 @@ def test_kill_and_resume_equals_uninterrupted_run(synthetic_root, tmp_path, monk
     full = run_train(synthetic_root, tmp_path / "full", *settings)
 
     calls = {"n": 0}
-    original = train.Trainer._rollout_loss
+    original = losses.rollout_loss
 
-    def dying(self, stepper, inp, tar):
+    def dying(stepper, inp, tar):
         calls["n"] += 1
         if calls["n"] == 19:  # epoch 2 (11 steps + 1 validation batch per epoch), after
             # the mid-epoch checkpoint at global step 16
             raise _Killed()
-        return original(self, stepper, inp, tar)
+        return original(stepper, inp, tar)
 
-    monkeypatch.setattr(train.Trainer, "_rollout_loss", dying)
+    monkeypatch.setattr(losses, "rollout_loss", dying)
     with pytest.raises(_Killed):
         run_train(synthetic_root, tmp_path / "resumed", *settings)
-    monkeypatch.setattr(train.Trainer, "_rollout_loss", original)
+    monkeypatch.setattr(losses, "rollout_loss", original)
     ckpt_path = os.path.join(tmp_path / "resumed", "tiny", "0", "training_checkpoints", "ckpt.tar")
     interrupted = load_checkpoint(ckpt_path)
     assert interrupted["epoch"] == 1 and interrupted["step_in_epoch"] > 0
@@ -135,13 +136,13 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(
     run_train(synthetic_root, tmp_path, "max_epochs=1", "checkpoint_every_steps=4")
     ckpt_path = os.path.join(tmp_path, "tiny", "0", "training_checkpoints", "ckpt.tar")
     before = load_checkpoint(ckpt_path)
-    original = train.Trainer._rollout_loss
+    original = losses.rollout_loss
 
-    def nan_loss(self, stepper, inp, tar):
-        loss, terms, forecasts = original(self, stepper, inp, tar)
+    def nan_loss(stepper, inp, tar):
+        loss, terms, forecasts = original(stepper, inp, tar)
         return loss * float("nan"), terms, forecasts
 
-    monkeypatch.setattr(train.Trainer, "_rollout_loss", nan_loss)
+    monkeypatch.setattr(losses, "rollout_loss", nan_loss)
     with pytest.raises(SystemExit) as exit_info:
         run_train(synthetic_root, tmp_path, *settings)
     assert exit_info.value.code == 2

@@ -17,6 +17,10 @@ import os
 import signal
 import threading
 
+import torch
+
+from utils import distributed as dist_utils
+
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on request, resumable
 
 
@@ -61,6 +65,17 @@ class StopSignals:
             signal.signal(sig, handler)
         self._previous.clear()
         return False
+
+
+def stop_flag(stop: StopSignals | None) -> float:
+    """1.0 when ``stop`` recorded a signal in this process, else 0.0 (also for no ``stop``)."""
+    return float(stop is not None and stop.requested)
+
+
+def stop_requested_on_any_rank(stop: StopSignals | None, device) -> bool:
+    """Whether any rank recorded a stop signal (one all-reduce on ``device``)."""
+    flag = torch.tensor([stop_flag(stop)], device=device)
+    return dist_utils.all_reduce_sum(flag).item() > 0
 
 
 def watch_launcher(interval_s: float = 1.0) -> threading.Thread | None:
