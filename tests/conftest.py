@@ -50,3 +50,12 @@ def synthetic_root(tmp_path_factory) -> str:
 def tiny_params(synthetic_root):
     """Fresh ``tiny`` params on the synthetic set (no worker processes)."""
     return make_params(synthetic_root, "tiny", ["num_data_workers=0"])
+
+
+def free_port() -> int:
+    """A TCP port free on this host now (for torchrun's --master_port)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
