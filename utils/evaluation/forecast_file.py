@@ -73,9 +73,12 @@ def open_forecast_dataset(path: str):
     if not os.path.exists(path):
         raise DataError(f"forecast file {path} does not exist")
     try:
-        if os.path.isdir(path):
-            return xr.open_zarr(path, chunks=None, decode_timedelta=True)
-        return xr.open_dataset(path, chunks=None, decode_timedelta=True)
+        if not os.path.isdir(path):
+            return xr.open_dataset(path, chunks=None, decode_timedelta=True)
+        try:  # consolidated metadata when the store has it (one read), else every array's
+            return xr.open_zarr(path, chunks=None, decode_timedelta=True, consolidated=True)
+        except (KeyError, ValueError):
+            return xr.open_zarr(path, chunks=None, decode_timedelta=True, consolidated=False)
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise DataError(f"cannot open forecast file {path}: {err}") from None
 
