@@ -406,13 +406,11 @@ def evaluate_rollout(
     stepper = Stepper(step_fn, mean, std, device, resolve_amp_dtype(amp_dtype, device))
     names, meta = channel_meta(channels, stepper.n_channels)
     mapped = (["model"] if "model" in forecasters else []) + [c.name for c in compared]
-    run = _start_run(stepper, n_steps, forecasters, latitudes_numpy(lat), climatology, lead_time)
+    lat = latitudes_numpy(lat)
+    run = _start_run(stepper, n_steps, forecasters, compared, lat, climatology, lead_time)
     run.capture = SampleCapture(capture_ic, capture_channels, mapped)
     run.raw_forecast_writer = raw_forecast_writer if "model" in forecasters else None
-    run.compared = {c.name: c for c in compared}
-    for c in compared:
-        run.scores[c.name] = MetricAccumulator(stepper.n_channels, n_steps + 1, device)
-        notes.extend(c.notes)
+    notes.extend(note for c in compared for note in c.notes)
     n_ics = _roll_out_loader(
         run, loader if max_batches is None else _FirstItems(loader, max_batches), progress
     )
@@ -429,17 +427,20 @@ def _start_run(
     stepper: Stepper,
     n_steps: int,
     forecasters: Sequence[str],
+    compared: Sequence,
     lat: np.ndarray,
     climatology,
     lead_time: int,
 ) -> _Run:
-    """A :class:`_Run` with empty score sums ``(C, n_steps + 1)`` per forecaster, the latitude
-    weights of ``lat`` (degrees, length H), no capture and no writer."""
+    """A :class:`_Run` with empty score sums ``(C, n_steps + 1)`` per forecaster (``compared``
+    ones under their names), the latitude weights of ``lat`` (degrees, length H), no capture
+    and no writer."""
     device, dtype = stepper.device, accumulation_dtype(stepper.device)
+    names = [*forecasters, *(c.name for c in compared)]
     return _Run(
         stepper=stepper,
         n_steps=n_steps,
-        scores={f: MetricAccumulator(stepper.n_channels, n_steps + 1, device) for f in forecasters},
+        scores={f: MetricAccumulator(stepper.n_channels, n_steps + 1, device) for f in names},
         weights=lat_weights_torch(lat, device, dtype),
         climatology=None
         if climatology is None
@@ -447,6 +448,7 @@ def _start_run(
         capture=SampleCapture(None, None),
         raw_forecast_writer=None,
         lead_time=int(lead_time),
+        compared={c.name: c for c in compared},
     )
 
 
