@@ -21,6 +21,17 @@ CONFIG = os.path.join(REPO, "config", "vamoe.yaml")
 SYNTHETIC_START, SYNTHETIC_DAYS = "2020-01-01", 31
 
 
+# A small network, two steps and no reader threads: evaluations of the file handling, not of skill.
+FAST_EVALUATION = (
+    "depth=1",
+    "embed_dim=32",
+    "t_out_test=2",
+    "eval_batch_size=1",
+    "num_data_workers=0",
+    "check_data_values=false",
+)
+
+
 def make_params(root_dir, name: str = "tiny", overrides=()):
     """``YParams`` of section ``name`` with ``root_dir`` set and ``key=value`` overrides applied."""
     from utils.YParams import YParams

@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import free_port, make_params
+from conftest import FAST_EVALUATION, free_port, make_params
 from forecast_files import write_forecast
 
 import inference
@@ -23,14 +23,7 @@ pytest.importorskip("xarray")
 pytest.importorskip("zarr")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAST = (
-    "depth=1",
-    "embed_dim=32",
-    "t_out_test=2",
-    "eval_batch_size=1",
-    "num_data_workers=0",
-    "check_data_values=false",
-)
+FAST = FAST_EVALUATION
 
 
 @pytest.fixture(scope="module")

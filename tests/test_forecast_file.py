@@ -58,9 +58,9 @@ def persistence_file(path, batches, **kwargs):
     return write_forecast(path, states, LAYOUT, LAT, LON, times, LEADS, **kwargs), times
 
 
-def run(batches, compared=(), forecasters=("persistence", "climatology")):
+def run(batches, compared=(), forecasters=("persistence", "climatology"), step_fn=None, **kwargs):
     return evaluate_rollout(
-        None,
+        step_fn,
         batches,
         T,
         MEAN,
@@ -73,6 +73,7 @@ def run(batches, compared=(), forecasters=("persistence", "climatology")):
         lead_time=LEAD,
         channels=LAYOUT,
         compared=compared,
+        **kwargs,
     )
 
 
@@ -206,21 +207,13 @@ def test_a_file_sharing_nothing_or_with_other_dimensions_is_refused(tmp_path):
 def test_the_map_sample_holds_the_compared_forecast(tmp_path):
     batches = loader(n_batches=1)
     path, times = persistence_file(tmp_path / "p.zarr", batches)
-    res = evaluate_rollout(
-        lambda x: x,
+    res = run(
         batches,
-        T,
-        MEAN,
-        STD,
-        LAT,
-        Climatology(),
-        "cpu",
-        progress=False,
-        lead_time=LEAD,
-        channels=LAYOUT,
+        [ForecastFile("file", path, LAYOUT, LAT, LON, times, LEADS)],
+        ("model", "persistence"),
+        step_fn=lambda x: x,
         capture_ic=1,
         capture_channels=[0, 4],
-        compared=[ForecastFile("file", path, LAYOUT, LAT, LON, times, LEADS)],
     )
     sample = res.sample
     assert list(sample["forecasts"]) == ["model", "file"]
