@@ -196,7 +196,11 @@ def _evaluate_into(request: _Request, out_dir: str, final_dir: str, log) -> dict
         setup.device,
         f", {info.world_size} ranks" if info.distributed else "",
     )
-    results = _rollout(request, setup, out_dir)
+    try:
+        results = _rollout(request, setup, out_dir)
+    finally:
+        for forecaster in setup.compared:
+            forecaster.close()
     local = sorted(setup.climatology.fallbacks) if setup.climatology is not None else []
     fallbacks = sorted(set().union(*dist_utils.gather_objects(local)))
     if not info.is_main:

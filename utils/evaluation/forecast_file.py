@@ -253,6 +253,11 @@ class ForecastFile:
             )
         return notes
 
+    def close(self) -> None:
+        """Close the file (the forecaster reads nothing more)."""
+        self._ds.close()
+        self._batch, self._blocks = (), {}
+
     # ------------------------------------------------------------------------------- reading
     def fields(self, times: Sequence[int], lead_hours: int):
         """``(values (B, C, H, W), available (B, C) bool)`` at ``lead_hours`` of the initial
