@@ -221,3 +221,14 @@ def test_the_map_sample_holds_the_compared_forecast(tmp_path):
     want = physical(batches[0][0][1])[[0, 4]].astype(np.float32)
     for k in range(T + 1):
         np.testing.assert_array_equal(sample["forecasts"]["file"][k], want)
+
+
+def test_each_initial_time_is_read_once_and_only_when_asked(tmp_path, monkeypatch):
+    batches = loader()
+    path, times = persistence_file(tmp_path / "p.zarr", batches)
+    compared = ForecastFile("file", path, LAYOUT, LAT, LON, times, LEADS)
+    read = []
+    original = compared._read
+    monkeypatch.setattr(compared, "_read", lambda i: read.append(i) or original(i))
+    run(batches[1:], [compared])  # this rank's batches: the first is another rank's
+    assert read == [2, 3, 4, 5]  # once per initial time, not once per lead

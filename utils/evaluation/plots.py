@@ -230,6 +230,8 @@ def _map_row(fig, row, label: str, truth, forecasts: dict, extent, origin) -> No
         panels.append((field, name, dict(cmap="viridis", vmin=lo, vmax=hi)))
         panels.append((errors[name], f"{name} error", dict(cmap="RdBu_r", vmin=-emax, vmax=emax)))
     for ax, (data, ttl, kw) in zip(row, panels, strict=True):
+        if not np.isfinite(data).any():
+            ttl += " (none)"
         im = ax.imshow(
             data, extent=extent, origin=origin, aspect="auto", interpolation="nearest", **kw
         )
