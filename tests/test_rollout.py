@@ -160,10 +160,11 @@ def test_single_step_loader_and_writer_and_capture():
     np.testing.assert_allclose(res.rmse["model"][:, 1], STD, rtol=1e-5)
     assert len(seen) == 6 and seen[0][0] == BASE_TIME
     assert seen[0][1].shape == (1, C, H, W) and seen[0][1].dtype == np.float32
-    assert res.sample["forecast"].shape == (2, 2, H, W)
+    assert list(res.sample["forecasts"]) == ["model"]
+    assert res.sample["forecasts"]["model"].shape == (2, 2, H, W)
     assert res.sample["time_hours"] == BASE_TIME + 4 * 12
     np.testing.assert_allclose(
-        res.sample["forecast"][1] - res.sample["truth"][1],
+        res.sample["forecasts"]["model"][1] - res.sample["truth"][1],
         np.broadcast_to(STD[[0, 4], None, None], (2, H, W)),
         rtol=1e-4,
     )
