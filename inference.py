@@ -23,7 +23,9 @@ keeping forecasts in memory. Written to ``--out_dir``:
   error of Z500 and T2M at days 1 and 5 of the first initial condition);
 - on the paper's 128 x 256 grid (and with ``paper_reference``), the paper's RMSE curves of
   ``docs/paper_rmse_curves.csv`` in ``rmse_acc.png`` and as a column of the headline table;
-- ``forecasts/<init time>.npy`` (``T x C x H x W``, physical units) with ``save_raw_forecasts``.
+- with ``--save_forecasts [PATH]``, the model's forecasts of every scored start (leads 0..T) as a
+  WeatherBench 2 store, ``forecasts.zarr`` by default (``--save_variables``,
+  ``--save_every_hours`` select; see :mod:`utils.evaluation.forecast_saving`).
 
 A table of the headline variables at ``headline_days`` is printed and saved as ``summary.txt``.
 ``metrics.json`` also records the weights file, its epoch and global step, the configuration and
@@ -43,15 +45,15 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from networks.compile import compile_model
-from utils.atomic_io import atomic_save_npy, atomic_write_text
+from utils.atomic_io import atomic_write_text
 from utils.data.climatology import Climatology, default_climatology_path
 from utils.data.dataset import ERA5Dataset
 from utils.data.loader import get_data_loader
-from utils.errors import EXIT_USER_ERROR, VAMoEError
+from utils.errors import EXIT_USER_ERROR, ConfigError, VAMoEError
+from utils.evaluation.forecast_saving import ForecastSaveRequest, saved_forecasts
 from utils.evaluation.paper_reference import paper_reference
 from utils.evaluation.plots import nearest_leads, plot_maps, plot_rmse_acc
 from utils.evaluation.results import format_headline_table, save_results
@@ -96,8 +98,48 @@ def parse_args(argv=None):
         default=None,
         help="score only the first N batches of initial conditions (quick look)",
     )
+    _add_save_arguments(parser)
     add_override_argument(parser)
     return parser.parse_args(argv)
+
+
+def _add_save_arguments(parser) -> None:
+    """``--save_forecasts [PATH]``, ``--save_variables``, ``--save_every_hours``."""
+    parser.add_argument(
+        "--save_forecasts",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PATH",
+        help="write the forecasts of the scored starts (leads 0..T) in the WeatherBench 2 layout: "
+        "Zarr, or netCDF4 for a .nc PATH (default <out_dir>/forecasts.zarr)",
+    )
+    parser.add_argument(
+        "--save_variables",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="with --save_forecasts: only these channels (z500 t850 t2m) or whole variables (z)",
+    )
+    parser.add_argument(
+        "--save_every_hours",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --save_forecasts: only starts whose hour of day is a multiple of N (12: 00 and "
+        "12 UTC)",
+    )
+
+
+def save_request(args) -> ForecastSaveRequest | None:
+    """The ``--save_*`` options as a request (None without ``--save_forecasts``)."""
+    if args.save_forecasts is None:
+        if args.save_variables or args.save_every_hours:
+            raise ConfigError("--save_variables and --save_every_hours need --save_forecasts")
+        return None
+    return ForecastSaveRequest(
+        args.save_forecasts or None, args.save_variables, args.save_every_hours, args.overwrite
+    )
 
 
 def _init_time_name(time_hours: int) -> str:
@@ -113,9 +155,10 @@ def evaluate(
     log=None,
     overwrite: bool = False,
     ckpt=None,
+    save: ForecastSaveRequest | None = None,
 ) -> dict:
     """Run the evaluation and write every result file; returns ``{label: path}`` (``ckpt``: the
-    checkpoint already loaded from ``weights``).
+    checkpoint already loaded from ``weights``; ``save``: the forecasts to write as a store).
 
     The files are written into a staging directory and moved to ``out_dir`` at the end; a
     non-empty ``out_dir`` is an error unless ``overwrite``.
@@ -123,7 +166,7 @@ def evaluate(
     return write_staged(
         out_dir,
         lambda staging: _evaluate_into(
-            params, weights, staging, out_dir, enable_amp, max_batches, log, ckpt
+            params, weights, staging, out_dir, enable_amp, max_batches, log, ckpt, save
         ),
         overwrite,
     )
@@ -141,7 +184,7 @@ class _TestSetup:
 
 
 def _evaluate_into(
-    params, weights, out_dir, final_dir, enable_amp, max_batches, log, ckpt=None
+    params, weights, out_dir, final_dir, enable_amp, max_batches, log, ckpt=None, save=None
 ) -> dict:
     """The evaluation, writing into ``out_dir`` (the staging directory of ``final_dir``)."""
     log = log or logging.getLogger("vamoe")
@@ -154,7 +197,13 @@ def _evaluate_into(
         params.lead_time,
         setup.device,
     )
-    results = _rollout(params, setup, enable_amp, max_batches, out_dir)
+    attrs = {
+        "title": f"VA-MoE forecasts ({params.config_name})",
+        "weights": os.path.abspath(weights),
+    }
+    store = dict(staging_dir=out_dir, final_dir=final_dir, attrs=attrs, log=log)
+    with saved_forecasts(save, params, setup.dataset, setup.loader, max_batches, **store) as saved:
+        results = _rollout(params, setup, enable_amp, max_batches, saved)
     fallbacks = sorted(setup.climatology.fallbacks) if setup.climatology is not None else []
     provenance = _provenance(params, weights, ckpt, fallbacks)
     written = save_results(results, out_dir, params.config_name, provenance)
@@ -165,6 +214,8 @@ def _evaluate_into(
         else None
     )
     written.update(_plot(params, results, setup.dataset, headline, reference, out_dir))
+    if saved is not None and saved.path.startswith(os.path.abspath(final_dir) + os.sep):
+        written["forecasts"] = os.path.join(out_dir, os.path.relpath(saved.path, final_dir))
     summary = _summary(params, weights, ckpt, results, headline, reference, fallbacks)
     atomic_write_text(os.path.join(out_dir, "summary.txt"), summary)
     written["summary"] = os.path.join(out_dir, "summary.txt")
@@ -206,19 +257,11 @@ def _map_names(layout) -> list[str]:
     return [n for n in MAP_VARIABLES if n in layout.names]
 
 
-def _rollout(params, setup: _TestSetup, enable_amp, max_batches, out_dir) -> RolloutResults:
+def _rollout(params, setup: _TestSetup, enable_amp, max_batches, saved) -> RolloutResults:
     """The scored rollout over the test period. The first initial condition's channels of
-    :func:`_map_names` are captured for the maps, and with ``save_raw_forecasts`` every forecast
-    is written to ``out_dir/forecasts/<init time>.npy`` (``T x C x H x W``, physical units)."""
+    :func:`_map_names` are captured for the maps; ``saved`` (a
+    :class:`utils.evaluation.forecast_saving.SavedForecasts` or None) gets every forecast."""
     layout, dataset = params.layout, setup.dataset
-    raw_dir = os.path.join(out_dir, "forecasts")
-
-    def write_raw(time_hours, forecast):
-        atomic_save_npy(
-            os.path.join(raw_dir, _init_time_name(time_hours) + ".npy"),
-            forecast.astype(np.float32, copy=False),
-        )
-
     return evaluate_rollout(
         lambda x: setup.model(x).forecast,
         setup.loader,
@@ -229,7 +272,7 @@ def _rollout(params, setup: _TestSetup, enable_amp, max_batches, out_dir) -> Rol
         setup.climatology,
         setup.device,
         amp_dtype=params.amp_dtype if enable_amp else None,
-        raw_forecast_writer=write_raw if params.save_raw_forecasts else None,
+        raw_forecast_writer=saved,
         lead_time=params.lead_time,
         channels=layout,
         capture_ic=0,
@@ -292,6 +335,7 @@ def main(argv=None):
     args = parse_args(argv)
     log = setup_logging()
     try:
+        save = save_request(args)
         ckpt = load_checkpoint(args.weights)
         params = params_of_checkpoint(
             ckpt, args.weights, args.yaml_config, args.config, args.overrides
@@ -305,6 +349,7 @@ def main(argv=None):
             log,
             args.overwrite,
             ckpt,
+            save,
         )
     except VAMoEError as err:
         report_error(err)

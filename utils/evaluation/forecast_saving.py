@@ -1,0 +1,191 @@
+"""``inference.py --save_forecasts``: the model's forecasts of the scored starts, in the WeatherBench
+2 layout (:mod:`utils.evaluation.wb2_layout`), written while the rollout runs.
+
+Every scored initial condition whose hour of day is a multiple of ``--save_every_hours``, every
+lead from 0 (the initial state) to the last, the channels of ``--save_variables`` (all by
+default). The store (Zarr by default, ``<out_dir>/forecasts.zarr``; netCDF4 for a ``.nc`` path)
+is created before the rollout from the known starts and leads, and filled one start at a time by
+the rollout's ``raw_forecast_writer`` hook. Its size is logged first
+(:meth:`utils.evaluation.forecast_store.StoreSpec.size_text`), and a disk without room for it is
+an error before the rollout starts.
+
+A store inside ``out_dir`` is written in the evaluation's staging folder and published with the
+results; a store elsewhere is staged beside its own path and moved into place when the rollout
+has finished. With several ranks every rank writes the starts of its own share of the loader into
+the one store that rank 0 created (Zarr only).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch.distributed as dist
+
+from utils.errors import ConfigError
+from utils.evaluation.forecast_store import (
+    StoreWriter,
+    check_free_space,
+    create_store,
+    forecast_spec,
+    is_netcdf,
+    staged_path,
+)
+from utils.evaluation.wb2_layout import WB2Layout, select_channels
+
+DEFAULT_STORE = "forecasts.zarr"
+
+
+@dataclass(frozen=True)
+class ForecastSaveRequest:
+    """What ``--save_forecasts`` asks for.
+
+    Attributes:
+        path: the store (None: ``<out_dir>/forecasts.zarr``); ``.nc``: a netCDF4 file.
+        variables: channel names (``z500``) or whole upper-air variables (``z``); None: all.
+        every_hours: keep only starts whose hour of day is a multiple of it (None: all).
+        overwrite: replace an existing store at ``path`` outside ``out_dir`` (``--overwrite``).
+    """
+
+    path: str | None = None
+    variables: Sequence[str] | None = None
+    every_hours: int | None = None
+    overwrite: bool = False
+
+
+class SavedForecasts:
+    """The rollout's ``raw_forecast_writer``: writes the selected channels of this rank's starts.
+
+    ``path`` is where the store ends up; ``writer`` the open :class:`StoreWriter`.
+    """
+
+    def __init__(self, writer: StoreWriter, channels: list[int], path: str):
+        self.writer, self.channels, self.path = writer, channels, path
+        self._own = set(writer.own)
+
+    def __call__(self, time_hours: int, forecast: np.ndarray) -> None:
+        """Write ``forecast`` ``(T + 1, C, H, W)`` (physical units, lead 0 first) of the start
+        ``time_hours`` when it is one of the saved starts."""
+        if int(time_hours) in self._own:
+            self.writer.write(int(time_hours), forecast[:, self.channels])
+
+
+def _world() -> tuple[int, int]:
+    """``(rank, world size)``; ``(0, 1)`` outside torch.distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gathered(values: list) -> list:
+    """The concatenation of every rank's ``values`` (``values`` in one process)."""
+    rank, world = _world()
+    if world == 1:
+        return list(values)
+    parts: list = [None] * world
+    dist.all_gather_object(parts, list(values))
+    return [v for part in parts for v in part]
+
+
+def _from_rank0(value):
+    """Rank 0's ``value`` on every rank."""
+    if _world()[1] == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _barrier() -> None:
+    if _world()[1] > 1:
+        dist.barrier()
+
+
+def own_starts(times: np.ndarray, loader, max_batches: int | None, every_hours: int | None):
+    """This rank's starts to save: the times of its loader's samples (the first ``max_batches``
+    batches of them), those whose hour of day is a multiple of ``every_hours``."""
+    indices = list(loader.sampler)
+    if max_batches is not None:
+        indices = indices[: int(max_batches) * int(loader.batch_size)]
+    starts = np.asarray(times, dtype=np.int64)[indices]
+    if every_hours:
+        starts = starts[(starts % 24) % int(every_hours) == 0]
+    return starts.tolist()
+
+
+def _check_request(request: ForecastSaveRequest, path: str, world: int) -> None:
+    every = request.every_hours
+    if every is not None and (every < 1 or 24 % every):
+        raise ConfigError(f"--save_every_hours {every} must divide 24 (e.g. 6, 12 or 24)")
+    if is_netcdf(path) and world > 1:
+        raise ConfigError(
+            f"--save_forecasts {path}: a netCDF file is written by one process; with {world} "
+            "ranks give a Zarr path (any name not ending in .nc)"
+        )
+
+
+@contextmanager
+def saved_forecasts(
+    request: ForecastSaveRequest | None,
+    params,
+    dataset,
+    loader,
+    max_batches: int | None,
+    staging_dir: str,
+    final_dir: str,
+    attrs: dict,
+    log=None,
+) -> Iterator[SavedForecasts | None]:
+    """The ``raw_forecast_writer`` of the evaluation's rollout (None without ``request``); the
+    store is complete, and in place when it lies outside ``final_dir``, when the block ends.
+
+    ``dataset``: the test dataset (``times``, ``lat``, ``lon``); ``loader``: this rank's test
+    loader (``sampler``, ``batch_size``); ``staging_dir``: where the evaluation writes the files
+    of ``final_dir`` (its ``--out_dir``); ``attrs``: the store's global attributes.
+    """
+    if request is None:
+        yield None
+        return
+    rank, world = _world()
+    final = os.path.abspath(request.path or os.path.join(final_dir, DEFAULT_STORE))
+    _check_request(request, final, world)
+    channels = select_channels(params.layout, request.variables, "--save_variables")
+    own = own_starts(dataset.times, loader, max_batches, request.every_hours)
+    starts = sorted(_gathered(own))
+    if not starts:
+        raise ConfigError(
+            f"--save_every_hours {request.every_hours}: none of the scored starts is at such an "
+            "hour of day"
+        )
+    layout = WB2Layout(
+        params.layout, channels, dataset.lat, dataset.lon, params.get("variable_units")
+    )
+    leads = np.arange(int(params.t_out_test) + 1) * int(params.lead_time)
+    spec = forecast_spec(layout, starts, leads, attrs)
+    if log is not None and rank == 0:
+        log.info("saving forecasts: %s to %s", spec.size_text("starts"), final)
+    check_free_space(spec.nbytes, final, f"--save_forecasts {final}")
+    with ExitStack() as stack:
+        path = None
+        if rank == 0:
+            inside = os.path.commonpath([final, os.path.abspath(final_dir)]) == os.path.abspath(
+                final_dir
+            )
+            path = (
+                os.path.join(staging_dir, os.path.relpath(final, final_dir))
+                if inside
+                else stack.enter_context(staged_path(final, request.overwrite))
+            )
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            create_store(path, spec)
+        path = _from_rank0(path)
+        _barrier()
+        writer = stack.enter_context(StoreWriter(path, spec, own))
+        yield SavedForecasts(writer, channels, final)
+        if writer.missing():
+            raise RuntimeError(f"starts {writer.missing()[:5]} of {final} were not written")
+        writer.close()
+        _barrier()
