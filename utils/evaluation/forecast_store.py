@@ -81,7 +81,7 @@ class StoreSpec:
 
     def size_text(self, key_label: str) -> str:
         """The size arithmetic, e.g. ``1,460 starts x 21 leads x 70 channels x 128 x 256 x 4 B
-        = 282.1 GB`` (``key_label``: what a key is; the inner dimensions are labelled by name)."""
+        = 281.3 GB`` (``key_label``: what a key is; the inner dimensions are labelled by name)."""
         labels = {"prediction_timedelta": "leads", "hour": "hours"}
         parts = [f"{len(self.keys):,} {key_label}"]
         parts += [f"{len(v):,} {labels.get(n, n)}" for n, v in self.inner]
@@ -148,7 +148,7 @@ def climatology_spec(layout: WB2Layout, hours_of_day, attrs=None) -> StoreSpec:
 
 
 def format_bytes(n: int) -> str:
-    """A byte count in decimal units (``282.1 GB``)."""
+    """A byte count in decimal units (``281.3 GB``)."""
     value = float(n)
     for unit in ("B", "kB", "MB", "GB", "TB"):
         if value < 1000 or unit == "TB":
