@@ -294,3 +294,31 @@ def test_selection_errors_are_one_line(tiny_weights, synthetic_root, tmp_path, c
         with pytest.raises(SystemExit):
             inference.main(_inference_args(tiny_weights, synthetic_root, tmp_path / "o", *extra))
         assert message in capsys.readouterr().err
+
+
+def test_exported_truth_is_an_input_of_the_forecast_tool(scored, synthetic_root, tiny_weights):
+    from tools import forecast as forecast_tool
+
+    out = scored / "from_truth" / "fc.zarr"
+    forecast_tool.main(
+        [
+            "--weights",
+            tiny_weights,
+            "--set",
+            f"root_dir={synthetic_root}",
+            "--input",
+            str(scored / "export" / "truth.zarr"),
+            "--init",
+            "2020-01-28T06",
+            "--lead_hours",
+            "6",
+            "--output",
+            str(out),
+        ]
+    )
+    with xr.open_zarr(out) as fc, xr.open_zarr(scored / "export" / "truth.zarr") as truth:
+        state = truth.sel(time="2020-01-28T06")
+        for name in ("geopotential", "2m_temperature", "surface_pressure"):
+            np.testing.assert_array_equal(
+                fc[name].isel(time=0, prediction_timedelta=0), state[name]
+            )

@@ -1,5 +1,5 @@
 """Export the dataset's states and climatology in the WeatherBench 2 layout, to score forecasts
-with WeatherBench 2's own evaluation (docs/evaluation.md, "Scoring with WeatherBench 2").
+with WeatherBench 2's own evaluation (docs/forecasts.md, "Scoring with WeatherBench 2").
 
 ::
 

@@ -32,7 +32,7 @@ from utils.evaluation.forecast_store import (
     staged_path,
 )
 from utils.evaluation.forecasting import dataset_states, run_forecasts
-from utils.evaluation.plots import nearest_leads, plot_forecast_maps
+from utils.evaluation.plots import plot_forecast_maps
 from utils.evaluation.stepper import Stepper, resolve_amp_dtype
 from utils.evaluation.wb2_layout import WB2Layout, select_channels
 from utils.grid import dataset_grid
@@ -101,7 +101,7 @@ def parse_args(argv=None):
         type=float,
         default=None,
         metavar="HOURS",
-        help="leads on the maps, in hours (default: 24 and the last)",
+        help="leads on the maps, in hours, 0 the initial state (default: 24 and the last)",
     )
     parser.add_argument(
         "--amp",
@@ -146,8 +146,14 @@ def _map_choice(args, params, lead_hours: np.ndarray) -> tuple[list[str], list[i
     names = args.map_variables or [n for n in MAP_VARIABLES if n in params.layout.names]
     names = names or params.layout.names[:1]
     select_channels(params.layout, names, "--map_variables")
-    wanted = args.map_leads or [24, float(lead_hours[-1])]
-    return names, nearest_leads(lead_hours, wanted)
+    wanted = args.map_leads or [h for h in (24, lead_hours[-1]) if h in lead_hours]
+    absent = [h for h in wanted if h not in lead_hours]
+    if absent:
+        raise ConfigError(
+            f"--map_leads {absent}: not leads of this forecast (0 to {lead_hours[-1]} h every "
+            f"{lead_hours[1]} h)"
+        )
+    return names, sorted({int(np.flatnonzero(lead_hours == h)[0]) for h in wanted})
 
 
 def forecast(args, log) -> dict:
