@@ -14,29 +14,12 @@ from utils.data.dataset import ERA5Dataset
 from utils.evaluation.forecasting import dataset_states
 from utils.evaluation.stepper import Stepper
 from utils.times import to_hours
-from utils.training.checkpoint import atomic_save
-from utils.training.training_state import plain_params
 
 xr = pytest.importorskip("xarray")
 pytest.importorskip("netCDF4")
 pytest.importorskip("scipy")
 
 START = "2020-01-28T00"  # the first test sample of the tiny config
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(synthetic_root, tmp_path_factory) -> str:
-    params = make_params(synthetic_root, "tiny")
-    torch.manual_seed(0)
-    path = str(tmp_path_factory.mktemp("weights") / "tiny.tar")
-    ckpt = {
-        "model": VAMoE.from_params(params).state_dict(),
-        "params": plain_params(params),
-        "config_name": "tiny",
-        "channel_names": params.layout.names,
-    }
-    atomic_save(ckpt, path)
-    return path
 
 
 def _run(weights, root, output, *extra):
@@ -93,11 +76,11 @@ def analysis_file(root, path, drop=(), levels=(850, 500, 250)) -> np.ndarray:
     return state
 
 
-def test_forecast_from_a_cf_file_on_another_grid(tiny_weights, synthetic_root, tmp_path):
+def test_forecast_from_a_cf_file_on_another_grid(random_tiny_weights, synthetic_root, tmp_path):
     state = analysis_file(synthetic_root, tmp_path / "analysis.nc")
     out = tmp_path / "run" / "fc.nc"
     _run(
-        tiny_weights,
+        random_tiny_weights,
         synthetic_root,
         out,
         "--input",
@@ -116,10 +99,12 @@ def test_forecast_from_a_cf_file_on_another_grid(tiny_weights, synthetic_root, t
     np.testing.assert_allclose(t2m, state[15], rtol=1e-6)
 
 
-def test_forecast_from_the_dataset_is_the_steppers_rollout(tiny_weights, synthetic_root, tmp_path):
+def test_forecast_from_the_dataset_is_the_steppers_rollout(
+    random_tiny_weights, synthetic_root, tmp_path
+):
     out = tmp_path / "fc.zarr"
     _run(
-        tiny_weights,
+        random_tiny_weights,
         synthetic_root,
         out,
         "--init",
@@ -135,7 +120,7 @@ def test_forecast_from_the_dataset_is_the_steppers_rollout(tiny_weights, synthet
     params = make_params(synthetic_root, "tiny", ["num_data_workers=0"])
     dataset = ERA5Dataset(params, "test")
     inp = dataset.read_batch([0])[0]
-    model = _model(params, tiny_weights)
+    model = _model(params, random_tiny_weights)
     stepper = Stepper(lambda x: model(x).forecast, dataset.mean, dataset.std, "cpu")
     with torch.inference_mode():
         steps = [stepper.denormalise(s.forecast)[0].float() for s in stepper.rollout(inp, 2)]
@@ -154,10 +139,10 @@ def _model(params, weights):
     return model.eval()
 
 
-def test_bf16_autocast_on_the_cpu(tiny_weights, synthetic_root, tmp_path):
+def test_bf16_autocast_on_the_cpu(random_tiny_weights, synthetic_root, tmp_path):
     common = ["--init", START, "--lead_hours", "6", "--variables", "z500"]
     _run(
-        tiny_weights,
+        random_tiny_weights,
         synthetic_root,
         tmp_path / "fp32.nc",
         *common,
@@ -165,7 +150,7 @@ def test_bf16_autocast_on_the_cpu(tiny_weights, synthetic_root, tmp_path):
         str(tmp_path / "a.png"),
     )
     _run(
-        tiny_weights,
+        random_tiny_weights,
         synthetic_root,
         tmp_path / "bf16.nc",
         *common,
@@ -181,10 +166,16 @@ def test_bf16_autocast_on_the_cpu(tiny_weights, synthetic_root, tmp_path):
     assert 0 < change < 0.1  # bf16 rounding: another forecast, close to the fp32 one
 
 
-def test_what_a_file_lacks_is_one_error(tiny_weights, synthetic_root, tmp_path, capsys):
+def test_what_a_file_lacks_is_one_error(random_tiny_weights, synthetic_root, tmp_path, capsys):
     analysis_file(synthetic_root, tmp_path / "a.nc", drop=("sp",), levels=(850, 500))
     with pytest.raises(SystemExit) as code:
-        _run(tiny_weights, synthetic_root, tmp_path / "fc.nc", "--input", str(tmp_path / "a.nc"))
+        _run(
+            random_tiny_weights,
+            synthetic_root,
+            tmp_path / "fc.nc",
+            "--input",
+            str(tmp_path / "a.nc"),
+        )
     err = capsys.readouterr().err
     assert code.value.code == 2 and err.count("\n") == err.count("  ") + 1
     assert (
@@ -194,7 +185,7 @@ def test_what_a_file_lacks_is_one_error(tiny_weights, synthetic_root, tmp_path, 
     analysis_file(synthetic_root, tmp_path / "b.nc")
     with pytest.raises(SystemExit):
         _run(
-            tiny_weights,
+            random_tiny_weights,
             synthetic_root,
             tmp_path / "fc.nc",
             "--input",
@@ -205,7 +196,13 @@ def test_what_a_file_lacks_is_one_error(tiny_weights, synthetic_root, tmp_path, 
     assert "start(s) ['2020-01-29T00'] not in the input(s)" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         _run(
-            tiny_weights, synthetic_root, tmp_path / "fc.nc", "--init", START, "--lead_hours", "10"
+            random_tiny_weights,
+            synthetic_root,
+            tmp_path / "fc.nc",
+            "--init",
+            START,
+            "--lead_hours",
+            "10",
         )
     assert "--lead_hours 10 must be a positive multiple of 6 h" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "fc.nc")

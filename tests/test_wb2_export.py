@@ -21,30 +21,11 @@ from utils.data.dataset import ERA5Dataset
 from utils.evaluation import forecast_store
 from utils.evaluation.stepper import Stepper
 from utils.evaluation.wb2_layout import WB2_VARIABLES
-from utils.training.checkpoint import atomic_save
-from utils.training.training_state import plain_params
 
 xr = pytest.importorskip("xarray")
 pytest.importorskip("zarr")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(synthetic_root, tmp_path_factory) -> str:
-    """A checkpoint of the tiny model with seeded random weights (skill does not matter here)."""
-    params = make_params(synthetic_root, "tiny", ["num_data_workers=0"])
-    torch.manual_seed(0)
-    model = VAMoE.from_params(params)
-    path = str(tmp_path_factory.mktemp("weights") / "tiny.tar")
-    ckpt = {
-        "model": model.state_dict(),
-        "params": plain_params(params),
-        "config_name": "tiny",
-        "channel_names": params.layout.names,
-    }
-    atomic_save(ckpt, path)
-    return path
 
 
 def _inference_args(weights, root, out_dir, *extra):
@@ -62,11 +43,11 @@ def _inference_args(weights, root, out_dir, *extra):
 
 
 @pytest.fixture(scope="module")
-def scored(tiny_weights, synthetic_root, tmp_path_factory):
+def scored(random_tiny_weights, synthetic_root, tmp_path_factory):
     """An evaluation with every forecast saved, and the export of its period."""
     work = tmp_path_factory.mktemp("wb2")
     inference.main(
-        _inference_args(tiny_weights, synthetic_root, work / "results", "--save_forecasts")
+        _inference_args(random_tiny_weights, synthetic_root, work / "results", "--save_forecasts")
     )
     export_wb2.main(
         [
@@ -102,7 +83,7 @@ def _cell_area_weights(lat_deg: np.ndarray) -> np.ndarray:
     return area / area.mean()
 
 
-def test_store_holds_the_rollout_float32_exactly(scored, synthetic_root, tiny_weights):
+def test_store_holds_the_rollout_float32_exactly(scored, synthetic_root, random_tiny_weights):
     params = make_params(synthetic_root, "tiny", ["num_data_workers=0"])
     dataset = ERA5Dataset(params, "test")
     inp, tar, times = dataset.read_batch(list(range(len(dataset))))  # the evaluation's one batch
@@ -119,7 +100,7 @@ def test_store_holds_the_rollout_float32_exactly(scored, synthetic_root, tiny_we
         lead_hours = store.prediction_timedelta.values // np.timedelta64(1, "h")
         assert lead_hours.tolist() == list(range(0, 49, 6))
         assert store.latitude.values.tolist() == dataset.lat[::-1].tolist()
-        assert store.attrs["weights"] == os.path.abspath(tiny_weights)
+        assert store.attrs["weights"] == os.path.abspath(random_tiny_weights)
         for c, channel in enumerate(params.layout.channels):
             name = WB2_VARIABLES[channel.variable].name
             stored = store[name]
@@ -242,13 +223,15 @@ def test_kill_during_the_export_leaves_the_previous_export_whole(scored, synthet
 
 
 def test_kill_while_saving_forecasts_leaves_the_previous_results_whole(
-    scored, synthetic_root, tiny_weights
+    scored, synthetic_root, random_tiny_weights
 ):
     results = scored / "results"
     before = _digest(results)
     args = [
         "inference.py",
-        *_inference_args(tiny_weights, synthetic_root, results, "--save_forecasts", "--overwrite"),
+        *_inference_args(
+            random_tiny_weights, synthetic_root, results, "--save_forecasts", "--overwrite"
+        ),
     ]
     proc = _killed(args, "forecast_store.write@2")
     assert proc.returncode == -9, proc.stderr[-2000:]
@@ -256,7 +239,7 @@ def test_kill_while_saving_forecasts_leaves_the_previous_results_whole(
 
 
 def test_not_enough_disk_stops_before_the_rollout(
-    tiny_weights, synthetic_root, tmp_path, monkeypatch, capsys
+    random_tiny_weights, synthetic_root, tmp_path, monkeypatch, capsys
 ):
     def no_rollout(*args, **kwargs):
         raise AssertionError("the rollout started")
@@ -265,7 +248,7 @@ def test_not_enough_disk_stops_before_the_rollout(
     usage = forecast_store.shutil.disk_usage(tmp_path)
     monkeypatch.setattr(forecast_store.shutil, "disk_usage", lambda p: usage._replace(free=1000))
     args = _inference_args(
-        tiny_weights,
+        random_tiny_weights,
         synthetic_root,
         tmp_path / "out",
         "--save_forecasts",
@@ -285,25 +268,29 @@ def test_not_enough_disk_stops_before_the_rollout(
     assert not os.path.exists(tmp_path / "out") and not os.path.exists(tmp_path / "big")
 
 
-def test_selection_errors_are_one_line(tiny_weights, synthetic_root, tmp_path, capsys):
+def test_selection_errors_are_one_line(random_tiny_weights, synthetic_root, tmp_path, capsys):
     for extra, message in [
         (["--save_forecasts", "--save_variables", "z300"], "--save_variables: ['z300'] not in"),
         (["--save_forecasts", "--save_every_hours", "5"], "--save_every_hours 5 must divide 24"),
         (["--save_variables", "z"], "need --save_forecasts"),
     ]:
         with pytest.raises(SystemExit):
-            inference.main(_inference_args(tiny_weights, synthetic_root, tmp_path / "o", *extra))
+            inference.main(
+                _inference_args(random_tiny_weights, synthetic_root, tmp_path / "o", *extra)
+            )
         assert message in capsys.readouterr().err
 
 
-def test_exported_truth_is_an_input_of_the_forecast_tool(scored, synthetic_root, tiny_weights):
+def test_exported_truth_is_an_input_of_the_forecast_tool(
+    scored, synthetic_root, random_tiny_weights
+):
     from tools import forecast as forecast_tool
 
     out = scored / "from_truth" / "fc.zarr"
     forecast_tool.main(
         [
             "--weights",
-            tiny_weights,
+            random_tiny_weights,
             "--set",
             f"root_dir={synthetic_root}",
             "--input",

@@ -127,6 +127,41 @@ def _check_request(request: ForecastSaveRequest, path: str, world: int) -> None:
         )
 
 
+def _forecast_spec(request, params, dataset, loader, max_batches, attrs):
+    """``(channels, spec, own starts)`` of the store ``request`` asks for (every rank's starts,
+    gathered)."""
+    channels = select_channels(params.layout, request.variables, "--save_variables")
+    own = own_starts(dataset.times, loader, max_batches, request.every_hours)
+    starts = sorted(_gathered(own))
+    if not starts:
+        raise ConfigError(
+            f"--save_every_hours {request.every_hours}: none of the scored starts is at such an "
+            "hour of day"
+        )
+    units = params.get("variable_units")
+    layout = WB2Layout(params.layout, channels, dataset.lat, dataset.lon, units)
+    leads = np.arange(int(params.t_out_test) + 1) * int(params.lead_time)
+    return channels, forecast_spec(layout, starts, leads, attrs), own
+
+
+def _created_store(final: str, final_dir: str, staging_dir: str, spec, overwrite, stack) -> str:
+    """Create the store whose final path is ``final`` on rank 0 and return where every rank
+    writes it: in ``staging_dir`` when ``final`` lies in ``final_dir``, else in a staging folder
+    of its own that ``stack`` publishes when it closes."""
+    path = None
+    if _world()[0] == 0:
+        final_dir = os.path.abspath(final_dir)
+        if os.path.commonpath([final, final_dir]) == final_dir:
+            path = os.path.join(staging_dir, os.path.relpath(final, final_dir))
+        else:
+            path = stack.enter_context(staged_path(final, overwrite))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        create_store(path, spec)
+    path = _from_rank0(path)
+    _barrier()
+    return path
+
+
 @contextmanager
 def saved_forecasts(
     request: ForecastSaveRequest | None,
@@ -149,40 +184,14 @@ def saved_forecasts(
     if request is None:
         yield None
         return
-    rank, world = _world()
     final = os.path.abspath(request.path or os.path.join(final_dir, DEFAULT_STORE))
-    _check_request(request, final, world)
-    channels = select_channels(params.layout, request.variables, "--save_variables")
-    own = own_starts(dataset.times, loader, max_batches, request.every_hours)
-    starts = sorted(_gathered(own))
-    if not starts:
-        raise ConfigError(
-            f"--save_every_hours {request.every_hours}: none of the scored starts is at such an "
-            "hour of day"
-        )
-    layout = WB2Layout(
-        params.layout, channels, dataset.lat, dataset.lon, params.get("variable_units")
-    )
-    leads = np.arange(int(params.t_out_test) + 1) * int(params.lead_time)
-    spec = forecast_spec(layout, starts, leads, attrs)
-    if log is not None and rank == 0:
+    _check_request(request, final, _world()[1])
+    channels, spec, own = _forecast_spec(request, params, dataset, loader, max_batches, attrs)
+    if log is not None and _world()[0] == 0:
         log.info("saving forecasts: %s to %s", spec.size_text("starts"), final)
     check_free_space(spec.nbytes, final, f"--save_forecasts {final}")
     with ExitStack() as stack:
-        path = None
-        if rank == 0:
-            inside = os.path.commonpath([final, os.path.abspath(final_dir)]) == os.path.abspath(
-                final_dir
-            )
-            path = (
-                os.path.join(staging_dir, os.path.relpath(final, final_dir))
-                if inside
-                else stack.enter_context(staged_path(final, request.overwrite))
-            )
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            create_store(path, spec)
-        path = _from_rank0(path)
-        _barrier()
+        path = _created_store(final, final_dir, staging_dir, spec, request.overwrite, stack)
         writer = stack.enter_context(StoreWriter(path, spec, own))
         yield SavedForecasts(writer, channels, final)
         if writer.missing():
