@@ -28,9 +28,8 @@ import numpy as np
 import torch
 
 from utils import distributed as dist_utils
-from utils.errors import EXIT_USER_ERROR, ConfigError, VAMoEError
 from utils.evaluation.stepper import resolve_amp_dtype
-from utils.logging_utils import report_error, setup_logging
+from utils.logging_utils import report_entry_point_error, setup_logging
 from utils.training.checkpoint_writes import write_epoch_end
 from utils.training.model_setup import build_model, load_starting_weights, wrap_model
 from utils.training.preemption import (
@@ -190,19 +189,8 @@ def main(argv=None):
             train_run(params, args, info, stop)
     except Preempted:
         code = EXIT_PREEMPTED
-    except ConfigError as err:  # the same on every rank: said once
-        if info.is_main:
-            report_error(err, info.rank, info.world_size)
-        code = EXIT_USER_ERROR
-    except VAMoEError as err:
-        report_error(err, info.rank, info.world_size)
-        code = EXIT_USER_ERROR
-    except Exception as err:
-        brief = None
-        if info.distributed and "Connection closed by peer" in str(err):
-            brief = "another rank stopped (its error is above and in out.log); " + str(err)
-        report_error(err, info.rank, info.world_size, brief)
-        code = 1
+    except Exception as err:  # a ConfigError is said once; see report_entry_point_error
+        code = report_entry_point_error(err, info.rank, info.world_size, "above and in out.log")
     if code in (0, EXIT_PREEMPTED):
         dist_utils.cleanup()  # after an error a peer may be gone: leave the teardown to exit
     if code:

@@ -22,6 +22,17 @@ CONFIG = os.path.join(REPO, "config", "vamoe.yaml")
 SYNTHETIC_START, SYNTHETIC_DAYS = "2020-01-01", 31
 
 
+# A small network, two steps and no reader threads: evaluations of the file handling, not of skill.
+FAST_EVALUATION = (
+    "depth=1",
+    "embed_dim=32",
+    "t_out_test=2",
+    "eval_batch_size=1",
+    "num_data_workers=0",
+    "check_data_values=false",
+)
+
+
 def make_params(root_dir, name: str = "tiny", overrides=()):
     """``YParams`` of section ``name`` with ``root_dir`` set and ``key=value`` overrides applied."""
     from utils.YParams import YParams
@@ -51,6 +62,15 @@ def synthetic_root(tmp_path_factory) -> str:
 def tiny_params(synthetic_root):
     """Fresh ``tiny`` params on the synthetic set (no worker processes)."""
     return make_params(synthetic_root, "tiny", ["num_data_workers=0"])
+
+
+def free_port() -> int:
+    """A TCP port free on this host now (for torchrun's --master_port)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

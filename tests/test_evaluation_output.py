@@ -6,21 +6,14 @@ import os
 import shutil
 
 import pytest
-from conftest import make_params
+from conftest import FAST_EVALUATION, make_params
 
 import inference
 from networks.vamoe import VAMoE
 from utils.errors import DataError, OutputExistsError
 from utils.training.checkpoint import atomic_save
 
-FAST = (
-    "depth=1",
-    "embed_dim=32",
-    "t_out_test=2",
-    "eval_batch_size=1",
-    "num_data_workers=0",
-    "check_data_values=false",
-)
+FAST = FAST_EVALUATION
 
 
 class _Killed(BaseException):

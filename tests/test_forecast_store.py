@@ -3,7 +3,6 @@
 sizes, the free-disk check, staging, and several ranks writing one store."""
 
 import os
-import socket
 import subprocess
 import sys
 from collections import namedtuple
@@ -11,6 +10,7 @@ from collections import namedtuple
 import numpy as np
 import pytest
 
+from conftest import free_port
 from utils.channels import ChannelLayout
 from utils.conversion.variable_names import project_name
 from utils.errors import ConfigError, OutputError, OutputExistsError
@@ -186,12 +186,6 @@ def test_staged_path_replaces_only_when_complete(tmp_path):
     assert target.read_text() == "new" and os.listdir(tmp_path) == ["fc.nc"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_worker(ranks: int, store: str, final_dir: str) -> None:
     cmd = [
         sys.executable,
@@ -200,7 +194,7 @@ def _run_worker(ranks: int, store: str, final_dir: str) -> None:
         "--nproc_per_node",
         str(ranks),
         "--master_port",
-        str(_free_port()),
+        str(free_port()),
         os.path.join(REPO, "tests", "store_ranks_worker.py"),
         store,
         final_dir,

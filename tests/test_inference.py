@@ -1,4 +1,5 @@
-"""inference.py / test.sh: result files, baselines, checkpoint checks, and skill on synthetic data."""
+"""inference.py / test.sh (torchrun, two CPU ranks): result files, baselines, checkpoint checks,
+and skill on synthetic data."""
 
 import csv
 import json
@@ -9,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import free_port
 
 import train
 from networks.vamoe import VAMoE
@@ -41,7 +43,12 @@ def trained_tiny(synthetic_root, tmp_path_factory):
 def test_test_sh_writes_results_and_model_beats_persistence(trained_tiny, synthetic_root, tmp_path):
     out = tmp_path / "results"
     env = dict(
-        os.environ, CONFIG="tiny", WEIGHTS=trained_tiny, OUT_DIR=str(out), PYTHON=sys.executable
+        os.environ,
+        CONFIG="tiny",
+        WEIGHTS=trained_tiny,
+        OUT_DIR=str(out),
+        PYTHON=sys.executable,
+        MASTER_PORT=str(free_port()),
     )
     proc = subprocess.run(
         [

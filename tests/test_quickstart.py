@@ -70,7 +70,7 @@ def test_quickstart_format_h5_reaches_every_step(tmp_path):
     cmd = ["bash", os.path.join(REPO, "quickstart.sh"), "--set", "max_epochs=1", "--format=h5"]
     run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
-    make, _, train, evaluate = log.read_text().splitlines()
+    make, _, train, _, evaluate = log.read_text().splitlines()  # _: the GPU counts
     assert make.startswith("-m tools.make_synthetic_era5") and make.endswith("--format h5")
     assert f"--root_dir {tmp_path / 'data'}" in make
     assert "--exp_dir exp/h5 --set root_dir=" in train

@@ -163,10 +163,11 @@ def test_single_step_loader_and_writer_and_capture():
     np.testing.assert_allclose(  # lead 0 is the initial state; the step adds 1 (normalised)
         seen[0][1][1] - seen[0][1][0], np.broadcast_to(STD[:, None, None], (C, H, W)), rtol=1e-4
     )
-    assert res.sample["forecast"].shape == (2, 2, H, W)
+    assert list(res.sample["forecasts"]) == ["model"]
+    assert res.sample["forecasts"]["model"].shape == (2, 2, H, W)
     assert res.sample["time_hours"] == BASE_TIME + 4 * 12
     np.testing.assert_allclose(
-        res.sample["forecast"][1] - res.sample["truth"][1],
+        res.sample["forecasts"]["model"][1] - res.sample["truth"][1],
         np.broadcast_to(STD[[0, 4], None, None], (2, H, W)),
         rtol=1e-4,
     )

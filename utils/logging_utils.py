@@ -13,7 +13,7 @@ import traceback
 
 from tqdm import tqdm
 
-from utils.errors import VAMoEError
+from utils.errors import EXIT_USER_ERROR, ConfigError, VAMoEError
 
 FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
@@ -71,3 +71,25 @@ def report_error(
             record = logging.LogRecord("vamoe", logging.ERROR, __file__, 0, text, None, None)
             handler.handle(record)
             handler.flush()
+
+
+def report_entry_point_error(
+    err: Exception, rank: int = 0, world_size: int = 1, where: str = "above"
+) -> int:
+    """Report an exception that ended an entry point on this rank; returns the exit code.
+
+    A :class:`ConfigError` is the same on every rank, so rank 0 alone says it; other project
+    errors are said by every rank that hit them (one line each, ``[rank N]`` prefixed); both
+    exit :data:`utils.errors.EXIT_USER_ERROR`. Anything else is a bug: its traceback, exit 1
+    (a rank whose peer stopped first says so in one line instead, pointing to ``where`` the
+    peer's error is).
+    """
+    if isinstance(err, VAMoEError):
+        if rank == 0 or not isinstance(err, ConfigError):
+            report_error(err, rank, world_size)
+        return EXIT_USER_ERROR
+    brief = None
+    if world_size > 1 and "Connection closed by peer" in str(err):
+        brief = f"another rank stopped (its error is {where}); {err}"
+    report_error(err, rank, world_size, brief)
+    return 1

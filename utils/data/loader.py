@@ -133,8 +133,9 @@ class ThreadedBatchLoader:
 def get_data_loader(params, distributed: bool, run_mode: str):
     """``(loader, dataset, sampler)`` for ``run_mode`` in train/valid/test.
 
-    Per-rank batch = the global batch size (``batch_size``, ``valid_batch_size`` or
-    ``eval_batch_size``) // world size. The sampler is a :class:`ShardedEpochSampler` in every
+    Per-rank batch = the global batch size (``batch_size`` or ``valid_batch_size``) // world
+    size, which must divide it; in evaluation (``test``) ``eval_batch_size`` / world size rounded
+    up (at least 1: any number of ranks can evaluate). The sampler is a :class:`ShardedEpochSampler` in every
     case (call ``sampler.set_epoch`` each epoch): training shuffles deterministically per epoch
     and drops the last incomplete batch; validation and test keep the order.
     ``num_data_workers`` reader threads (``loader_backend: threads``, the default) or worker
@@ -145,9 +146,9 @@ def get_data_loader(params, distributed: bool, run_mode: str):
     key = {"train": "batch_size", "valid": "valid_batch_size", "test": "eval_batch_size"}[run_mode]
     world, rank = _world(distributed)
     global_batch = int(params[key])
-    if global_batch % world:
+    if global_batch % world and run_mode != "test":
         raise ConfigError(f"'{key}' ({global_batch}) must be divisible by the world size ({world})")
-    batch = global_batch // world
+    batch = -(-global_batch // world)
     dataset = ERA5Dataset(params, run_mode)
     train = run_mode == "train"
     sampler = ShardedEpochSampler(

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch.distributed as dist
 
+from utils.distributed import barrier, broadcast_object, gather_objects
 from utils.errors import ConfigError
 from utils.evaluation.forecast_store import (
     StoreWriter,
@@ -80,28 +81,24 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-def _gathered(values: list) -> list:
-    """The concatenation of every rank's ``values`` (``values`` in one process)."""
-    rank, world = _world()
-    if world == 1:
-        return list(values)
-    parts: list = [None] * world
-    dist.all_gather_object(parts, list(values))
-    return [v for part in parts for v in part]
+def store_path(request: ForecastSaveRequest, final_dir: str) -> str:
+    """Where the store of ``request`` ends up (absolute): its path, or ``forecasts.zarr`` in the
+    evaluation's ``final_dir``."""
+    return os.path.abspath(request.path or os.path.join(final_dir, DEFAULT_STORE))
 
 
-def _from_rank0(value):
-    """Rank 0's ``value`` on every rank."""
-    if _world()[1] == 1:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+def _inside(path: str, folder: str) -> bool:
+    folder = os.path.abspath(folder)
+    return os.path.commonpath([path, folder]) == folder
 
 
-def _barrier() -> None:
-    if _world()[1] > 1:
-        dist.barrier()
+def staged_store(request: ForecastSaveRequest | None, staging_dir: str, final_dir: str) -> dict:
+    """``{"forecasts": path in staging_dir}`` when the store of ``request`` is one of the files of
+    ``final_dir`` (written in its staging folder ``staging_dir``), else ``{}``."""
+    if request is None or not _inside(store_path(request, final_dir), final_dir):
+        return {}
+    relative = os.path.relpath(store_path(request, final_dir), final_dir)
+    return {"forecasts": os.path.join(staging_dir, relative)}
 
 
 def own_starts(times: np.ndarray, loader, max_batches: int | None, every_hours: int | None):
@@ -132,7 +129,7 @@ def _forecast_spec(request, params, dataset, loader, max_batches, attrs):
     gathered)."""
     channels = select_channels(params.layout, request.variables, "--save_variables")
     own = own_starts(dataset.times, loader, max_batches, request.every_hours)
-    starts = sorted(_gathered(own))
+    starts = sorted(t for part in gather_objects(own) for t in part)
     if not starts:
         raise ConfigError(
             f"--save_every_hours {request.every_hours}: none of the scored starts is at such an "
@@ -150,15 +147,14 @@ def _created_store(final: str, final_dir: str, staging_dir: str, spec, overwrite
     of its own that ``stack`` publishes when it closes."""
     path = None
     if _world()[0] == 0:
-        final_dir = os.path.abspath(final_dir)
-        if os.path.commonpath([final, final_dir]) == final_dir:
+        if _inside(final, final_dir):
             path = os.path.join(staging_dir, os.path.relpath(final, final_dir))
         else:
             path = stack.enter_context(staged_path(final, overwrite))
         os.makedirs(os.path.dirname(path), exist_ok=True)
         create_store(path, spec)
-    path = _from_rank0(path)
-    _barrier()
+    path = broadcast_object(path)
+    barrier()
     return path
 
 
@@ -184,7 +180,7 @@ def saved_forecasts(
     if request is None:
         yield None
         return
-    final = os.path.abspath(request.path or os.path.join(final_dir, DEFAULT_STORE))
+    final = store_path(request, final_dir)
     _check_request(request, final, _world()[1])
     channels, spec, own = _forecast_spec(request, params, dataset, loader, max_batches, attrs)
     if log is not None and _world()[0] == 0:
@@ -197,4 +193,4 @@ def saved_forecasts(
         if writer.missing():
             raise RuntimeError(f"starts {writer.missing()[:5]} of {final} were not written")
         writer.close()
-        _barrier()
+        barrier()

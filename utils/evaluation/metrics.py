@@ -161,19 +161,23 @@ class RunningMean:
         self.count = torch.zeros_like(self.total)
         self.n_nan = torch.zeros_like(self.total)
 
-    def add(self, lead: int, values: torch.Tensor) -> None:
-        """Add per-IC values ``(B, C)`` at lead index ``lead``."""
+    def add(self, lead: int, values: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Add per-IC values ``(B, C)`` at lead index ``lead``; with ``mask`` (bool ``(B, C)``)
+        only the entries where it is true (the others are neither summed nor counted)."""
         if not 0 <= lead < self.n_leads:
             raise IndexError(f"lead index {lead} outside 0..{self.n_leads - 1}")
         values = values.to(self.total)
-        if self.skip_nan:
-            nan = torch.isnan(values)
-            self.total[:, lead] += torch.where(nan, torch.zeros_like(values), values).sum(0)
-            self.count[:, lead] += (~nan).sum(0).to(values)
-            self.n_nan[:, lead] += nan.sum(0).to(values)
-        else:
+        if mask is None and not self.skip_nan:
             self.total[:, lead] += values.sum(0)
             self.count[:, lead] += values.shape[0]
+            return
+        keep = torch.ones_like(values, dtype=torch.bool) if mask is None else mask.to(values.device)
+        if self.skip_nan:
+            nan = torch.isnan(values) & keep
+            self.n_nan[:, lead] += nan.sum(0).to(values)
+            keep = keep & ~nan
+        self.total[:, lead] += torch.where(keep, values, torch.zeros_like(values)).sum(0)
+        self.count[:, lead] += keep.sum(0).to(values)
 
     def all_reduce(self) -> None:
         """Sum over ranks (no-op unless torch.distributed is initialised)."""
@@ -207,15 +211,18 @@ class MetricAccumulator:
         self.rmse_ = RunningMean(n_channels, n_leads, self.device)
         self.acc_ = RunningMean(n_channels, n_leads, self.device, skip_nan=True)
 
-    def add(self, lead: int, mse: torch.Tensor, acc: torch.Tensor) -> None:
-        """Add per-IC MSEs and ACCs (NaN: undefined), each ``(B, C)``, at lead index ``lead``."""
-        self.mse_.add(lead, mse)
-        self.rmse_.add(lead, mse.sqrt())
-        self.acc_.add(lead, acc)
+    def add(self, lead: int, mse: torch.Tensor, acc: torch.Tensor, mask=None) -> None:
+        """Add per-IC MSEs and ACCs (NaN: undefined), each ``(B, C)``, at lead index ``lead``;
+        ``mask`` (bool ``(B, C)``, optional): only the entries that exist (a forecast file
+        lacking a start or a variable), the others are left out, not counted as zero."""
+        self.mse_.add(lead, mse, mask)
+        self.rmse_.add(lead, mse.sqrt(), mask)
+        self.acc_.add(lead, acc, mask)
 
-    def update(self, lead, pred, truth, w, clim=None, var_b=None) -> None:
-        """Score ``(B, C, H, W)`` physical-unit fields (arguments of :func:`score_fields`)."""
-        self.add(lead, *score_fields(pred, truth, w, clim, var_b))
+    def update(self, lead, pred, truth, w, clim=None, var_b=None, mask=None) -> None:
+        """Score ``(B, C, H, W)`` physical-unit fields (arguments of :func:`score_fields`;
+        ``mask`` as in :meth:`add`)."""
+        self.add(lead, *score_fields(pred, truth, w, clim, var_b), mask)
 
     def all_reduce(self) -> None:
         for part in (self.mse_, self.rmse_, self.acc_):

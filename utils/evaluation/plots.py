@@ -1,10 +1,12 @@
 """Evaluation figures (matplotlib, Agg backend: no display needed).
 
 * :func:`plot_rmse_acc`: RMSE and ACC against lead time for the headline variables, the model
-  against the persistence and climatology baselines (``rmse_acc.png``).
-* :func:`plot_maps`: forecast, truth and error maps of a few variables at a few leads for one
-  initial condition (``maps.png``); :func:`nearest_leads` picks available leads (e.g. day 1 and
-  day 5, or the nearest the rollout has).
+  against the persistence and climatology baselines and the compared forecasts
+  (``rmse_acc.png``).
+* :func:`plot_maps`: truth, then forecast and error of each forecaster (the model and the
+  compared forecasts), for a few variables at a few leads of one initial condition
+  (``maps.png``); :func:`nearest_leads` picks available leads (e.g. day 1 and day 5, or the
+  nearest the rollout has).
 * :func:`plot_forecast_maps`: maps of a forecast alone, variables by leads (``tools.forecast``).
 """
 
@@ -30,6 +32,16 @@ _STYLE = {
     "climatology": dict(color="C2", lw=1.2, ls=":"),
     "paper": dict(color="k", lw=1.2, ls="-.", marker="x", ms=3),
 }
+_COMPARED_MARKERS = ("s", "^", "v", "D", "P", "*")
+
+
+def _style(forecaster: str, position: int) -> dict:
+    """The line style of a forecaster; the compared ones (``position`` among them) get the
+    colours after the baselines' and markers of their own."""
+    if forecaster in _STYLE:
+        return _STYLE[forecaster]
+    marker = _COMPARED_MARKERS[position % len(_COMPARED_MARKERS)]
+    return dict(color=f"C{3 + position}", lw=1.6, marker=marker, ms=3)
 
 
 def _save(fig, path: str, dpi: int) -> str:
@@ -45,7 +57,8 @@ def plot_rmse_acc(
     results, headline_names: Sequence[str], path: str, dpi: int = 110, reference=None
 ) -> str:
     """RMSE (top rows) and ACC (bottom rows) vs lead time for the headline variables present
-    (lead axis in days when the rollout reaches two days, else in hours).
+    (lead axis in days when the rollout reaches two days, else in hours), one line per
+    forecaster of the results (a line that is NaN throughout is left out).
 
     ``results`` is a :class:`utils.evaluation.rollout.RolloutResults`. Lead 0 is left out (it is the
     initial state). ``reference`` (``{name: (lead_hours, rmse)}``, e.g. the paper's curves of
@@ -55,7 +68,9 @@ def plot_rmse_acc(
     names = [n for n in headline_names if n in results.channel_names]
     if not names:
         raise ValueError(f"none of {list(headline_names)} is among the result channels")
-    fcs = [f for f in ("model", "persistence", "climatology") if f in results.rmse]
+    fcs = results.forecasters
+    styles = {f: _style(f, i) for i, f in enumerate(f for f in fcs if f not in _STYLE)}
+    styles.update({f: _STYLE[f] for f in fcs if f in _STYLE})
     cols = min(4, len(names))
     grid_rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(
@@ -75,9 +90,9 @@ def plot_rmse_acc(
             c = results.channel_index(names[i])
             for f in fcs:
                 values = np.asarray(table[f][c], dtype=float)[sel]
-                if metric == "acc" and np.all(np.isnan(values)):
+                if np.all(np.isnan(values)):
                     continue
-                ax.plot(x, values, label=f, **_STYLE[f])
+                ax.plot(x, values, label=f, **styles[f])
             if metric == "rmse" and reference and names[i] in reference:
                 ref_hours, ref_rmse = reference[names[i]]
                 ref_x = np.asarray(ref_hours, dtype=float) / (24.0 if in_days else 1.0)
@@ -123,16 +138,8 @@ def nearest_leads(lead_hours: Sequence[float], wanted_hours: Sequence[float]) ->
     return out
 
 
-def _map_extent(lat: np.ndarray, lon: np.ndarray) -> tuple[tuple, str]:
-    """``imshow``'s ``extent`` and ``origin`` of fields on the rows ``lat`` and columns ``lon``."""
-    dlon = (lon[1] - lon[0]) if len(lon) > 1 else 360.0
-    dlat = abs(lat[0] - lat[1]) if len(lat) > 1 else 180.0
-    extent = (lon[0] - dlon / 2, lon[-1] + dlon / 2, lat.min() - dlat / 2, lat.max() + dlat / 2)
-    return extent, "upper" if len(lat) < 2 or lat[0] > lat[-1] else "lower"
-
-
 def plot_maps(
-    forecast,
+    forecasts,
     truth,
     lat,
     lon,
@@ -142,62 +149,96 @@ def plot_maps(
     title: str | None = None,
     dpi: int = 100,
 ) -> str:
-    """Forecast, truth and error maps.
+    """Truth, forecast and error maps.
 
     Args:
-        forecast, truth: ``(L, V, H, W)`` physical-unit fields of one initial condition, L =
-            ``len(leads)``, V = ``len(names)``.
+        forecasts: ``{forecaster: (L, V, H, W)}`` physical-unit fields of one initial condition
+            (a single array stands for ``{"forecast": array}``), L = ``len(leads)``, V =
+            ``len(names)``.
+        truth: ``(L, V, H, W)``.
         lat, lon: degrees, lengths H (north to south) and W.
         names: variable names (titles), e.g. ``["z500", "t2m"]``.
         leads: lead hours of the L slices (titles).
         path: output PNG.
 
-    One row per (variable, lead); columns forecast | truth | error (forecast - truth). Forecast
-    and truth share a colour scale per row; the error scale is symmetric about 0.
+    One row per (variable, lead); columns truth, then forecast | error (forecast - truth) of
+    each forecaster. Truth and forecasts share a colour scale per row, and so do the errors
+    (symmetric about 0); NaN (a forecast file lacking the field) is left blank.
     """
-    forecast, truth = np.asarray(forecast, dtype=float), np.asarray(truth, dtype=float)
-    if forecast.shape != truth.shape or forecast.ndim != 4:
-        raise ValueError(
-            f"forecast {forecast.shape} and truth {truth.shape} must both be (L, V, H, W)"
-        )
-    L, V, H, W = forecast.shape
-    if L != len(leads) or V != len(names):
-        raise ValueError(
-            f"fields have {L} leads and {V} variables; got {len(leads)} lead labels "
-            f"and {len(names)} names"
-        )
-    lat, lon = np.asarray(lat, dtype=float), np.asarray(lon, dtype=float)
-    if len(lat) != H or len(lon) != W:
-        raise ValueError(f"{len(lat)} latitudes / {len(lon)} longitudes for {H} x {W} fields")
+    if not isinstance(forecasts, dict):
+        forecasts = {"forecast": forecasts}
+    forecasts = {k: np.asarray(v, dtype=float) for k, v in forecasts.items()}
+    truth = np.asarray(truth, dtype=float)
+    _check_map_shapes(forecasts, truth, names, leads, lat, lon)
+    L, V = truth.shape[:2]
+    fig, axes = plt.subplots(
+        V * L,
+        1 + 2 * len(forecasts),
+        figsize=(4.5 * (1 + 2 * len(forecasts)), 2.9 * V * L),
+        squeeze=False,
+    )
     extent, origin = _map_extent(lat, lon)
-    fig, axes = plt.subplots(V * L, 3, figsize=(13.5, 2.9 * V * L), squeeze=False)
     for v in range(V):
         for k in range(L):
-            row = axes[v * L + k]
-            f, t = forecast[k, v], truth[k, v]
-            err = f - t
-            lo, hi = np.nanmin([f.min(), t.min()]), np.nanmax([f.max(), t.max()])
-            emax = float(np.nanmax(np.abs(err))) or 1e-12
             label = f"{names[v]} +{lead_label(leads[k])}"
-            panels = (
-                (row[0], f, "forecast", dict(cmap="viridis", vmin=lo, vmax=hi)),
-                (row[1], t, "truth", dict(cmap="viridis", vmin=lo, vmax=hi)),
-                (row[2], err, "error", dict(cmap="RdBu_r", vmin=-emax, vmax=emax)),
-            )
-            for ax, data, ttl, kw in panels:
-                im = ax.imshow(
-                    data, extent=extent, origin=origin, aspect="auto", interpolation="nearest", **kw
-                )
-                ax.set_title(f"{label}: {ttl}", fontsize=9)
-                ax.tick_params(labelsize=7)
-                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=7)
-            row[0].set_ylabel("latitude", fontsize=8)
+            fields = {n: f[k, v] for n, f in forecasts.items()}
+            _map_row(fig, axes[v * L + k], label, truth[k, v], fields, extent, origin)
+            axes[v * L + k][0].set_ylabel("latitude", fontsize=8)
     for ax in axes[-1]:
         ax.set_xlabel("longitude (deg E)", fontsize=8)
     if title:
         fig.suptitle(title, y=1.0)
     fig.tight_layout()
     return _save(fig, path, dpi)
+
+
+def _check_map_shapes(forecasts: dict, truth, names, leads, lat, lon) -> None:
+    """Every forecast and the truth ``(L, V, H, W)`` with L leads, V names and the grid's H, W."""
+    if truth.ndim != 4 or any(f.shape != truth.shape for f in forecasts.values()):
+        shapes = {n: f.shape for n, f in forecasts.items()}
+        raise ValueError(f"forecasts {shapes} and truth {truth.shape} must all be (L, V, H, W)")
+    L, V, H, W = truth.shape
+    if L != len(leads) or V != len(names):
+        raise ValueError(
+            f"fields have {L} leads and {V} variables; got {len(leads)} lead labels "
+            f"and {len(names)} names"
+        )
+    if len(lat) != H or len(lon) != W:
+        raise ValueError(f"{len(lat)} latitudes / {len(lon)} longitudes for {H} x {W} fields")
+
+
+def _map_extent(lat, lon) -> tuple[tuple, str]:
+    """``imshow``'s extent (cell edges) and origin for a grid in degrees."""
+    lat, lon = np.asarray(lat, dtype=float), np.asarray(lon, dtype=float)
+    H, W = len(lat), len(lon)
+    dlon = (lon[1] - lon[0]) if W > 1 else 360.0
+    dlat = abs(lat[0] - lat[1]) if H > 1 else 180.0
+    extent = (lon[0] - dlon / 2, lon[-1] + dlon / 2, lat.min() - dlat / 2, lat.max() + dlat / 2)
+    return extent, "upper" if H < 2 or lat[0] > lat[-1] else "lower"
+
+
+def _map_row(fig, row, label: str, truth, forecasts: dict, extent, origin) -> None:
+    """One row of :func:`plot_maps`: ``truth`` ``(H, W)`` and each forecaster's forecast and
+    error."""
+    errors = {n: f - truth for n, f in forecasts.items()}
+    finite = [truth] + [f for f in forecasts.values() if np.isfinite(f).any()]
+    lo = min(float(np.nanmin(f)) for f in finite)
+    hi = max(float(np.nanmax(f)) for f in finite)
+    emax = max([float(np.nanmax(np.abs(e))) for e in errors.values() if np.isfinite(e).any()] + [0])
+    emax = emax or 1e-12
+    panels = [(truth, "truth", dict(cmap="viridis", vmin=lo, vmax=hi))]
+    for name, field in forecasts.items():
+        panels.append((field, name, dict(cmap="viridis", vmin=lo, vmax=hi)))
+        panels.append((errors[name], f"{name} error", dict(cmap="RdBu_r", vmin=-emax, vmax=emax)))
+    for ax, (data, ttl, kw) in zip(row, panels, strict=True):
+        if not np.isfinite(data).any():
+            ttl += " (none)"
+        im = ax.imshow(
+            data, extent=extent, origin=origin, aspect="auto", interpolation="nearest", **kw
+        )
+        ax.set_title(f"{label}: {ttl}", fontsize=9)
+        ax.tick_params(labelsize=7)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=7)
 
 
 def plot_forecast_maps(

@@ -6,8 +6,8 @@ the same directory, then ``os.replace``, so a crash never leaves a half-written 
 ============================================  =============================================
 ``denormalized_lat_weight_rmse.npy``           model RMSE, physical units, ``(C, L)`` float64
 ``lat_weight_acc.npy``                         model ACC, ``(C, L)`` float64 (NaN: undefined)
-``<baseline>_lat_weight_rmse.npy``             same for ``persistence`` / ``climatology``
-``<baseline>_lat_weight_acc.npy``
+``<name>_lat_weight_rmse.npy``                 same for ``persistence``, ``climatology`` and
+``<name>_lat_weight_acc.npy``                  each compared forecaster (``--compare NAME=...``)
 ``lead_hours.npy``                             ``(L,)`` int64, the columns' lead times
 ``metrics.csv``                                ``forecaster,variable,level,lead_hours,rmse,acc,``
                                                ``rmse_ic_mean``
@@ -45,11 +45,12 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from utils.atomic_io import atomic_save_npy, atomic_write_text
-from utils.evaluation.rollout import FORECASTERS, RolloutResults
+from utils.evaluation.rollout import RolloutResults
 
 MODEL_RMSE_FILE = "denormalized_lat_weight_rmse.npy"
 MODEL_ACC_FILE = "lat_weight_acc.npy"
 CSV_COLUMNS = ("forecaster", "variable", "level", "lead_hours", "rmse", "acc", "rmse_ic_mean")
+SHORT_NAMES = {"model": "model", "persistence": "persist", "climatology": "clim"}
 
 __all__ = [
     "result_file_names",
@@ -226,14 +227,15 @@ def format_headline_table(
 ) -> str:
     """Text table: headline variables x requested lead days, RMSE and ACC per forecaster.
 
-    Forecasters appear in the order model, persistence, climatology (those scored). Variables
+    Forecasters appear in the order of the results (model, persistence, climatology, then the
+    compared ones, each under its name). Variables
     absent from the results and days that are not a lead of the rollout (beyond it, or not a
     multiple of the step) are skipped, each with a note under the table. With ``reference``
     (``{name: (lead_hours, rmse)}``, the paper's curves) a column ``RMSE paper`` follows the
     RMSE columns (``n/a`` where the reference has no value at that lead).
     """
-    fcs = [f for f in FORECASTERS if f in results.rmse]
-    short = {"model": "model", "persistence": "persist", "climatology": "clim"}
+    fcs = results.forecasters
+    short = {f: SHORT_NAMES.get(f, f) for f in fcs}
     paper = ["RMSE paper"] if reference else []
     header = (
         ["variable", "lead"]

@@ -7,7 +7,16 @@ metric code (:func:`utils.evaluation.metrics.score_fields`, accumulated over ICs
 
 * ``model``: ``x_k = step_fn(x_{k-1})`` in normalised units, ``x_0`` = the input state;
 * ``persistence``: the input state at every lead;
-* ``climatology``: the climatology field at the valid time ``init + k * lead_time`` hours.
+* ``climatology``: the climatology field at the valid time ``init + k * lead_time`` hours;
+* compared forecasters (``compared``, e.g. :class:`utils.evaluation.forecast_file.ForecastFile`):
+  objects with a ``name``, ``notes`` (a list of strings) and ``fields(times, lead_hours)`` giving
+  ``(values (B, C, H, W), available (B, C) bool)`` in physical units for the batch's initial
+  times at that lead, or None when they have nothing there. Entries that are not available are
+  left out of the sums (their scores are NaN where nothing is left), not counted as zero.
+
+With several ranks (torch.distributed initialised) each rank rolls out its own initial
+conditions and the sums are added over the ranks at the end: every rank returns the scores of
+all of them.
 
 Leads: the arrays have ``T + 1`` columns, lead index ``k`` = step ``k``, ``lead_hours[k] = k *
 lead_time``. Column 0 is the initial state itself (the "forecast" of the model and of persistence
@@ -30,6 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from utils.distributed import all_reduce_sum
 from utils.evaluation.metrics import (
     MetricAccumulator,
     accumulation_dtype,
@@ -53,8 +63,9 @@ class RolloutResults:
     ``rmse[f]``, ``rmse_ic_mean[f]``, ``acc[f]``, ``acc_undefined[f]`` for each scored
     forecaster ``f`` (keys of ``rmse``, in :data:`FORECASTERS` order). ``channels`` holds
     ``(variable, level)`` pairs (level None for a surface variable). ``sample``, when captured,
-    holds one IC's model forecast and truth: ``{"time_hours": int, "channels": [indices],
-    "forecast": (L, c, H, W), "truth": (L, c, H, W)}`` in physical units.
+    holds one IC's forecasts (the model's and the compared forecasters', NaN where one has
+    none) and truth: ``{"time_hours": int, "channels": [indices], "forecasts": {name: (L, c, H,
+    W)}, "truth": (L, c, H, W)}`` in physical units.
     """
 
     lead_hours: np.ndarray
@@ -153,14 +164,15 @@ class ClimatologyCache:
 
 
 class SampleCapture:
-    """Keeps one IC's model forecast and truth (physical units, some channels) for the maps."""
+    """Keeps one IC's forecasts and truth (physical units, some channels) for the maps: those of
+    ``names`` (the model and the compared forecasters)."""
 
-    def __init__(self, capture_ic: int | None, channels: Sequence[int] | None):
-        self.capture_ic, self.channels = capture_ic, channels
+    def __init__(self, capture_ic: int | None, channels: Sequence[int] | None, names=()):
+        self.capture_ic, self.channels, self.names = capture_ic, channels, list(names)
         self.sample: dict | None = None
         self._row: int | None = None
         self._times: Sequence[int] = ()
-        self._forecast: list[torch.Tensor] = []
+        self._forecasts: dict[str, list[torch.Tensor]] = {}
         self._truth: list[torch.Tensor] = []
 
     def start_batch(self, first_ic: int, times: Sequence[int], n_channels: int) -> None:
@@ -171,32 +183,46 @@ class SampleCapture:
         )
         if self.channels is None:
             self.channels = list(range(n_channels))
-        self._times, self._forecast, self._truth = times, [], []
+        self._times, self._truth = times, []
+        self._forecasts = {name: [] for name in self.names}
 
-    def add(self, forecast: torch.Tensor, truth: torch.Tensor) -> None:
-        """Lead k's ``(B, C, H, W)`` model forecast and truth, called for k = 0..T in order."""
-        if self._row is not None:
-            self._forecast.append(forecast[self._row, self.channels].float().cpu())
-            self._truth.append(truth[self._row, self.channels].float().cpu())
+    def add(self, forecasts: dict[str, torch.Tensor], truth: torch.Tensor) -> None:
+        """Lead k's ``(B, C, H, W)`` forecasts by name and truth, called for k = 0..T in order
+        (a name missing from ``forecasts`` has NaN at that lead)."""
+        if self._row is None or not self.names:
+            return
+        truth = truth[self._row, self.channels].float().cpu()
+        self._truth.append(truth)
+        for name in self.names:
+            forecast = forecasts.get(name)
+            self._forecasts[name].append(
+                torch.full_like(truth, float("nan"))
+                if forecast is None
+                else forecast[self._row, self.channels].float().cpu()
+            )
 
     def end_batch(self) -> None:
-        if self._forecast:
+        if self._truth:
             self.sample = {
                 "time_hours": self._times[self._row],
                 "channels": list(self.channels),
-                "forecast": torch.stack(self._forecast).numpy(),
+                "forecasts": {n: torch.stack(f).numpy() for n, f in self._forecasts.items()},
                 "truth": torch.stack(self._truth).numpy(),
             }
         self._row = None
 
 
-def _check_forecasters(forecasters, step_fn, climatology, notes: list[str]) -> list[str]:
+def _check_forecasters(forecasters, step_fn, climatology, compared, notes: list[str]) -> list[str]:
     """The forecasters to score, in :data:`FORECASTERS` order (notes say what was skipped)."""
     unknown = [f for f in forecasters if f not in FORECASTERS]
-    if unknown or not forecasters:
+    if unknown or not (forecasters or compared):
         raise ValueError(
-            f"forecasters must be a non-empty subset of {FORECASTERS}, got {list(forecasters)}"
+            f"forecasters must be a subset of {FORECASTERS}, got {list(forecasters)}, "
+            "and something must be scored"
         )
+    names = [c.name for c in compared]
+    if len(set(names)) != len(names) or set(names) & set(FORECASTERS):
+        raise ValueError(f"compared forecasters need distinct names not in {FORECASTERS}: {names}")
     chosen = [f for f in FORECASTERS if f in forecasters]
     if "model" in chosen and step_fn is None:
         raise ValueError("step_fn is required to score the model")
@@ -205,7 +231,7 @@ def _check_forecasters(forecasters, step_fn, climatology, notes: list[str]) -> l
         if "climatology" in chosen:
             chosen.remove("climatology")
             notes.append("climatology baseline skipped (no climatology given)")
-            if not chosen:
+            if not chosen and not compared:
                 raise ValueError("no forecaster left to score without a climatology")
     return chosen
 
@@ -221,18 +247,41 @@ class _Run:
     climatology: ClimatologyCache | None
     capture: SampleCapture
     raw_forecast_writer: Callable[[int, np.ndarray], None] | None
+    lead_time: int
+    compared: dict = field(default_factory=dict)  # name -> compared forecaster
 
 
-def _score_lead(run: _Run, k: int, truth, forecasts: dict, times) -> None:
-    """Score every forecaster at lead index ``k`` against ``truth`` ``(B, C, H, W)``."""
+def _compared_fields(run: _Run, k: int, times, like: torch.Tensor) -> tuple[dict, dict]:
+    """``({name: (B, C, H, W)}, {name: (B, C) bool})`` of the compared forecasters at lead
+    index ``k``, on the device and in the dtype of ``like`` (those without a field left out)."""
+    fields, masks = {}, {}
+    for name, forecaster in run.compared.items():
+        got = forecaster.fields(times, k * run.lead_time)
+        if got is None:
+            continue
+        values, available = got
+        fields[name] = torch.as_tensor(values).to(like.device, like.dtype)
+        masks[name] = torch.as_tensor(available, dtype=torch.bool).to(like.device)
+        if fields[name].shape != like.shape or masks[name].shape != like.shape[:2]:
+            raise ValueError(
+                f"{name}: fields {tuple(fields[name].shape)} and mask "
+                f"{tuple(masks[name].shape)} for a batch {tuple(like.shape)}"
+            )
+    return fields, masks
+
+
+def _score_lead(run: _Run, k: int, truth, forecasts: dict, masks: dict, times) -> None:
+    """Score every forecaster at lead index ``k`` against ``truth`` ``(B, C, H, W)`` (a
+    forecaster missing from ``forecasts`` has nothing at this lead)."""
     clim = None if run.climatology is None else run.climatology.at_lead(times, k)
     var_b = None
     if clim is not None:  # the truth's anomaly variance, shared by the forecasters
         b = truth - clim
         var_b = weighted_mean_hw(b * b, run.weights)
     for name, scores in run.scores.items():
-        pred = clim if name == "climatology" else forecasts[name]
-        scores.update(k, pred, truth, run.weights, clim, var_b)
+        pred = clim if name == "climatology" else forecasts.get(name)
+        if pred is not None:
+            scores.update(k, pred, truth, run.weights, clim, var_b, masks.get(name))
 
 
 def _rollout_batch(run: _Run, inp, tar, times) -> None:
@@ -252,9 +301,10 @@ def _rollout_batch(run: _Run, inp, tar, times) -> None:
             model = step.denormalise(next(steps).forecast)
             if raw is not None:
                 raw[:, k].copy_(model)
-        _score_lead(run, k, truth, {"model": model, "persistence": init}, times)
-        if want_model:
-            run.capture.add(model, truth)
+        forecasts, masks = _compared_fields(run, k, times, truth)
+        forecasts.update(persistence=init, **({"model": model} if want_model else {}))
+        _score_lead(run, k, truth, forecasts, masks, times)
+        run.capture.add(forecasts, truth)
     if raw is not None:
         for i, t in enumerate(times):
             run.raw_forecast_writer(t, raw[i].numpy())
@@ -313,6 +363,7 @@ def evaluate_rollout(
     capture_ic: int | None = None,
     capture_channels: Sequence[int] | None = None,
     max_batches: int | None = None,
+    compared: Sequence = (),
 ) -> RolloutResults:
     """Autoregressive rollout of ``step_fn`` over ``loader``; scores model and baselines.
 
@@ -329,6 +380,8 @@ def evaluate_rollout(
             climatology forecaster is skipped with a note).
         device: where the model and the metric sums run.
         forecasters: which of ``"model"``, ``"persistence"``, ``"climatology"`` to score.
+        compared: forecasters given as fields (see the module docstring), scored after those,
+            each under its ``name``; their ``notes`` go into the results' notes.
         progress: report progress over batches (:func:`utils.progress.progress_bar`).
         amp_dtype: None, ``"bf16"``/``"fp16"`` or a torch dtype: autocast around ``step_fn``
             (bf16 or fp16 on CUDA, bf16 on CPU); forecasts are cast back to float32 before
@@ -338,10 +391,11 @@ def evaluate_rollout(
             float32 physical units (needs the batch's forecasts in host memory while it runs).
         lead_time: hours per step (valid time of lead k = ``init + k * lead_time``).
         channels: ChannelLayout, list of Channel or list of names (for names in the results).
-        capture_ic: index (in loader order) of an IC whose model forecast and truth, leads
-            0..T, are kept in ``results.sample`` (for map plots); ``capture_channels`` restricts
-            them to some channel indices (default all).
-        max_batches: stop after this many batches (quick checks).
+        capture_ic: index (in this rank's loader order) of an IC whose forecasts (the
+            model's and the compared ones) and truth, leads 0..T, are kept in
+            ``results.sample`` (for map plots); ``capture_channels`` restricts them to some
+            channel indices (default all).
+        max_batches: stop after this many batches of this rank (quick checks).
 
     Returns:
         :class:`RolloutResults` with ``(C, T + 1)`` arrays, ``lead_hours = [0, lt, ..., T lt]``.
@@ -349,13 +403,15 @@ def evaluate_rollout(
     if int(n_steps) < 1:
         raise ValueError(f"n_steps must be >= 1, got {n_steps}")
     n_steps, device, notes = int(n_steps), torch.device(device), []
-    forecasters = _check_forecasters(forecasters, step_fn, climatology, notes)
-    lat = latitudes_numpy(lat)
+    forecasters = _check_forecasters(forecasters, step_fn, climatology, compared, notes)
     stepper = Stepper(step_fn, mean, std, device, resolve_amp_dtype(amp_dtype, device))
     names, meta = channel_meta(channels, stepper.n_channels)
-    capture = SampleCapture(capture_ic, capture_channels)
-    writer = raw_forecast_writer if "model" in forecasters else None
-    run = _start_run(stepper, n_steps, forecasters, lat, climatology, lead_time, capture, writer)
+    mapped = (["model"] if "model" in forecasters else []) + [c.name for c in compared]
+    lat = latitudes_numpy(lat)
+    run = _start_run(stepper, n_steps, forecasters, compared, lat, climatology, lead_time)
+    run.capture = SampleCapture(capture_ic, capture_channels, mapped)
+    run.raw_forecast_writer = raw_forecast_writer if "model" in forecasters else None
+    notes.extend(note for c in compared for note in c.notes)
     n_ics = _roll_out_loader(
         run, loader if max_batches is None else _FirstItems(loader, max_batches), progress
     )
@@ -363,8 +419,7 @@ def evaluate_rollout(
         notes.append("raw_forecast_writer ignored: the model is not scored")
     if capture_ic is not None and run.capture.sample is None:
         notes.append(
-            f"capture_ic {capture_ic} not captured ({n_ics} ICs, model scored: "
-            f"{'model' in forecasters})"
+            f"capture_ic {capture_ic} not captured ({n_ics} ICs, forecasts to map: {mapped})"
         )
     return _results(run, n_ics, names, meta, lead_time, climatology, notes)
 
@@ -373,30 +428,34 @@ def _start_run(
     stepper: Stepper,
     n_steps: int,
     forecasters: Sequence[str],
+    compared: Sequence,
     lat: np.ndarray,
     climatology,
     lead_time: int,
-    capture: SampleCapture,
-    raw_forecast_writer: Callable[[int, np.ndarray], None] | None,
 ) -> _Run:
-    """A :class:`_Run` with empty score sums ``(C, n_steps + 1)`` per forecaster and the latitude
-    weights of ``lat`` (degrees, length H)."""
+    """A :class:`_Run` with empty score sums ``(C, n_steps + 1)`` per forecaster (``compared``
+    ones under their names), the latitude weights of ``lat`` (degrees, length H), no capture
+    and no writer."""
     device, dtype = stepper.device, accumulation_dtype(stepper.device)
+    names = [*forecasters, *(c.name for c in compared)]
     return _Run(
         stepper=stepper,
         n_steps=n_steps,
-        scores={f: MetricAccumulator(stepper.n_channels, n_steps + 1, device) for f in forecasters},
+        scores={f: MetricAccumulator(stepper.n_channels, n_steps + 1, device) for f in names},
         weights=lat_weights_torch(lat, device, dtype),
         climatology=None
         if climatology is None
         else ClimatologyCache(climatology, lead_time, device, dtype),
-        capture=capture,
-        raw_forecast_writer=raw_forecast_writer,
+        capture=SampleCapture(None, None),
+        raw_forecast_writer=None,
+        lead_time=int(lead_time),
+        compared={c.name: c for c in compared},
     )
 
 
 def _roll_out_loader(run: _Run, batches: Iterable, progress: bool) -> int:
-    """Roll out and score every batch of ``batches``; returns the number of ICs."""
+    """Roll out and score every batch of ``batches``, then add the sums over the ranks; returns
+    the number of ICs of every rank together."""
     stepper, n_lat, n_ics = run.stepper, run.weights.shape[0], 0
     with torch.inference_mode():
         for batch in progress_bar(batches, "rollout", unit="batch", enabled=progress):
@@ -414,6 +473,9 @@ def _roll_out_loader(run: _Run, batches: Iterable, progress: bool) -> int:
             _rollout_batch(run, inp, tar, times)
             run.capture.end_batch()
             n_ics += inp.shape[0]
+    for scores in run.scores.values():
+        scores.all_reduce()
+    n_ics = int(all_reduce_sum(torch.tensor([n_ics], device=stepper.device)).item())
     if n_ics == 0:
         raise ValueError("the loader gave no batches")
     return n_ics

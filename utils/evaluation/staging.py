@@ -4,7 +4,8 @@
 ``overwrite``), removes the staging folders that killed runs on this host left beside it, has the
 caller write everything into ``.<name>.staging-<host>-<pid>`` beside ``out_dir`` and then moves
 that folder to ``out_dir``. A run that fails or is killed before the move leaves the previous
-results as they were.
+results as they were. In a run of several ranks rank 0 makes the folder and moves it, and every
+rank may write its own files into it.
 """
 
 import os
@@ -12,6 +13,7 @@ import shutil
 import socket
 from collections.abc import Callable
 
+from utils.distributed import DistInfo, barrier, broadcast_object
 from utils.errors import OutputError, OutputExistsError
 from utils.run_lock import process_alive
 
@@ -56,14 +58,43 @@ def check_destination(out_dir: str, overwrite: bool) -> None:
 
 
 def write_staged(
-    out_dir: str, write: Callable[[str], dict[str, str]], overwrite: bool = False
+    out_dir: str,
+    write: Callable[[str], dict[str, str]],
+    overwrite: bool = False,
+    info: DistInfo | None = None,
 ) -> dict[str, str]:
     """Call ``write(staging)``, which writes the results into the folder ``staging`` and returns
     ``{label: path}`` of the files it wrote, then move ``staging`` to ``out_dir``.
 
     Returns the same labels with the paths the files have under ``out_dir``. Whatever ``write``
     raises (a keyboard interrupt too) removes ``staging`` and leaves ``out_dir`` untouched.
+
+    With several ranks (``info`` of a distributed run) rank 0 checks ``out_dir`` and makes the
+    staging folder, every rank calls ``write`` with its path (each writes its own files into
+    it), and rank 0 moves it into place once every rank has returned; the other ranks return
+    ``{}``.
     """
+    main = info is None or info.is_main
+    staging = _make_staging(out_dir, overwrite) if main else None
+    if info is not None and info.distributed:
+        staging = broadcast_object(staging)
+    try:
+        written = write(staging)
+        barrier()
+        if main:
+            publish(staging, out_dir)
+    except BaseException:
+        if main:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if not main:
+        return {}
+    return {k: os.path.join(out_dir, os.path.relpath(p, staging)) for k, p in written.items()}
+
+
+def _make_staging(out_dir: str, overwrite: bool) -> str:
+    """The empty staging folder of ``out_dir`` for this process, after checking ``out_dir`` and
+    clearing the staging that dead processes left."""
     check_destination(out_dir, overwrite)
     remove_stale_staging(out_dir)
     staging = staging_prefix(out_dir) + str(os.getpid())
@@ -71,10 +102,4 @@ def write_staged(
         os.makedirs(staging)
     except OSError as err:
         raise OutputError(f"cannot create {staging}: {err.strerror or err}") from err
-    try:
-        written = write(staging)
-        publish(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return {k: os.path.join(out_dir, os.path.relpath(p, staging)) for k, p in written.items()}
+    return staging
