@@ -9,8 +9,8 @@ from collections import namedtuple
 
 import numpy as np
 import pytest
-
 from conftest import free_port
+
 from utils.channels import ChannelLayout
 from utils.conversion.variable_names import project_name
 from utils.errors import ConfigError, OutputError, OutputExistsError

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import make_params
+from conftest import free_port, make_params
 
 import inference
 from networks.vamoe import VAMoE
@@ -328,20 +328,39 @@ def test_saved_forecasts_compared_reproduce_the_model_rows(scored, synthetic_roo
         assert float(r["acc"]) == pytest.approx(model[key][1], rel=1e-5, abs=1e-6), key
 
 
-def test_two_ranks_of_test_sh_save_the_store_of_one(scored, synthetic_root, random_tiny_weights, tmp_path):
+def test_two_ranks_of_test_sh_save_the_store_of_one(
+    scored, synthetic_root, random_tiny_weights, tmp_path
+):
     """test.sh with 2 gloo ranks: each rank writes its starts into the one store, which holds
     what the one-process evaluation saved (the ranks roll out batches of 2 instead of 4)."""
-    from conftest import free_port
-
     out = tmp_path / "ranks"
-    env = dict(os.environ, CONFIG="tiny", WEIGHTS=random_tiny_weights, OUT_DIR=str(out), PYTHON=sys.executable, CPU_RANKS="2", MASTER_PORT=str(free_port()), PYTHONPATH=REPO)
-    args = ["--set", f"root_dir={synthetic_root}", "--set", "num_data_workers=0", "--save_forecasts"]
-    proc = subprocess.run(["bash", os.path.join(REPO, "test.sh"), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ,
+        CONFIG="tiny",
+        WEIGHTS=random_tiny_weights,
+        OUT_DIR=str(out),
+        PYTHON=sys.executable,
+        CPU_RANKS="2",
+        MASTER_PORT=str(free_port()),
+        PYTHONPATH=REPO,
+    )
+    args = ["--set", f"root_dir={synthetic_root}", "--set", "num_data_workers=0"]
+    proc = subprocess.run(
+        ["bash", os.path.join(REPO, "test.sh"), *args, "--save_forecasts"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    with xr.open_zarr(out / "forecasts.zarr") as two, xr.open_zarr(scored / "results" / "forecasts.zarr") as one:
+    one = xr.open_zarr(scored / "results" / "forecasts.zarr")
+    with xr.open_zarr(out / "forecasts.zarr") as two:
         assert two.time.values.tolist() == one.time.values.tolist()
         for name in one.data_vars:
             assert not np.isnan(two[name].values).any(), name
             np.testing.assert_array_equal(two[name][:, 0].values, one[name][:, 0].values)
             scale = float(np.abs(one[name].values).max())
-            np.testing.assert_allclose(two[name].values, one[name].values, rtol=1e-5, atol=1e-6 * scale)
+            np.testing.assert_allclose(
+                two[name].values, one[name].values, rtol=1e-5, atol=1e-6 * scale
+            )
