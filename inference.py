@@ -33,7 +33,10 @@ to ``--out_dir``:
   errors of Z500 and T2M at days 1 and 5 of the first initial condition);
 - on the paper's 128 x 256 grid (and with ``paper_reference``), the paper's RMSE curves of
   ``docs/paper_rmse_curves.csv`` in ``rmse_acc.png`` and as a column of the headline table;
-- ``forecasts/<init time>.npy`` (``T x C x H x W``, physical units) with ``save_raw_forecasts``.
+- with ``--save_forecasts [PATH]``, the model's forecasts of every scored start (leads 0..T) as a
+  WeatherBench 2 store, ``forecasts.zarr`` by default (``--save_variables``,
+  ``--save_every_hours`` select; every rank writes its own starts; see
+  :mod:`utils.evaluation.forecast_saving`).
 
 A table of the headline variables at ``headline_days`` is printed and saved as ``summary.txt``,
 with what the compared files lack (starts, leads, variables: scored on the rest). ``metrics.json``
@@ -60,12 +63,13 @@ import torch
 
 from networks.compile import compile_model
 from utils import distributed as dist_utils
-from utils.atomic_io import atomic_save_npy, atomic_write_text
+from utils.atomic_io import atomic_write_text
 from utils.data.climatology import Climatology, default_climatology_path
 from utils.data.dataset import ERA5Dataset
 from utils.data.loader import get_data_loader
 from utils.errors import ConfigError
 from utils.evaluation.forecast_file import ForecastFile, parse_compare
+from utils.evaluation.forecast_saving import ForecastSaveRequest, saved_forecasts, staged_store
 from utils.evaluation.paper_reference import paper_reference
 from utils.evaluation.plots import nearest_leads, plot_maps, plot_rmse_acc
 from utils.evaluation.results import format_headline_table, save_results
@@ -124,8 +128,50 @@ def parse_args(argv=None):
         default=None,
         help="score only the first N batches of initial conditions of each rank (quick look)",
     )
+    _add_save_arguments(parser)
     add_override_argument(parser)
     return parser.parse_args(argv)
+
+
+def _add_save_arguments(parser) -> None:
+    """``--save_forecasts [PATH]``, ``--save_variables``, ``--save_every_hours``."""
+    parser.add_argument(
+        "--save_forecasts",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PATH",
+        help="write the model's forecasts of the scored starts (leads 0..T) in the WeatherBench 2 "
+        "layout: Zarr, or netCDF4 for a .nc PATH (default <out_dir>/forecasts.zarr)",
+    )
+    parser.add_argument(
+        "--save_variables",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="with --save_forecasts: only these channels (z500 t850 t2m) or whole variables (z)",
+    )
+    parser.add_argument(
+        "--save_every_hours",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --save_forecasts: only starts whose hour of day is a multiple of N (12: 00 and "
+        "12 UTC)",
+    )
+
+
+def save_request(args) -> ForecastSaveRequest | None:
+    """The ``--save_*`` options as a request (None without ``--save_forecasts``)."""
+    if args.save_forecasts is None:
+        if args.save_variables or args.save_every_hours:
+            raise ConfigError("--save_variables and --save_every_hours need --save_forecasts")
+        return None
+    if args.weights is None:
+        raise ConfigError("--save_forecasts saves the model's forecasts: it needs --weights")
+    return ForecastSaveRequest(
+        args.save_forecasts or None, args.save_variables, args.save_every_hours, args.overwrite
+    )
 
 
 @dataclass
@@ -139,6 +185,7 @@ class _Request:
     max_batches: int | None
     ckpt: dict
     info: dist_utils.DistInfo
+    save: ForecastSaveRequest | None = None
 
 
 def evaluate(
@@ -152,17 +199,18 @@ def evaluate(
     ckpt=None,
     compare=(),
     info: dist_utils.DistInfo | None = None,
+    save: ForecastSaveRequest | None = None,
 ) -> dict:
     """Run the evaluation and write every result file; returns ``{label: path}`` (on rank 0;
     ``{}`` on the other ranks). ``ckpt``: the checkpoint already loaded from ``weights``;
     ``compare``: ``[(name, path)]`` of forecast files; ``info``: this rank (default: one
-    process).
+    process); ``save``: the model's forecasts to write as a store.
 
     The files are written into a staging directory and moved to ``out_dir`` at the end; a
     non-empty ``out_dir`` is an error unless ``overwrite``.
     """
     info = info or dist_utils.single_process()
-    request = _Request(params, weights, list(compare), enable_amp, max_batches, ckpt, info)
+    request = _Request(params, weights, list(compare), enable_amp, max_batches, ckpt, info, save)
     log = log or logging.getLogger("vamoe")
     return write_staged(
         out_dir, lambda staging: _evaluate_into(request, staging, out_dir, log), overwrite, info
@@ -196,8 +244,13 @@ def _evaluate_into(request: _Request, out_dir: str, final_dir: str, log) -> dict
         setup.device,
         f", {info.world_size} ranks" if info.distributed else "",
     )
+    weights = request.weights and os.path.abspath(request.weights)
+    attrs = {"title": f"VA-MoE forecasts ({params.config_name})", "weights": weights}
+    store = dict(staging_dir=out_dir, final_dir=final_dir, attrs=attrs, log=log)
     try:
-        results = _rollout(request, setup, out_dir)
+        loader, n = setup.loader, request.max_batches
+        with saved_forecasts(request.save, params, setup.dataset, loader, n, **store) as saved:
+            results = _rollout(request, setup, saved)
     finally:
         for forecaster in setup.compared:
             forecaster.close()
@@ -220,6 +273,7 @@ def _write_results(request, setup, results, fallbacks, out_dir, final_dir, log) 
         else None
     )
     written.update(_plot(params, results, setup.dataset, headline, reference, out_dir))
+    written.update(staged_store(request.save, out_dir, final_dir))
     summary = _summary(request, setup, results, headline, reference, fallbacks)
     atomic_write_text(os.path.join(out_dir, "summary.txt"), summary)
     written["summary"] = os.path.join(out_dir, "summary.txt")
@@ -271,21 +325,13 @@ def _map_names(layout) -> list[str]:
     return [n for n in MAP_VARIABLES if n in layout.names]
 
 
-def _rollout(request: _Request, setup: _TestSetup, out_dir) -> RolloutResults:
+def _rollout(request: _Request, setup: _TestSetup, saved) -> RolloutResults:
     """The scored rollout of this rank's initial conditions, summed over the ranks. Rank 0
-    captures the first initial condition's channels of :func:`_map_names` for the maps, and with
-    ``save_raw_forecasts`` every rank writes its forecasts to ``out_dir/forecasts/<init
-    time>.npy`` (``T x C x H x W``, physical units)."""
+    captures the first initial condition's channels of :func:`_map_names` for the maps; ``saved``
+    (a :class:`utils.evaluation.forecast_saving.SavedForecasts` or None) gets every forecast of
+    this rank."""
     params, info = request.params, request.info
     layout, dataset = params.layout, setup.dataset
-    raw_dir = os.path.join(out_dir, "forecasts")
-
-    def write_raw(time_hours, forecast):
-        atomic_save_npy(
-            os.path.join(raw_dir, format_hours(time_hours) + ".npy"),
-            forecast.astype(np.float32, copy=False),
-        )
-
     model = setup.model
     return evaluate_rollout(
         None if model is None else (lambda x: model(x).forecast),
@@ -299,7 +345,7 @@ def _rollout(request: _Request, setup: _TestSetup, out_dir) -> RolloutResults:
         forecasters=FORECASTERS if model is not None else ("persistence", "climatology"),
         progress=info.is_main,
         amp_dtype=params.amp_dtype if request.enable_amp else None,
-        raw_forecast_writer=write_raw if params.save_raw_forecasts else None,
+        raw_forecast_writer=saved,
         lead_time=params.lead_time,
         channels=layout,
         capture_ic=0 if info.is_main else None,
@@ -397,6 +443,7 @@ def main(argv=None):
     code = 0
     try:
         compare = parse_compare(args.compare)
+        save = save_request(args)
         params, ckpt = _configuration(args)
         watch_launcher()
         evaluate(
@@ -410,6 +457,7 @@ def main(argv=None):
             ckpt,
             compare,
             info,
+            save,
         )
     except Exception as err:  # a ConfigError is said once; see report_entry_point_error
         code = report_entry_point_error(err, info.rank, info.world_size)

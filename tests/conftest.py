@@ -3,7 +3,8 @@
 ``synthetic_root`` is the root of a ``tiny``-config dataset (32 x 64 grid, levels 850/500/250,
 z q u v t + t2m u10 v10 msl sp, 2020-01-01 .. 2020-01-31 every 6 h, with statistics and climatology)
 made by ``utils.data.synthetic``; treat it as read-only. ``make_params(root, ...)`` builds a
-``YParams`` of a config section pointing at a root, with extra ``--set``-style overrides.
+``YParams`` of a config section pointing at a root, with extra ``--set``-style overrides;
+``random_tiny_weights`` is a checkpoint of the ``tiny`` model with seeded random weights.
 """
 
 from __future__ import annotations
@@ -70,3 +71,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def random_tiny_weights(synthetic_root, tmp_path_factory) -> str:
+    """A checkpoint of the ``tiny`` model with seeded random weights, recording its configuration
+    on the synthetic set as training does (for tests where skill does not matter)."""
+    import torch
+
+    from networks.vamoe import VAMoE
+    from utils.training.checkpoint import atomic_save
+    from utils.training.training_state import plain_params
+
+    params = make_params(synthetic_root, "tiny")
+    torch.manual_seed(0)
+    path = str(tmp_path_factory.mktemp("weights") / "tiny.tar")
+    ckpt = {
+        "model": VAMoE.from_params(params).state_dict(),
+        "params": plain_params(params),
+        "config_name": "tiny",
+        "channel_names": params.layout.names,
+    }
+    atomic_save(ckpt, path)
+    return path

@@ -159,7 +159,10 @@ def test_single_step_loader_and_writer_and_capture():
     assert np.isnan(res.acc["model"]).all()
     np.testing.assert_allclose(res.rmse["model"][:, 1], STD, rtol=1e-5)
     assert len(seen) == 6 and seen[0][0] == BASE_TIME
-    assert seen[0][1].shape == (1, C, H, W) and seen[0][1].dtype == np.float32
+    assert seen[0][1].shape == (2, C, H, W) and seen[0][1].dtype == np.float32  # leads 0, 1
+    np.testing.assert_allclose(  # lead 0 is the initial state; the step adds 1 (normalised)
+        seen[0][1][1] - seen[0][1][0], np.broadcast_to(STD[:, None, None], (C, H, W)), rtol=1e-4
+    )
     assert list(res.sample["forecasts"]) == ["model"]
     assert res.sample["forecasts"]["model"].shape == (2, 2, H, W)
     assert res.sample["time_hours"] == BASE_TIME + 4 * 12

@@ -187,7 +187,7 @@ def resolve(
     plans = _input_plans(opened, selection)
     lat, lon = _output_grid([opened[p.index] for p in plans], grid)
     _check_output_grid(lat, lon, root_dir, h_size, w_size, overwrite)
-    regridders = _regridders(opened, [p.index for p in plans], lat, lon)
+    regridders = input_regridders(opened, [p.index for p in plans], lat, lon)
     return ResolvedRequest(
         root_dir, selection, sources, opened, plans, lat, lon, regridders, member, level
     )
@@ -271,7 +271,7 @@ def _nothing_to_convert(opened, selection: Selection) -> ConversionError:
     )
 
 
-def _same_grid(lat_a, lon_a, lat_b, lon_b) -> bool:
+def same_grid(lat_a, lon_a, lat_b, lon_b) -> bool:
     """Whether two latitude-longitude grids have the same shape and (nearly) equal values."""
     return (
         lat_a.shape == lat_b.shape
@@ -286,7 +286,7 @@ def _output_grid(inputs, grid: str | None):
         return parse_grid(grid)
     first = inputs[0]
     for inp in inputs[1:]:
-        if not _same_grid(inp.lat, inp.lon, first.lat, first.lon):
+        if not same_grid(inp.lat, inp.lon, first.lat, first.lon):
             raise ConversionError(
                 f"inputs on different grids: {first.where} is {first.lat.size} x {first.lon.size},"
                 f" {inp.where} is {inp.lat.size} x {inp.lon.size}; pass --grid to regrid them"
@@ -303,21 +303,21 @@ def _check_output_grid(lat, lon, root_dir: str, h_size, w_size, overwrite: bool)
             "(--h_size/--w_size); pass --grid to regrid"
         )
     recorded = read_grid(root_dir)
-    if recorded is not None and not overwrite and not _same_grid(*recorded, lat, lon):
+    if recorded is not None and not overwrite and not same_grid(*recorded, lat, lon):
         raise ConversionError(
             f"{root_dir} holds data on a {recorded[0].size} x {recorded[1].size} grid "
             f"(statistic/grid.json); this conversion writes {lat.size} x {lon.size}"
         )
 
 
-def _regridders(opened, used: list[int], lat, lon) -> list:
+def input_regridders(opened, used: list[int], lat, lon) -> list:
     """Regridder of each input onto ``(lat, lon)`` (None for inputs already on it or unused);
     inputs on the same grid share one."""
     regridders: list = [None] * len(opened)
     by_grid: dict = {}
     for index in used:
         inp = opened[index]
-        if _same_grid(inp.lat, inp.lon, lat, lon):
+        if same_grid(inp.lat, inp.lon, lat, lon):
             continue
         key = (inp.lat.tobytes(), inp.lon.tobytes())
         if key not in by_grid:

@@ -7,6 +7,7 @@
   compared forecasts), for a few variables at a few leads of one initial condition
   (``maps.png``); :func:`nearest_leads` picks available leads (e.g. day 1 and day 5, or the
   nearest the rollout has).
+* :func:`plot_forecast_maps`: maps of a forecast alone, variables by leads (``tools.forecast``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np  # noqa: E402
 from utils.atomic_io import atomic_write  # noqa: E402
 from utils.evaluation.results import lead_label  # noqa: E402
 
-__all__ = ["plot_rmse_acc", "plot_maps", "nearest_leads"]
+__all__ = ["plot_rmse_acc", "plot_maps", "plot_forecast_maps", "nearest_leads"]
 
 _STYLE = {
     "model": dict(color="C0", lw=2.0, marker="o", ms=3),
@@ -238,3 +239,49 @@ def _map_row(fig, row, label: str, truth, forecasts: dict, extent, origin) -> No
         ax.set_title(f"{label}: {ttl}", fontsize=9)
         ax.tick_params(labelsize=7)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=7)
+
+
+def plot_forecast_maps(
+    fields,
+    lat,
+    lon,
+    names: Sequence[str],
+    leads: Sequence[float],
+    path: str,
+    title: str | None = None,
+    dpi: int = 100,
+) -> str:
+    """Maps of a forecast without a truth to compare with (``python -m tools.forecast``).
+
+    Args:
+        fields: ``(L, V, H, W)`` physical-unit fields of one initial condition, L =
+            ``len(leads)``, V = ``len(names)``.
+        lat, lon: degrees, lengths H (either order) and W.
+        names: variable names (row titles); leads: lead hours of the L columns.
+        path: output PNG.
+
+    One row per variable, one column per lead, one colour scale per variable. Returns ``path``.
+    """
+    fields = np.asarray(fields, dtype=float)
+    if fields.ndim != 4 or fields.shape[:2] != (len(leads), len(names)):
+        raise ValueError(f"fields {fields.shape} are not ({len(leads)} leads, {len(names)}, H, W)")
+    lat, lon = np.asarray(lat, dtype=float), np.asarray(lon, dtype=float)
+    extent, origin = _map_extent(lat, lon)
+    n_leads, n_vars = fields.shape[:2]
+    fig, axes = plt.subplots(n_vars, n_leads, figsize=(4.6 * n_leads, 2.6 * n_vars), squeeze=False)
+    for v in range(n_vars):
+        lo, hi = np.nanmin(fields[:, v]), np.nanmax(fields[:, v])
+        for k in range(n_leads):
+            ax = axes[v, k]
+            style = dict(cmap="viridis", vmin=lo, vmax=hi, interpolation="nearest")
+            im = ax.imshow(fields[k, v], extent=extent, origin=origin, aspect="auto", **style)
+            ax.set_title(f"{names[v]} +{lead_label(leads[k])}", fontsize=9)
+            ax.tick_params(labelsize=7)
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=7)
+        axes[v, 0].set_ylabel("latitude", fontsize=8)
+    for ax in axes[-1]:
+        ax.set_xlabel("longitude (deg E)", fontsize=8)
+    if title:
+        fig.suptitle(title, y=1.0)
+    fig.tight_layout()
+    return _save(fig, path, dpi)

@@ -291,7 +291,8 @@ def _rollout_batch(run: _Run, inp, tar, times) -> None:
     want_model = "model" in run.scores
     raw = None
     if want_model and run.raw_forecast_writer is not None:
-        raw = torch.empty((inp.shape[0], run.n_steps) + tuple(inp.shape[1:]))  # (B, T, C, H, W)
+        raw = torch.empty((inp.shape[0], run.n_steps + 1) + tuple(inp.shape[1:]))  # (B, T+1, ...)
+        raw[:, 0].copy_(init)
     steps = step.rollout(inp, run.n_steps) if want_model else iter(())
     model = init
     for k in range(run.n_steps + 1):
@@ -299,7 +300,7 @@ def _rollout_batch(run: _Run, inp, tar, times) -> None:
         if k > 0 and want_model:
             model = step.denormalise(next(steps).forecast)
             if raw is not None:
-                raw[:, k - 1].copy_(model)
+                raw[:, k].copy_(model)
         forecasts, masks = _compared_fields(run, k, times, truth)
         forecasts.update(persistence=init, **({"model": model} if want_model else {}))
         _score_lead(run, k, truth, forecasts, masks, times)
@@ -386,8 +387,8 @@ def evaluate_rollout(
             (bf16 or fp16 on CUDA, bf16 on CPU); forecasts are cast back to float32 before
             being fed back and scored.
         raw_forecast_writer: called once per IC as ``writer(time_hours, forecast)`` with the
-            model forecast for leads 1..T, ``(T, C, H, W)`` float32 physical units (needs the
-            batch's T forecasts in host memory while it runs).
+            model forecast for leads 0..T (lead 0: the initial state), ``(T + 1, C, H, W)``
+            float32 physical units (needs the batch's forecasts in host memory while it runs).
         lead_time: hours per step (valid time of lead k = ``init + k * lead_time``).
         channels: ChannelLayout, list of Channel or list of names (for names in the results).
         capture_ic: index (in this rank's loader order) of an IC whose forecasts (the
