@@ -83,8 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--time_units",
         default=None,
-        help="units of a numeric time coordinate that carries none, e.g. "
-        "'hours since 1940-01-01'",
+        help="units of a numeric time coordinate that carries none, e.g. 'hours since 1940-01-01'",
     )
     parser.add_argument("--workers", type=int, default=1, help="writer processes (default 1)")
     parser.add_argument(

@@ -9,49 +9,45 @@ per file, a few milliseconds each, which at millions of small files is hours. He
 2. the batch is flushed at once (:func:`make_durable`): every file is ``fsync``-ed by a pool of
    threads (the file system commits them together), then every directory that gained an entry;
 3. only then are the files' names added to their directory's record, :data:`RECORD`
-   (:func:`record_durable`, written atomically).
+   (:func:`record_durable`, replaced atomically).
 
 A file is complete only when its directory's record names it (:func:`durable_names`). A kill, or a
 power cut, at any moment leaves at worst files that no record names yet, which the next run
-writes again; the batches already recorded are never redone.
+writes again; the batches already recorded are never redone. The record itself is not flushed
+(the file system commits it within seconds): a record lost to a power cut, or cut short (it then
+reads as no record), only makes the next run write its batches again, and it never names a file
+that is not durable, since it is written after them.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
-from utils.atomic_io import atomic_write_text
 from utils.errors import OutputError
 
 RECORD = ".durable.json"  # per directory: the names of its files known to be on disk
 FSYNC_THREADS = 16  # files flushed at once: concurrent fsyncs share the file system's commits
 
-_UMASK = os.umask(0)  # read once, at import, while nothing else creates files
-os.umask(_UMASK)
-
 
 def write_unsynced(path: str, write: Callable[[BinaryIO], None]) -> None:
     """Call ``write(f)`` on a temporary file beside ``path``, then rename it to ``path``, without
     flushing it to disk (:func:`make_durable` does that for the whole batch). The temporary file
-    is ``.<name>.<random>.tmp``, the name :func:`utils.atomic_io.remove_stale_temporaries` clears.
-    """
+    is ``.<name>.<random>.tmp``, a name :func:`utils.atomic_io.remove_stale_temporaries` clears;
+    the file gets the usual permissions (0o666 less the umask)."""
     directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.urandom(6).hex()}.tmp")
     try:
         os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(
-            dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp"
-        )
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as err:
         raise OutputError(f"cannot write {path}: {err.strerror or err}") from err
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0o600
         os.replace(tmp, path)
     except BaseException as err:
         try:
@@ -76,17 +72,10 @@ def fsync_path(path: str) -> None:
 
 
 def make_durable(paths: Iterable[str], top: str, pool: ThreadPoolExecutor | None = None) -> None:
-    """Flush the files ``paths`` to disk, then their directories and every directory above them up
-    to ``top`` (included), so that new files and new directories survive a power cut. ``pool``:
-    the threads that flush the files (default: a pool of :data:`FSYNC_THREADS` for this call)."""
+    """Flush the files ``paths`` to disk, with their directories and every directory above them
+    up to ``top`` (included), so that new files and new directories survive a power cut; all at
+    once, by ``pool`` (default: a pool of :data:`FSYNC_THREADS` for this call)."""
     paths = [os.path.abspath(p) for p in paths]
-    own = pool is None
-    pool = pool or ThreadPoolExecutor(FSYNC_THREADS)
-    try:
-        list(pool.map(fsync_path, paths))
-    finally:
-        if own:
-            pool.shutdown()
     top = os.path.abspath(top)
     directories: set[str] = set()
     for path in paths:
@@ -96,8 +85,13 @@ def make_durable(paths: Iterable[str], top: str, pool: ThreadPoolExecutor | None
             if directory == top or os.path.dirname(directory) == directory:
                 break
             directory = os.path.dirname(directory)
-    for directory in sorted(directories, key=len, reverse=True):  # deepest first
-        fsync_path(directory)
+    own = pool is None
+    pool = pool or ThreadPoolExecutor(FSYNC_THREADS)
+    try:
+        list(pool.map(fsync_path, paths + sorted(directories)))
+    finally:
+        if own:
+            pool.shutdown()
 
 
 def durable_names(directory: str) -> set[str]:
@@ -113,10 +107,8 @@ def durable_names(directory: str) -> set[str]:
 
 def record_durable(directory: str, names: Iterable[str]) -> None:
     """Add ``names`` (files of ``directory`` already made durable) to the directory's record,
-    atomically, and flush the directory. One writer per directory at a time."""
-    record = sorted(durable_names(directory) | set(names))
-    atomic_write_text(os.path.join(directory, RECORD), json.dumps(record) + "\n")
-    fsync_path(directory)
+    replaced atomically (not flushed: see the module doc). One writer per directory at a time."""
+    _write_record(directory, durable_names(directory) | set(names))
 
 
 def forget_durable(directory: str, names: Iterable[str]) -> None:
@@ -124,6 +116,9 @@ def forget_durable(directory: str, names: Iterable[str]) -> None:
     recorded = durable_names(directory)
     names = set(names)
     if recorded & names:
-        atomic_write_text(
-            os.path.join(directory, RECORD), json.dumps(sorted(recorded - names)) + "\n"
-        )
+        _write_record(directory, recorded - names)
+
+
+def _write_record(directory: str, names: set[str]) -> None:
+    text = json.dumps(sorted(names)) + "\n"
+    write_unsynced(os.path.join(directory, RECORD), lambda f: f.write(text.encode("utf-8")))

@@ -152,7 +152,12 @@ def write_work(
     """Write the pending ``work`` of ``request``; returns ``(fields written, day batches or
     year files written)``."""
     context = WriteContext(
-        request.sources, request.regridders, request.root_dir, request.options, overwrite
+        request.sources,
+        request.regridders,
+        request.root_dir,
+        request.options,
+        overwrite,
+        opened=request.opened,
     )
     if data_format == "h5":
         return run_years(context, work.years, workers, progress), len(work.years)

@@ -94,7 +94,7 @@ class NormalisedInput:
 
 def _indexer(order: np.ndarray):
     """A permutation as the cheapest equivalent indexer: a slice when it is the identity or a
-    reversal (keeps dask reads contiguous), else the index array."""
+    reversal (keeps reads contiguous), else the index array."""
     n = len(order)
     if np.array_equal(order, np.arange(n)):
         return slice(None)

@@ -1,8 +1,8 @@
 """Write converted fields: ``.npy`` files in durable day batches, or HDF5 year files.
 
 The ``.npy`` work is a list of batches, one per day, of :class:`Job` (the fields of one input at
-one time that are not on disk yet). A batch's fields are read (one ``dask.compute`` for many of
-them, so a Zarr store's chunks are decompressed by parallel threads), regridded, checked and
+one time that are not on disk yet). A batch's fields are read (only the selected time and levels,
+by parallel threads, so a Zarr store's chunks are decompressed at once), regridded, checked and
 written each to a temporary name renamed into place, without flushing; then the batch is made
 durable at once and recorded in its day directories (:mod:`utils.batch_io`), and the named
 kill point ``convert_batch`` is passed. In one process the next day is read and written while the
@@ -43,8 +43,9 @@ from utils.data.npy_layout import surface_path, upper_path
 from utils.fault_injection import kill_point
 from utils.times import from_hours
 
-READ_BYTES = 256 << 20  # input bytes read by one dask.compute (many fields, read in parallel)
-COMMITS_IN_FLIGHT = 2  # days being flushed while the next one is written (one process)
+READ_BYTES = 256 << 20  # input bytes read at once (many fields, by parallel threads)
+READ_THREADS = 4  # threads reading (and decompressing, regridding) fields in one process
+COMMITS_IN_FLIGHT = 3  # days being flushed while the next one is written (one process)
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,8 @@ class YearJob:
 class WriteContext:
     """What every task needs: the inputs and how to open them (``options``), the regridder of
     each input (None: written on its own grid), the output root, and whether to rewrite
-    complete year files (``overwrite``)."""
+    complete year files (``overwrite``). ``opened``: the inputs already opened in this process
+    (not sent to worker processes, which open their own)."""
 
     sources: Sequence[InputSource]
     regridders: Sequence
@@ -84,11 +86,13 @@ class WriteContext:
     options: InputOptions = InputOptions()
     overwrite: bool = False
     parallel: bool = False
+    opened: Sequence[NormalisedInput] | None = None
 
 
 _context: WriteContext | None = None
 _opened: dict = {}
 _arrays: dict = {}
+_reader: ThreadPoolExecutor | None = None
 
 
 def _set_context(context: WriteContext) -> None:
@@ -96,6 +100,8 @@ def _set_context(context: WriteContext) -> None:
     _context = context
     _opened.clear()
     _arrays.clear()
+    if context.opened is not None:
+        _opened.update(enumerate(context.opened))
 
 
 def _input(index: int) -> NormalisedInput:
@@ -106,14 +112,14 @@ def _input(index: int) -> NormalisedInput:
 
 
 def _variable(index: int, var: str) -> tuple:
-    """``(dask array (time, [level,] lat, lon), {level: position})`` of ``var`` in input
-    ``index``, made once per process."""
+    """``(lazy xarray Variable (time, [level,] lat, lon), {level: position})`` of ``var`` in
+    input ``index``, made once per process."""
     key = (index, var)
     if key not in _arrays:
         data = _input(index)
         da = data.variables[var]
         levels = {p: i for i, p in enumerate(data.levels(var))} if "level" in da.dims else {}
-        _arrays[key] = (da.data, levels)
+        _arrays[key] = (da.variable, levels)
     return _arrays[key]
 
 
@@ -125,26 +131,41 @@ def _by_variable(fields) -> dict:
     return by_var
 
 
-def read_jobs(jobs: Sequence[Job]) -> list[list[tuple]]:
-    """Read, regrid and check the fields of ``jobs`` with one ``dask.compute``; per job, its
-    ``(variable, level, field float32 (H, W))`` in the job's variable order."""
-    import dask
+def _read_variable(item: tuple) -> list[tuple]:
+    """The checked fields of ``item`` = ``(job, variable, levels)``: read (only that time and
+    those levels), regridded, float32."""
+    job, var, levels = item
+    variable, positions = _variable(job.source, var)
+    if levels[0] is None:
+        values = variable[job.time_index].values
+    else:
+        wanted = [positions[p] for p in levels]
+        run = list(range(wanted[0], wanted[0] + len(wanted)))
+        index = slice(run[0], run[-1] + 1) if wanted == run else wanted
+        values = variable[job.time_index, index].values
+    return _checked_fields(job, var, levels, np.asarray(values))
 
-    lazy, keys = [], []
-    for job in jobs:
-        for var, levels in _by_variable(job.fields).items():
-            array, positions = _variable(job.source, var)
-            step = array[job.time_index]
-            if levels[0] is not None:
-                step = step[[positions[p] for p in levels]]
-            lazy.append(step)
-            keys.append((job, var, levels))
-    scheduler = "synchronous" if _context.parallel else "threads"
-    values = dask.compute(*lazy, scheduler=scheduler)
+
+def read_jobs(jobs: Sequence[Job]) -> list[list[tuple]]:
+    """Read, regrid and check the fields of ``jobs`` (by :data:`READ_THREADS` threads in this
+    process, one at a time in a worker process); per job, its ``(variable, level, field float32
+    (H, W))`` in the job's variable order."""
+    items = [(job, var, levels) for job in jobs for var, levels in _by_variable(job.fields).items()]
+    if _context.parallel or len(items) == 1:
+        found = list(map(_read_variable, items))
+    else:
+        found = list(_read_pool().map(_read_variable, items))
     out: dict = {job: [] for job in jobs}
-    for (job, var, levels), array in zip(keys, values, strict=True):
-        out[job] += _checked_fields(job, var, levels, np.asarray(array))
+    for (job, _, _), fields in zip(items, found, strict=True):
+        out[job] += fields
     return [out[job] for job in jobs]
+
+
+def _read_pool() -> ThreadPoolExecutor:
+    global _reader
+    if _reader is None:
+        _reader = ThreadPoolExecutor(READ_THREADS)
+    return _reader
 
 
 def _checked_fields(job: Job, var: str, levels: list, values: np.ndarray) -> list[tuple]:
@@ -309,12 +330,12 @@ def _in_pool(context: WriteContext, task: Callable, items: Sequence, workers: in
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    parallel = replace(context, parallel=True)
+    parallel = replace(context, parallel=True, opened=None)
     # Workers start from a clean process (no inherited HDF5/netCDF handles); with forkserver
     # the heavy imports happen once in the server rather than once per worker.
     if "forkserver" in multiprocessing.get_all_start_methods():
         mp_context = multiprocessing.get_context("forkserver")
-        mp_context.set_forkserver_preload(["xarray", "dask.array", "utils.conversion.writer"])
+        mp_context.set_forkserver_preload(["xarray", "utils.conversion.writer"])
     else:
         mp_context = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(
