@@ -240,9 +240,10 @@ def _axes(ds, where: str, options: InputOptions) -> _Axes:
             for n, v in (("latitude", lat_name), ("longitude", lon_name), ("time", time_name))
             if v is None
         ]
+        hint = "; name the time coordinate with --time_coord" if time_name is None else ""
         raise ConversionError(
             f"{where}: no {' / '.join(missing)} coordinate (has dimensions {dict(ds.sizes)} and "
-            f"coordinates {sorted(map(str, ds.coords))})"
+            f"coordinates {sorted(map(str, ds.coords))}){hint}"
         )
     level_name = find_coordinate(
         {d: ds[d] for d in ds.dims if d in ds.variables}, LEVEL_NAMES, "air_pressure"
