@@ -132,7 +132,7 @@ def part_statistics(data, split: PartSplit, index: int, stats: dict, reuse: bool
         "last": min(hi, stats["last"]),
         "hour_step": stats["hour_step"],
         "channels": [c.name for c in stats["channels"]],
-        "format": data.format,
+        "data_format": data.format,
     }
     path = partial_path(parts_dir(data.root), index, split.count)
     if reuse and os.path.exists(path):

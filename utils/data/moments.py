@@ -72,7 +72,7 @@ class RunningMoments:
 def save_partial_moments(path: str, moments: dict[str, RunningMoments], **about) -> str:
     """Write one part's moments (``{channel name: moments}``) and what they cover (``about``:
     the part, its period, the number of times...) to ``path``, atomically."""
-    doc = {"format": PARTIAL_FORMAT, **about}
+    doc = {**about, "format": PARTIAL_FORMAT}
     doc["moments"] = {name: m.as_list() for name, m in moments.items()}
     atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
     return path

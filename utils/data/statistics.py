@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -355,8 +356,12 @@ def stream_channels(
     table = (len(writer.doys), len(writer.hours)) if writer is not None else (0, 0)
     per_channel = (table[0] * table[1] + 1) * int(np.prod(shape)) * 8 if writer else 0
     group = max(1, GROUP_BYTES // per_channel) if per_channel else len(channels)
-    bar = progress_bar(
-        total=len(channels) * len(times), desc="statistics", unit="field", enabled=progress
+    bar = progress_bar(  # on stderr: the commands print their result on stdout
+        total=len(channels) * len(times),
+        desc="statistics",
+        unit="field",
+        enabled=progress,
+        stream=sys.stderr,
     )
     moments: dict[str, RunningMoments] = {}
     for g in range(0, len(channels), group):
