@@ -45,46 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="npy",
         help="npy: one file per field (default); h5: one HDF5 file per year (<root_dir>/all/)",
     )
-    parser.add_argument(
-        "--variables",
-        nargs="+",
-        default=None,
-        help="variables to convert, e.g. z q u v t t2m u10 v10 msl sp (default: all recognised)",
-    )
-    parser.add_argument(
-        "--levels", type=int, nargs="+", default=None, help="pressure levels in hPa (default: all)"
-    )
-    parser.add_argument("--start", default=None, help="first date to convert, YYYY-MM-DD")
-    parser.add_argument("--end", default=None, help="last date to convert, YYYY-MM-DD")
-    parser.add_argument(
-        "--hour_step",
-        type=int,
-        default=6,
-        help="keep hours of day divisible by this (default 6: 00/06/12/18)",
-    )
-    parser.add_argument(
-        "--grid",
-        default=None,
-        help="regrid conservatively to HxW cell centres (128x256) or a spacing in degrees "
-        "(1.40625); default: the inputs' grid",
-    )
-    parser.add_argument("--member", type=int, default=None, help="ensemble member to convert")
-    parser.add_argument(
-        "--level",
-        type=int,
-        default=None,
-        help="pressure level of upper-air inputs that have no level coordinate",
-    )
-    parser.add_argument(
-        "--time_coord",
-        default=None,
-        help="name of the time coordinate, when not time / valid_time (e.g. time_index)",
-    )
-    parser.add_argument(
-        "--time_units",
-        default=None,
-        help="units of a numeric time coordinate that carries none, e.g. 'hours since 1940-01-01'",
-    )
+    _add_selection(parser)
+    _add_input_reading(parser)
     parser.add_argument("--workers", type=int, default=1, help="writer processes (default 1)")
     parser.add_argument(
         "--part",
@@ -118,6 +80,54 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--debug", action="store_true", help="full tracebacks on errors")
     return parser
+
+
+def _add_selection(parser: argparse.ArgumentParser) -> None:
+    """What to convert: variables, levels, period, hours, grid."""
+    parser.add_argument(
+        "--variables",
+        nargs="+",
+        default=None,
+        help="variables to convert, e.g. z q u v t t2m u10 v10 msl sp (default: all recognised)",
+    )
+    parser.add_argument(
+        "--levels", type=int, nargs="+", default=None, help="pressure levels in hPa (default: all)"
+    )
+    parser.add_argument("--start", default=None, help="first date to convert, YYYY-MM-DD")
+    parser.add_argument("--end", default=None, help="last date to convert, YYYY-MM-DD")
+    parser.add_argument(
+        "--hour_step",
+        type=int,
+        default=6,
+        help="keep hours of day divisible by this (default 6: 00/06/12/18)",
+    )
+    parser.add_argument(
+        "--grid",
+        default=None,
+        help="regrid conservatively to HxW cell centres (128x256) or a spacing in degrees "
+        "(1.40625); default: the inputs' grid",
+    )
+
+
+def _add_input_reading(parser: argparse.ArgumentParser) -> None:
+    """How to read inputs: ensemble member, level, time coordinate."""
+    parser.add_argument("--member", type=int, default=None, help="ensemble member to convert")
+    parser.add_argument(
+        "--level",
+        type=int,
+        default=None,
+        help="pressure level of upper-air inputs that have no level coordinate",
+    )
+    parser.add_argument(
+        "--time_coord",
+        default=None,
+        help="name of the time coordinate, when not time / valid_time (e.g. time_index)",
+    )
+    parser.add_argument(
+        "--time_units",
+        default=None,
+        help="units of a numeric time coordinate that carries none, e.g. 'hours since 1940-01-01'",
+    )
 
 
 def run(args: argparse.Namespace) -> dict:

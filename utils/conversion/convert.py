@@ -124,16 +124,26 @@ def convert(
     result.update(format=data_format, batches_written=batches)
     if part is not None:
         result["part"] = str(part)
-    if stats and split is not None:
-        reuse = not (written or overwrite)
-        found = part_statistics(stats_request["data"], split, part.index, stats_request, reuse)
-        result["statistics"] = {"partial": found["path"], "n_times": found["n_times"]}
-    elif stats:
-        if written or overwrite or not os.path.exists(statistic_path(root_dir, MEAN_STD_FILE)):
-            result["statistics"] = _statistics(stats_request, climatology, progress)
-        else:
-            result["statistics"] = "kept (nothing new converted)"
+    if stats:
+        fresh = bool(written or overwrite)
+        result["statistics"] = _after_writing(
+            stats_request, split, part, fresh, climatology, progress
+        )
     return result
+
+
+def _after_writing(
+    stats: dict, split: PartSplit | None, part: Part | None, fresh: bool, climatology, progress
+) -> dict | str:
+    """The statistics once the fields are written: a part's moments (``split``, ``part``), or
+    the statistics and climatology, recomputed when anything was written (``fresh``) or they
+    are missing."""
+    if split is not None:
+        found = part_statistics(stats["data"], split, part.index, stats, reuse=not fresh)
+        return {"partial": found["path"], "n_times": found["n_times"]}
+    if fresh or not os.path.exists(statistic_path(stats["data"].root, MEAN_STD_FILE)):
+        return _statistics(stats, climatology, progress)
+    return "kept (nothing new converted)"
 
 
 def _plan(request: ResolvedRequest, data_format: str, overwrite: bool = False) -> PendingWork:
