@@ -9,7 +9,6 @@ import pytest
 xr = pytest.importorskip("xarray")
 pd = pytest.importorskip("pandas")
 pytest.importorskip("netCDF4")
-pytest.importorskip("dask")
 
 from utils.batch_io import durable_names, record_durable  # noqa: E402
 from utils.conversion.convert import summary, write_batch  # noqa: E402

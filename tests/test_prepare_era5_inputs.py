@@ -16,7 +16,6 @@ xr = pytest.importorskip("xarray")
 pd = pytest.importorskip("pandas")
 pytest.importorskip("netCDF4")
 pytest.importorskip("zarr")
-pytest.importorskip("dask")
 
 from tools.prepare_era5 import main  # noqa: E402
 from utils.batch_io import durable_names  # noqa: E402
