@@ -43,8 +43,8 @@ from utils.data.npy_layout import surface_path, upper_path
 from utils.fault_injection import kill_point
 from utils.times import from_hours
 
-READ_BYTES = 256 << 20  # input bytes read at once (many fields, by parallel threads)
-READ_THREADS = 4  # threads reading (and decompressing, regridding) fields in one process
+READ_BYTES = 256 << 20  # input bytes of the rows of a year file read at once
+READ_THREADS = 4  # threads reading (decompressing, regridding, writing) fields in one process
 COMMITS_IN_FLIGHT = 3  # days being flushed while the next one is written (one process)
 
 
@@ -151,21 +151,22 @@ def read_jobs(jobs: Sequence[Job]) -> list[list[tuple]]:
     process, one at a time in a worker process); per job, its ``(variable, level, field float32
     (H, W))`` in the job's variable order."""
     items = [(job, var, levels) for job in jobs for var, levels in _by_variable(job.fields).items()]
-    if _context.parallel or len(items) == 1:
-        found = list(map(_read_variable, items))
-    else:
-        found = list(_read_pool().map(_read_variable, items))
+    found = list(_map(_read_variable, items))
     out: dict = {job: [] for job in jobs}
     for (job, _, _), fields in zip(items, found, strict=True):
         out[job] += fields
     return [out[job] for job in jobs]
 
 
-def _read_pool() -> ThreadPoolExecutor:
+def _map(function: Callable, items: Sequence) -> Iterator:
+    """``function`` over ``items``: by :data:`READ_THREADS` threads in this process, one after
+    the other in a worker process (its siblings use the other cores)."""
     global _reader
+    if _context.parallel or len(items) < 2:
+        return map(function, items)
     if _reader is None:
         _reader = ThreadPoolExecutor(READ_THREADS)
-    return _reader
+    return _reader.map(function, items)
 
 
 def _checked_fields(job: Job, var: str, levels: list, values: np.ndarray) -> list[tuple]:
@@ -174,7 +175,7 @@ def _checked_fields(job: Job, var: str, levels: list, values: np.ndarray) -> lis
     regridder = _context.regridders[job.source]
     if regridder is not None:
         values = regridder(values)
-    values = values.astype(np.float32)
+    values = values.astype(np.float32, copy=False)
     if not np.isfinite(values).all():
         data, when = _input(job.source), from_hours(job.hours).isoformat(sep=" ")
         raise ConversionError(
@@ -220,12 +221,20 @@ def write_day(batch: Sequence[Job]) -> list[str]:
         by_dir.setdefault(os.path.dirname(path), []).append(os.path.basename(path))
     for directory, names in by_dir.items():
         forget_durable(directory, names)
-    for block in _blocks(batch, _job_bytes):
-        for job, fields in zip(block, read_jobs(block), strict=True):
-            for var, level, field in fields:
-                path = _field_path(job.hours, var, level)
-                write_unsynced(path, lambda f, a=field: np.save(f, a, allow_pickle=False))
+    items = [
+        (job, var, levels) for job in batch for var, levels in _by_variable(job.fields).items()
+    ]
+    list(_map(_read_and_write, items))
     return paths
+
+
+def _read_and_write(item: tuple) -> None:
+    """Read the fields of ``item`` = ``(job, variable, levels)`` (:func:`_read_variable`) and
+    write each into place, unsynced."""
+    job = item[0]
+    for var, level, field in _read_variable(item):
+        path = _field_path(job.hours, var, level)
+        write_unsynced(path, lambda f, a=field: np.save(f, a, allow_pickle=False))
 
 
 def commit_day(paths: Sequence[str], pool: ThreadPoolExecutor | None = None) -> int:
