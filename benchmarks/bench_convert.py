@@ -21,8 +21,9 @@ in each of ``--repeats`` rounds:
 - ``convert`` on the input's grid and ``convert --grid`` (default 128x256, conservative regridding)
   with each of ``--workers``, into a fresh output directory.
 
-It prints fields/s (medians over rounds) and each run's ratios to the plain read and to the
-durable writes of the same round.
+Each run starts once the file system has written out what the previous one left (``sync``). It
+prints fields/s (medians over rounds) and each run's ratios to the plain read and to the durable
+writes of the same round.
 """
 
 from __future__ import annotations
@@ -84,11 +85,18 @@ def make_input(directory: str, h: int, w: int, times: int, fmt: str) -> tuple[st
     return path, times * (2 * len(LEVELS) + 1)
 
 
+def _settled() -> float:
+    """``time.perf_counter()`` once the file system has written out everything pending (the
+    previous run's files and the deletion of its output), so that each run starts alike."""
+    os.sync()
+    return time.perf_counter()
+
+
 def plain_read(path: str, fmt: str) -> float:
     """Seconds to load every field of the input with xarray, step by step and variable by variable."""
     import xarray as xr
 
-    start = time.perf_counter()
+    start = _settled()
     ds = xr.open_zarr(path) if fmt == "zarr" else xr.open_dataset(path)
     for t in range(ds.sizes["time"]):
         for name in ds.data_vars:
@@ -118,7 +126,7 @@ def read_and_write(path: str, fmt: str, out: str) -> float:
 
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
-    start = time.perf_counter()
+    start = _settled()
     for k, (_, _, field) in enumerate(read_fields(path, fmt)):
         atomic_save_npy(os.path.join(out, f"{k}.npy"), field)
     return time.perf_counter() - start
@@ -131,7 +139,7 @@ def durable_writes(fields: list, out: str) -> float:
 
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
-    start = time.perf_counter()
+    start = _settled()
     day: list = []
     for k, (t, name, field) in enumerate(fields):
         target = os.path.join(out, str(t // 4), f"{t}-{name}-{k}.npy")
@@ -147,7 +155,7 @@ def convert_once(path: str, out: str, grid: str | None, workers: int) -> tuple[f
     from utils.conversion.convert import convert
 
     shutil.rmtree(out, ignore_errors=True)
-    start = time.perf_counter()
+    start = _settled()
     result = convert([path], out, grid=grid, workers=workers, stats=False, progress=False)
     return time.perf_counter() - start, result["written"]
 
