@@ -112,7 +112,8 @@ def convert(
     )
     stats_request = _stats_request(request, stats_start, stats_end, data_format)
     if finalize:
-        return finalize_parts(request, stats_request, climatology, progress)
+        stats_request = stats_request if stats else None
+        return finalize_parts(request, data_format, stats_request, climatology, progress)
     split = None
     if part is not None:
         split = split_parts(request.selected_hours(), part.count, PART_UNIT[data_format])
@@ -247,16 +248,15 @@ def _statistics(stats: dict, climatology: bool, progress: bool, moments=None) ->
 
 
 def finalize_parts(
-    request: ResolvedRequest, stats: dict, climatology: bool, progress: bool
+    request: ResolvedRequest, data_format: str, stats: dict | None, climatology: bool, progress
 ) -> dict:
     """After the parts of a conversion: an error naming the parts not finished, if any; else
-    the statistics from the parts' moments (a part without them, or with moments of another
-    period, is computed here) and the climatology."""
+    (unless ``stats`` is None: ``--no_stats``) the statistics from the parts' moments (a part
+    without them, or with moments of another period, is computed here) and the climatology."""
     from utils.data.moments import merge_partial_moments
 
-    whole = _plan(request, stats["data"].format)
+    whole = _plan(request, data_format)
     count = recorded_part_count(request.root_dir)
-    data_format = stats["data"].format
     split: PartSplit | None = None
     if count is not None:
         split = split_parts(request.selected_hours(), count, PART_UNIT[data_format])
@@ -265,6 +265,8 @@ def finalize_parts(
         raise unfinished_error(pending, split, "--finalize")
     result = summary(request, whole, 0)
     result.update(format=data_format, parts=count)
+    if stats is None:
+        return result
     if split is None:  # the parts kept no moments (--no_stats): everything at once
         result["statistics"] = _statistics(stats, climatology, progress)
         return result
