@@ -269,7 +269,9 @@ def test_three_concurrent_parts_one_killed_then_finalized_equal_one_conversion(
             assert json.load(f)["n_times"] == 12
 
 
-def test_an_h5_part_killed_after_a_row_block_resumes_without_rewriting_it(inputs, tmp_path):
+def test_an_h5_part_killed_after_a_row_block_resumes_and_the_parts_equal_one_conversion(
+    inputs, tmp_path
+):
     root = str(tmp_path / "h5parts")
     # 2019 is part 1 of 2; its 16 rows are one block, killed once recorded, before the rename
     killed = _part(inputs, root, "1/2", "h5_row_block@1", "--format", "h5")
@@ -283,9 +285,19 @@ def test_an_h5_part_killed_after_a_row_block_resumes_without_rewriting_it(inputs
     assert os.path.exists(final) and not os.path.exists(partial)
     assert not os.path.exists(year_path(root, 2020))  # part 2's year
     reference = str(tmp_path / "whole")
-    run(inputs, reference, data_format="h5", stats=False)
+    run(inputs, reference, data_format="h5")
     with h5py.File(final, "r") as f, h5py.File(year_path(reference, 2019), "r") as g:
         assert np.array_equal(f["fields"][...], g["fields"][...]) and bool(f.attrs["complete"])
+    with pytest.raises(MissingDataError, match=r"part\(s\) 2/2 not finished: 20 time\(s\)"):
+        run(inputs, root, data_format="h5", finalize=True)
+    run(inputs, root, data_format="h5", part="2/2")
+    final = run(inputs, root, data_format="h5", finalize=True)
+    assert final["parts"] == 2 and final["statistics"]["format"] == "h5"
+    for year in (2019, 2020):
+        with open(year_path(root, year), "rb") as f, open(year_path(reference, year), "rb") as g:
+            assert f.read() == g.read()
+    assert_same_statistics(root, reference, rtol=1e-12)
+    assert_same_climatology(root, reference)
 
 
 def test_part_and_format_errors(inputs, tmp_path):
