@@ -13,12 +13,17 @@ in each of ``--repeats`` rounds:
 - ``plain read``: xarray opens the input and loads every field of every step into memory, one step
   and variable at a time, as the converter reads it (the floor: the converter cannot be faster);
 - ``read + atomic writes``: the same, plus writing every field as one ``.npy`` with
-  ``utils.atomic_io.atomic_save_npy`` (fsync and rename): the floor of any atomic converter;
+  ``utils.atomic_io.atomic_save_npy`` (one fsync per file, then a rename);
+- ``durable writes alone``: no reading; the same fields, already in memory, each written to a
+  temporary name and renamed (``utils.batch_io.write_unsynced``), a day of them (4 steps) flushed
+  to disk at once (``utils.batch_io.make_durable``), as the converter writes them: the disk's rate
+  of durable writes, which no converter that keeps its output on disk can pass;
 - ``convert`` on the input's grid and ``convert --grid`` (default 128x256, conservative regridding)
-  with each of ``--workers``, into a fresh output directory (every file fsynced and renamed).
+  with each of ``--workers``, into a fresh output directory.
 
-It prints fields/s (medians over rounds) and each run's ratios to the plain read and to the read
-with atomic writes of the same round.
+Each run starts once the file system has written out what the previous one left (``sync``). It
+prints fields/s (medians over rounds) and each run's ratios to the plain read and to the durable
+writes of the same round.
 """
 
 from __future__ import annotations
@@ -80,11 +85,18 @@ def make_input(directory: str, h: int, w: int, times: int, fmt: str) -> tuple[st
     return path, times * (2 * len(LEVELS) + 1)
 
 
+def _settled() -> float:
+    """``time.perf_counter()`` once the file system has written out everything pending (the
+    previous run's files and the deletion of its output), so that each run starts alike."""
+    os.sync()
+    return time.perf_counter()
+
+
 def plain_read(path: str, fmt: str) -> float:
     """Seconds to load every field of the input with xarray, step by step and variable by variable."""
     import xarray as xr
 
-    start = time.perf_counter()
+    start = _settled()
     ds = xr.open_zarr(path) if fmt == "zarr" else xr.open_dataset(path)
     for t in range(ds.sizes["time"]):
         for name in ds.data_vars:
@@ -93,24 +105,49 @@ def plain_read(path: str, fmt: str) -> float:
     return time.perf_counter() - start
 
 
-def read_and_write(path: str, fmt: str, out: str) -> float:
-    """Seconds to load every field like :func:`plain_read` and write each atomically to ``out``."""
+def read_fields(path: str, fmt: str) -> list:
+    """Every ``(step, variable, field)`` of the input, read as :func:`plain_read` reads them."""
     import xarray as xr
 
+    ds = xr.open_zarr(path) if fmt == "zarr" else xr.open_dataset(path)
+    fields = []
+    for t in range(ds.sizes["time"]):
+        for name in ds.data_vars:
+            values = np.asarray(ds[name].isel(time=t).values)
+            fields += [(t, name, f) for f in values.reshape(-1, *values.shape[-2:])]
+    ds.close()
+    return fields
+
+
+def read_and_write(path: str, fmt: str, out: str) -> float:
+    """Seconds to load every field like :func:`plain_read` and write each atomically to ``out``
+    (``utils.atomic_io``: one fsync per file)."""
     from utils.atomic_io import atomic_save_npy
 
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
-    start = time.perf_counter()
-    ds = xr.open_zarr(path) if fmt == "zarr" else xr.open_dataset(path)
-    count = 0
-    for t in range(ds.sizes["time"]):
-        for name in ds.data_vars:
-            values = np.asarray(ds[name].isel(time=t).values)
-            for field in values.reshape(-1, *values.shape[-2:]):
-                atomic_save_npy(os.path.join(out, f"{count}.npy"), field)
-                count += 1
-    ds.close()
+    start = _settled()
+    for k, (_, _, field) in enumerate(read_fields(path, fmt)):
+        atomic_save_npy(os.path.join(out, f"{k}.npy"), field)
+    return time.perf_counter() - start
+
+
+def durable_writes(fields: list, out: str) -> float:
+    """Seconds to write ``fields`` (from :func:`read_fields`) into ``out`` as the converter
+    does: each unsynced to a temporary name and renamed, a day (4 steps) flushed at once."""
+    from utils.batch_io import make_durable, write_unsynced
+
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    start = _settled()
+    day: list = []
+    for k, (t, name, field) in enumerate(fields):
+        target = os.path.join(out, str(t // 4), f"{t}-{name}-{k}.npy")
+        write_unsynced(target, lambda f, a=field: np.save(f, a))
+        day.append(target)
+        if k + 1 == len(fields) or fields[k + 1][0] // 4 != t // 4:
+            make_durable(day, out)
+            day = []
     return time.perf_counter() - start
 
 
@@ -118,7 +155,7 @@ def convert_once(path: str, out: str, grid: str | None, workers: int) -> tuple[f
     from utils.conversion.convert import convert
 
     shutil.rmtree(out, ignore_errors=True)
-    start = time.perf_counter()
+    start = _settled()
     result = convert([path], out, grid=grid, workers=workers, stats=False, progress=False)
     return time.perf_counter() - start, result["written"]
 
@@ -137,55 +174,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+REFERENCES = (
+    ("plain_read", "plain read (xarray)"),
+    ("read_and_atomic_write", "read + atomic writes"),
+    ("durable_writes", "durable writes alone (no read)"),
+)
+
+
+def _references(args, work: str, path: str, fields: list) -> tuple[float, float, float]:
+    """Seconds of the three references of one round (see the module doc)."""
+    return (
+        plain_read(path, args.format),
+        read_and_write(path, args.format, os.path.join(work, "atomic")),
+        durable_writes(fields, os.path.join(work, "durable")),
+    )
+
+
 def measure(args, work: str, path: str, n_fields: int) -> list[dict]:
-    """Time ``--repeats`` rounds (both references, then every conversion run); returns one row
-    per reference and per conversion run: median fields/s and median per-round ratios."""
+    """Time ``--repeats`` rounds (the references, then every conversion run); returns one row
+    per reference and per conversion run: median fields/s and median per-round ratios to the
+    plain read and to the durable writes alone."""
     runs = [(None, w) for w in args.workers] + [(args.grid, w) for w in args.workers]
-    plain_rates, floor_rates = [], []
+    references: list = [[] for _ in REFERENCES]  # fields/s per round
     rates: dict = {run: [] for run in runs}
-    ratios: dict = {run: [] for run in runs}
-    floor_ratios: dict = {run: [] for run in runs}
-    plain_read(path, args.format)  # warm the page cache and the imports
-    for _ in range(args.repeats):  # a round: both references, then every run
-        plain = n_fields / plain_read(path, args.format)
-        floor = n_fields / read_and_write(path, args.format, os.path.join(work, "floor"))
-        plain_rates.append(plain)
-        floor_rates.append(floor)
+    fields = read_fields(path, args.format)  # also warms the page cache and the imports
+    for _ in range(args.repeats):  # a round: the references, then every run
+        for found, seconds in zip(references, _references(args, work, path, fields), strict=True):
+            found.append(n_fields / seconds)
         for run in runs:
             seconds, written = convert_once(path, os.path.join(work, "out"), *run)
             if written != n_fields:
                 raise RuntimeError(f"converter wrote {written} fields, expected {n_fields}")
             rates[run].append(n_fields / seconds)
-            ratios[run].append(rates[run][-1] / plain)
-            floor_ratios[run].append(rates[run][-1] / floor)
+    plain, durable = references[0], references[2]
+
+    def ratio(values: list, to: list) -> float:  # the median of the per-round ratios
+        return statistics.median([v / r for v, r in zip(values, to, strict=True)])
+
+    def row(measurement: str, values: list, **extra) -> dict:
+        return dict(
+            measurement=measurement,
+            **extra,
+            fields_per_s=statistics.median(values),
+            ratio_to_plain_read=ratio(values, plain),
+            ratio_to_durable_writes=ratio(values, durable),
+        )
+
     rows = [
-        {
-            "measurement": "plain_read",
-            "input": f"{args.format} {args.h_in}x{args.w_in}",
-            "fields": n_fields,
-            "fields_per_s": statistics.median(plain_rates),
-            "ratio_to_plain_read": 1.0,
-        },
-        {
-            "measurement": "read_and_atomic_write",
-            "fields_per_s": statistics.median(floor_rates),
-            "ratio_to_plain_read": statistics.median(
-                [f / p for f, p in zip(floor_rates, plain_rates, strict=True)]
-            ),
-            "ratio_to_read_and_write": 1.0,
-        },
+        row(
+            REFERENCES[0][0], plain, input=f"{args.format} {args.h_in}x{args.w_in}", fields=n_fields
+        )
+    ]
+    rows += [
+        row(name, values) for (name, _), values in zip(REFERENCES[1:], references[1:], strict=True)
     ]
     for (grid, workers), values in rates.items():
-        rows.append(
-            {
-                "measurement": "convert",
-                "grid": grid or f"{args.h_in}x{args.w_in} (input)",
-                "workers": workers,
-                "fields_per_s": statistics.median(values),
-                "ratio_to_plain_read": statistics.median(ratios[(grid, workers)]),
-                "ratio_to_read_and_write": statistics.median(floor_ratios[(grid, workers)]),
-            }
-        )
+        grid = grid or f"{args.h_in}x{args.w_in} (input)"
+        rows.append(row("convert", values, grid=grid, workers=workers))
     return rows
 
 
@@ -194,15 +239,14 @@ def print_table(args, rows: list[dict], n_fields: int) -> None:
         f"input: {args.format}, {args.h_in} x {args.w_in}, {n_fields} fields; "
         f"medians of {args.repeats} rounds"
     )
-    print(f"{'run':<40} {'fields/s':>9} {'x plain read':>13} {'x read+write':>13}")
-    labels = ["plain read (xarray)", "read + atomic writes"] + [
-        f"convert -> {row['grid']}, {row['workers']} worker(s)" for row in rows[2:]
+    print(f"{'run':<40} {'fields/s':>9} {'x plain read':>13} {'x durable writes':>17}")
+    labels = [label for _, label in REFERENCES] + [
+        f"convert -> {row['grid']}, {row['workers']} worker(s)" for row in rows[len(REFERENCES) :]
     ]
     for label, row in zip(labels, rows, strict=True):
-        to_floor = row.get("ratio_to_read_and_write")
         print(
             f"{label:<40} {row['fields_per_s']:>9.1f} {row['ratio_to_plain_read']:>13.2f} "
-            f"{'' if to_floor is None else f'{to_floor:.2f}':>13}"
+            f"{row['ratio_to_durable_writes']:>17.2f}"
         )
 
 

@@ -15,7 +15,10 @@ threads``) and 1 and 2 worker processes (``processes``), timed after the first b
 start-up is excluded. Each of ``--repeats`` rounds times the raw loop right before every reader
 of every format, the formats of one reader back to back; the table gives median rates, the
 median of the per-round ratios to raw and, per reader, the median per-round ratio h5 / npy.
-Files are read once before timing so that every measurement sees a warm page cache.
+Files are read once before timing so that every measurement sees a warm page cache. With
+``--root_dir``, only the formats the dataset holds are timed (one line says which is missing and
+how to make it); without ``.npy`` files the raw reference reads the sample's rows of the year
+files with h5py instead.
 
 Like train.sh and test.sh, the benchmark enables transparent huge pages for PyTorch's large CPU
 allocations (``THP_MEM_ALLOC_ENABLE=1``): a fresh 70 MB batch buffer then costs a few dozen page
@@ -80,6 +83,59 @@ def _time_raw(files) -> float:
         for p in sample:
             np.load(p)
     return _rate(len(files), time.perf_counter() - start)
+
+
+def _time_raw_rows(rows) -> float:
+    """Samples/s of h5py reads of every row of every sample (``rows``: ``(path, row)`` lists)."""
+    import h5py
+
+    paths = sorted({p for sample in rows for p, _ in sample})
+    start = time.perf_counter()
+    files = {p: h5py.File(p, "r") for p in paths}
+    for sample in rows:
+        for p, row in sample:
+            files[p]["fields"][row]
+    for f in files.values():
+        f.close()
+    return _rate(len(rows), time.perf_counter() - start)
+
+
+def _raw_reference(reference, indices, data_format):
+    """``(label, timer)`` of the raw loop over the samples
+    ``indices`` of ``reference`` (a dataset of ``data_format``): ``np.load`` of its ``.npy``
+    files, or h5py reads of its rows."""
+    states = []
+    for i in indices:
+        ins, outs = reference.sample_times(i)
+        states.append(ins + outs)
+    if data_format == "npy":
+        files = [[p for t in sample for p in reference.paths(t)] for sample in states]
+        return "raw np.load", lambda: _time_raw(files)
+    rows = [[reference.reader.location(t) for t in sample] for sample in states]
+    return "raw h5py rows", lambda: _time_raw_rows(rows)
+
+
+def present_formats(args, root: str) -> list[str]:
+    """The formats of ``--format`` that ``root`` holds; one line on stderr for each missing one,
+    saying how to make it."""
+    from utils.data.h5_layout import find_year_files
+
+    held = {
+        "npy": os.path.isdir(root) and any(d.isdigit() and len(d) == 4 for d in os.listdir(root)),
+        "h5": bool(find_year_files(root, "train")),
+    }
+    how = {
+        "npy": "convert ERA5 with `python -m tools.prepare_era5 --format npy`",
+        "h5": f"make them with `python -m tools.npy_to_h5 --root_dir {root}`",
+    }
+    what = {
+        "npy": "no .npy layout (<YYYY>/<YYYY-MM-DD>/*.npy)",
+        "h5": "no year files (*/<YYYY>.h5)",
+    }
+    for f in args.format:
+        if not held[f]:
+            print(f"{f} not timed: {what[f]} under {root}; {how[f]}", file=sys.stderr)
+    return [f for f in args.format if held[f]]
 
 
 def _time_dataset(dataset, indices) -> float:
@@ -194,12 +250,13 @@ def _generate(args, levels, root) -> None:
             print(f"converted to h5 (<root>/all/<YYYY>.h5) in {time.perf_counter() - t:.1f} s")
 
 
-def _measure(args, params, files, indices):
-    """``(reader names, raw rates, {(format, name): rates}, {(format, name): ratios to raw})``.
+def _measure(args, params, raw, indices):
+    """``(reader names, raw rates, {(format, name): rates}, {(format, name): ratios to raw})``;
+    ``raw()`` times the raw loop.
 
     Each round times the raw loop right before every reader, so a ratio compares two rates
     measured seconds apart; the medians over rounds are robust to this machine's noise."""
-    _time_raw(files)  # warm the page cache
+    raw()  # warm the page cache
     by_format = {f: _readers(args, params, f, indices) for f in args.format}
     for readers in by_format.values():
         for _, reader in readers[:1]:
@@ -211,7 +268,7 @@ def _measure(args, params, files, indices):
     for _ in range(args.repeats):
         for k, name in enumerate(names):
             for f in args.format:
-                reference_rate = _time_raw(files)
+                reference_rate = raw()
                 rate = by_format[f][k][1]()
                 raw_rates.append(reference_rate)
                 rates[f, name].append(rate)
@@ -219,9 +276,10 @@ def _measure(args, params, files, indices):
     return names, raw_rates, rates, ratios
 
 
-def _rows(args, names, raw_rates, rates, ratios):
+def _rows(args, names, raw_rates, rates, ratios, raw_label):
     """``[(reader, format, median rate, median ratio to raw, median h5 / npy or None)]``."""
-    rows = [("raw np.load", "npy", float(np.median(raw_rates)), 1.0, None)]
+    raw_format = "npy" if raw_label == "raw np.load" else "h5"
+    rows = [(raw_label, raw_format, float(np.median(raw_rates)), 1.0, None)]
     for name in names:
         h5_vs_npy = None
         if {"npy", "h5"} <= set(args.format):
@@ -262,7 +320,7 @@ def _print_table(args, header, rows, raw_rates, mb) -> None:
         print(f"{name:<24}{f:>7}{rate:>12.1f}{rate * mb:>10.0f}{ratio:>8.2f}{tail}")
     print(
         f"(medians over {args.repeats} rounds; x raw and h5/npy are medians of per-round "
-        f"ratios; raw np.load ranged {min(raw_rates):.1f}-{max(raw_rates):.1f} samples/s)"
+        f"ratios; {rows[0][0]} ranged {min(raw_rates):.1f}-{max(raw_rates):.1f} samples/s)"
     )
 
 
@@ -281,24 +339,25 @@ def main(argv=None):
         tmp = tempfile.TemporaryDirectory(prefix="bench_loader_")
         root = os.path.join(tmp.name, "era5")
         _generate(args, levels, root)
+    else:
+        args.format = present_formats(args, root)
+        if not args.format:
+            raise SystemExit(f"error: no dataset to time under {root}")
     params = _params(args, root, levels)
-    params["data_format"] = "npy"
+    params["data_format"] = args.format[0]
     reference = ERA5Dataset(params, "train")
     n = args.samples
     indices = [i % len(reference) for i in range(n)]
-    files = []
-    for i in indices:
-        ins, outs = reference.sample_times(i)
-        files.append([p for t in ins + outs for p in reference.paths(t)])
-    names, raw_rates, rates, ratios = _measure(args, params, files, indices)
-    rows = _rows(args, names, raw_rates, rates, ratios)
-    files_per_sample = len(files[0])
-    mb = files_per_sample * reference.h * reference.w * 4 / 2**20
+    raw_label, raw = _raw_reference(reference, indices, args.format[0])
+    names, raw_rates, rates, ratios = _measure(args, params, raw, indices)
+    rows = _rows(args, names, raw_rates, rates, ratios, raw_label)
+    states = reference.t_in + reference.t_out
+    mb = states * reference.layout.n_channels * reference.h * reference.w * 4 / 2**20
     header = dict(
         grid=f"{reference.h}x{reference.w}",
         channels=reference.layout.n_channels,
-        npy_files_opened_per_sample=files_per_sample,
-        h5_reads_per_sample=reference.t_in + reference.t_out,
+        npy_files_opened_per_sample=states * reference.layout.n_channels,
+        h5_reads_per_sample=states,
         mb_per_sample=round(mb, 2),
         samples=n,
         batch_size=args.batch_size,

@@ -9,8 +9,8 @@ import pytest
 xr = pytest.importorskip("xarray")
 pd = pytest.importorskip("pandas")
 pytest.importorskip("netCDF4")
-pytest.importorskip("dask")
 
+from utils.batch_io import durable_names, record_durable  # noqa: E402
 from utils.conversion.convert import summary, write_batch  # noqa: E402
 from utils.conversion.plan import plan_jobs  # noqa: E402
 from utils.conversion.request import check_options, resolve  # noqa: E402
@@ -113,9 +113,16 @@ def test_plan_jobs_skips_fields_on_disk_and_removes_stale_temporaries(inputs, tm
     request = resolve(inputs[:2], root, selection, grid="4x8")
     noon = HOUR0 + 36
     done = [upper_path(root, noon, "z", 850), surface_path(root, HOUR0 + 24, "t2m")]
-    for path in done:
+    for path in done:  # on disk and recorded as durable: skipped
         os.makedirs(os.path.dirname(path), exist_ok=True)
         np.save(path, np.zeros((4, 8), np.float32))
+        record_durable(os.path.dirname(path), [os.path.basename(path)])
+    # on disk but never recorded (a batch a kill interrupted): written again
+    np.save(upper_path(root, HOUR0 + 24, "z", 1000), np.zeros((4, 8), np.float32))
+    # recorded but no longer on disk: written again
+    record_durable(
+        day_dir(root, "2020-01-02"), [os.path.basename(upper_path(root, noon, "z", 1000))]
+    )
     stale = os.path.join(day_dir(root, "2020-01-02"), ".12:00:00-z-1000.0.npy.x1y2.tmp")
     open(stale, "w").close()
 
@@ -145,6 +152,9 @@ def test_write_batch_writes_one_batch_and_the_next_plan_skips_it(inputs, tmp_pat
     work = plan_jobs(request)
     assert len(work.jobs) == 4
     assert write_batch(request, work.jobs[1:3], workers=1, progress=False) == 4
+    assert durable_names(day_dir(root, "2020-01-01")) == {
+        f"{h:02d}:00:00-z-{p}.0.npy" for h in (6, 12) for p in (500, 1000)
+    }
     z = xr.open_dataset(inputs[0])["z"]
     for job in work.jobs[1:3]:
         for level in (500, 1000):

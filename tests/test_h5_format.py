@@ -13,7 +13,7 @@ from conftest import make_params
 
 import inference
 import train
-from utils.data import h5_reader, npy_to_h5
+from utils.data import h5_reader, h5_year_writer, npy_to_h5
 from utils.data.dataset import ERA5Dataset
 from utils.data.h5_layout import channel_indices, describe, runs, year_path
 from utils.data.loader import get_data_loader
@@ -151,7 +151,7 @@ def test_conversion_resumes_a_partial_year_and_runs_years_in_parallel(tmp_path, 
     assert_same_batches(*pair(src, str(tmp_path / "fresh"), "train", *small), [0, 6, 7, 14])
 
     out = str(tmp_path / "out")
-    monkeypatch.setattr(npy_to_h5, "FLUSH_EVERY", 3)
+    monkeypatch.setattr(h5_year_writer, "FLUSH_EVERY", 3)
     reads = {"n": 0}
     from utils.data.npy_reader import NpyStateReader
 
@@ -167,7 +167,7 @@ def test_conversion_resumes_a_partial_year_and_runs_years_in_parallel(tmp_path, 
     with pytest.raises(KeyboardInterrupt):
         npy_to_h5.convert(src, out)
     monkeypatch.setattr(NpyStateReader, "read", original)
-    final, partial = year_path(out, 2020), npy_to_h5.partial_path(year_path(out, 2020))
+    final, partial = year_path(out, 2020), h5_year_writer.partial_path(year_path(out, 2020))
     assert os.path.exists(year_path(out, 2019)) and not os.path.exists(final)
     with h5py.File(partial, "r") as f:
         assert f.attrs["rows_written"] == 3 and not f.attrs["complete"]

@@ -15,6 +15,7 @@ pytest.importorskip("netCDF4")
 from conftest import make_params  # noqa: E402
 
 from tools.prepare_era5 import main  # noqa: E402
+from utils.batch_io import durable_names  # noqa: E402
 from utils.channels import ERA5_LEVELS  # noqa: E402
 from utils.conversion.convert import convert  # noqa: E402
 from utils.conversion.variable_names import ConversionError  # noqa: E402
@@ -126,7 +127,9 @@ def test_copernicus_round_trip(copernicus, tmp_path):
     day = os.path.join(root, "2020", "2020-01-01")
     assert not os.path.exists(os.path.join(day, "03:00:00-z-500.0.npy"))
     assert not os.path.exists(os.path.join(day, "00:00:00-z-1000.0.npy"))
-    assert len(os.listdir(day)) == 4 * 3 * 2
+    written = sorted(f for f in os.listdir(day) if f.endswith(".npy"))
+    assert len(written) == 4 * 3 * 2
+    assert sorted(durable_names(day)) == written  # the day's batch is recorded as durable
     with open(statistic_path(root)) as f:
         stats = json.load(f)
     six_hourly = data["z"][::6, 2].astype(np.float64)

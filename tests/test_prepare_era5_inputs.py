@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -17,9 +16,9 @@ xr = pytest.importorskip("xarray")
 pd = pytest.importorskip("pandas")
 pytest.importorskip("netCDF4")
 pytest.importorskip("zarr")
-pytest.importorskip("dask")
 
 from tools.prepare_era5 import main  # noqa: E402
+from utils.batch_io import durable_names  # noqa: E402
 from utils.conversion.convert import convert  # noqa: E402
 from utils.conversion.download import cds_requests, download  # noqa: E402
 from utils.conversion.sources import find_inputs, storage_options_for  # noqa: E402
@@ -297,8 +296,22 @@ def test_parallel_resume_after_partial_output(many_times, tmp_path):
         np.testing.assert_array_equal(got[name], value)
 
 
-def test_killed_conversion_resumes(tmp_path):
-    times = pd.date_range("2020-01-01", periods=100, freq="6h")
+def _stats(root):
+    """``{relative path: (inode, mtime_ns)}`` of every ``.npy`` file under ``root``."""
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            if f.endswith(".npy"):
+                st = os.stat(os.path.join(dirpath, f))
+                out[os.path.relpath(os.path.join(dirpath, f), root)] = (st.st_ino, st.st_mtime_ns)
+    return out
+
+
+def test_killed_conversion_resumes_redoing_only_unfinished_days(tmp_path):
+    """SIGKILLed (kill point ``convert_batch``) right after its third day is recorded durable,
+    while later days are being written; the same command then writes every other day and leaves
+    the three recorded days untouched."""
+    times = pd.date_range("2020-01-01", periods=100, freq="6h")  # 25 days of 4 x 2 fields
     z = cube(len(times), 2, H, W, base=5e4, scale=100)
     path = str(tmp_path / "long.nc")
     xr.Dataset(
@@ -307,23 +320,27 @@ def test_killed_conversion_resumes(tmp_path):
     ).to_netcdf(path)
     root = str(tmp_path / "out")
     cmd = [sys.executable, "-m", "tools.prepare_era5", "--input", path, "--root_dir", root]
-    proc = subprocess.Popen(
-        cmd + ["--no_stats", "--quiet"],
-        cwd=REPO,
-        stderr=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
+    env = dict(os.environ, VAMOE_KILL_AT="convert_batch@3")
+    run = subprocess.run(
+        cmd + ["--no_stats", "--quiet"], cwd=REPO, env=env, capture_output=True, timeout=300
     )
-    try:  # killed as soon as its first field is on disk
-        deadline = time.monotonic() + 120
-        while not _count(root) and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.01)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    done = _count(root)
-    assert 0 < done < 200
+    assert run.returncode == -signal.SIGKILL
+    recorded = [
+        d
+        for d in sorted(os.listdir(os.path.join(root, "2020")))
+        if durable_names(os.path.join(root, "2020", d))
+    ]
+    assert recorded == ["2020-01-01", "2020-01-02", "2020-01-03"]
+    before = _stats(root)
+    kept = {k: v for k, v in before.items() if k.split(os.sep)[1] in recorded}
+    assert len(kept) == 3 * 8
     result = convert([path], root, **quiet())
-    assert result["skipped"] == done and result["written"] == 200 - done
+    assert result["skipped"] == 24 and result["written"] == 200 - 24
+    assert result["batches_written"] == 22  # only the 22 unfinished days
+    after = _stats(root)
+    assert {k: after[k] for k in kept} == kept  # same inode, same mtime: not rewritten
+    unrecorded = set(before) - set(kept)  # written by the killed run, never made durable
+    assert all(after[k] != before[k] for k in unrecorded)  # written again
     got = _tree(root)
     assert len(got) == 200
     for ti, t in enumerate(times):

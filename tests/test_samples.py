@@ -11,7 +11,7 @@ from utils.data.dataset import ERA5Dataset
 from utils.data.npy_layout import MissingDataError, surface_path, upper_path
 from utils.data.samples import SampleDescription, resolve_samples
 from utils.data.statistics import write_mean_std
-from utils.errors import ConfigError
+from utils.errors import ConfigError, DataError
 from utils.grid import grid_latitudes, longitudes, write_grid
 from utils.times import to_hours
 
@@ -164,6 +164,21 @@ def test_the_data_step_is_read_from_the_first_three_days_unless_they_hold_one_ti
         resolve(
             root, "train_period=['2020-01-01', '2020-01-04']", "lead_time=4", "train_interval=4"
         )
+
+
+def test_irregular_stored_steps_are_an_error_naming_them_and_the_setting(tmp_path):
+    root = write_dataset(str(tmp_path / "irregular"), [T0 + h for h in (0, 7, 15, 22, 29, 37)])
+    config = ["train_period=['2020-01-01', '2020-01-02']", "lead_time=7", "train_interval=7"]
+    config += ["valid_interval=7", "test_interval=7"]
+    with pytest.raises(DataError) as err:
+        resolve(root, *config)
+    message = str(err.value)
+    assert "step irregularly: steps of 7 h (x3), 8 h (x2)" in message
+    assert "2020-01-01T00 -> 2020-01-01T07 -> 2020-01-01T15" in message
+    assert "'data_step'" in message and "'skip_incomplete_samples: true'" in message
+    # the setting it names: samples every 7 h from the first time, the incomplete ones skipped
+    samples = resolve(root, *config, "data_step=7", "skip_incomplete_samples=true")
+    assert samples.data_step == 7 and (samples.times - T0).tolist() == [0]
 
 
 def test_a_configured_data_step_starts_at_the_first_fitting_time(hourly):

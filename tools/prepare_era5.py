@@ -1,13 +1,14 @@
 """Convert ERA5 (netCDF files or Zarr stores, local or in the cloud) into the project's ``.npy``
-layout, optionally regridded, then compute the statistics and the climatology
-(:func:`utils.conversion.convert.convert`).
+layout or its HDF5 year files, optionally regridded, then compute the statistics and the
+climatology (:func:`utils.conversion.convert.convert`).
 
 ::
 
     python -m tools.prepare_era5 --input INPUT [INPUT ...] --root_dir ./data/era5 \\
-        [--variables z q u v t t2m u10 v10 msl sp] [--levels 1000 925 850 ...] \\
+        [--format npy|h5] [--variables z q u v t t2m u10 v10 msl sp] [--levels 1000 925 850 ...] \\
         [--start 1979-01-01 --end 2021-12-31] [--hour_step 6] [--grid 128x256] \\
-        [--member N] [--level P] [--workers N] [--download DIR] \\
+        [--member N] [--level P] [--time_coord NAME] [--time_units UNITS] [--workers N] \\
+        [--part I/N | --finalize] [--download DIR] \\
         [--stats_start ... --stats_end ...] [--no_stats] [--no_climatology] [--overwrite] [--debug]
 
 Errors about the inputs or the request (``ConversionError``, and the project's other errors)
@@ -39,6 +40,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--root_dir", required=True, help="output root of the layout")
     parser.add_argument(
+        "--format",
+        choices=("npy", "h5"),
+        default="npy",
+        help="npy: one file per field (default); h5: one HDF5 file per year (<root_dir>/all/)",
+    )
+    _add_selection(parser)
+    _add_input_reading(parser)
+    parser.add_argument("--workers", type=int, default=1, help="writer processes (default 1)")
+    parser.add_argument(
+        "--part",
+        metavar="I/N",
+        default=None,
+        help="convert only part I of N (contiguous whole days; whole years with --format h5); "
+        "the N parts may run at once into the same --root_dir, then run --finalize",
+    )
+    parser.add_argument(
+        "--finalize",
+        action="store_true",
+        help="after the parts: report any part not finished, else merge their statistics and "
+        "compute the climatology",
+    )
+    parser.add_argument(
+        "--download",
+        metavar="DIR",
+        default=None,
+        help="first download --variables/--levels/--start/--end from the Copernicus store "
+        "into DIR with cdsapi (needs CDS credentials), then convert them",
+    )
+    parser.add_argument("--h_size", type=int, default=None, help="expected latitudes (check)")
+    parser.add_argument("--w_size", type=int, default=None, help="expected longitudes (check)")
+    parser.add_argument("--no_stats", action="store_true", help="skip statistics and climatology")
+    parser.add_argument("--stats_start", default=None, help="first date of the statistics")
+    parser.add_argument("--stats_end", default=None, help="last date of the statistics")
+    parser.add_argument("--no_climatology", action="store_true")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="rewrite files that exist (default: skip them)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--debug", action="store_true", help="full tracebacks on errors")
+    return parser
+
+
+def _add_selection(parser: argparse.ArgumentParser) -> None:
+    """What to convert: variables, levels, period, hours, grid."""
+    parser.add_argument(
         "--variables",
         nargs="+",
         default=None,
@@ -61,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="regrid conservatively to HxW cell centres (128x256) or a spacing in degrees "
         "(1.40625); default: the inputs' grid",
     )
+
+
+def _add_input_reading(parser: argparse.ArgumentParser) -> None:
+    """How to read inputs: ensemble member, level, time coordinate."""
     parser.add_argument("--member", type=int, default=None, help="ensemble member to convert")
     parser.add_argument(
         "--level",
@@ -68,26 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="pressure level of upper-air inputs that have no level coordinate",
     )
-    parser.add_argument("--workers", type=int, default=1, help="writer processes (default 1)")
     parser.add_argument(
-        "--download",
-        metavar="DIR",
+        "--time_coord",
         default=None,
-        help="first download --variables/--levels/--start/--end from the Copernicus store "
-        "into DIR with cdsapi (needs CDS credentials), then convert them",
+        help="name of the time coordinate, when not time / valid_time (e.g. time_index)",
     )
-    parser.add_argument("--h_size", type=int, default=None, help="expected latitudes (check)")
-    parser.add_argument("--w_size", type=int, default=None, help="expected longitudes (check)")
-    parser.add_argument("--no_stats", action="store_true", help="skip statistics and climatology")
-    parser.add_argument("--stats_start", default=None, help="first date of the statistics")
-    parser.add_argument("--stats_end", default=None, help="last date of the statistics")
-    parser.add_argument("--no_climatology", action="store_true")
     parser.add_argument(
-        "--overwrite", action="store_true", help="rewrite files that exist (default: skip them)"
+        "--time_units",
+        default=None,
+        help="units of a numeric time coordinate that carries none, e.g. 'hours since 1940-01-01'",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--debug", action="store_true", help="full tracebacks on errors")
-    return parser
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -129,6 +169,11 @@ def run(args: argparse.Namespace) -> dict:
         grid=args.grid,
         workers=args.workers,
         progress=not args.quiet,
+        data_format=args.format,
+        part=args.part,
+        finalize=args.finalize,
+        time_coord=args.time_coord,
+        time_units=args.time_units,
     )
 
 

@@ -1,9 +1,11 @@
-"""Normalisation statistics (``mean_std*.json``) and the climatology of a dataset
-(:func:`utils.data.statistics.compute_statistics`).
+"""Normalisation statistics (``mean_std*.json``) and the climatology of a dataset in either
+format (:func:`utils.data.statistics.compute_statistics`).
 
 ::
 
     python -m tools.statistics --root_dir DIR --start 1979-01-01 --end 2020-12-31 [--hour_step 6]
+    python -m tools.statistics --root_dir DIR --format h5 --h5_channels u10 v10 t2m ... \
+        --start 1979-01-01 --end 2015-12-31      # plain FourCastNet year files
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from utils.data.npy_layout import discover_variables
+from utils.data.dataset_fields import FORMATS, DatasetFields
+from utils.data.h5_layout import ALL_SPLIT
 from utils.data.statistics import compute_statistics
 from utils.errors import cli_errors
+from utils.times import period_bounds
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -48,17 +52,43 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--surface", nargs="*", default=None, help="surface variables (default: all found)"
     )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=None,
+        help="the dataset's layout (default: npy when <root_dir>/<YYYY>/ exists, else h5)",
+    )
+    parser.add_argument(
+        "--split",
+        default=ALL_SPLIT,
+        help="h5: the sub-directory searched first for a year (then all/, then any other)",
+    )
+    parser.add_argument(
+        "--h5_channels",
+        nargs="+",
+        default=None,
+        help="h5: channel order of files that store no channel names (plain FourCastNet "
+        "files), e.g. u10 v10 t2m sp msl t850 z500",
+    )
     parser.add_argument("--no_climatology", action="store_true")
     parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     with cli_errors():
         _run(args)
 
 
 def _run(args) -> None:
+    data = DatasetFields(args.root_dir, args.format, args.split, args.h5_channels)
     upper = None
     if args.variables is not None or args.levels is not None:
-        found, _ = discover_variables(args.root_dir, args.start)
+        found: dict = {}
+        for channel in data.discover(*period_bounds([args.start, args.end])):
+            if channel.level is not None:
+                found.setdefault(channel.variable, []).append(channel.level)
         variables = args.variables if args.variables is not None else list(found)
         upper = {
             v: (args.levels if args.levels is not None else found.get(v, [])) for v in variables
@@ -72,6 +102,7 @@ def _run(args) -> None:
         args.surface,
         climatology=not args.no_climatology,
         overwrite=args.overwrite,
+        data=data,
     )
     print(json.dumps(result))
 

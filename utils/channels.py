@@ -174,3 +174,18 @@ class ChannelLayout:
 
     def __repr__(self) -> str:
         return f"ChannelLayout({self.n_channels} channels, groups={self.group_names})"
+
+
+# Surface variables whose names look like an upper-air variable at a level (u10: 10 m wind, not u
+# at 10 hPa); channel names are read with them in mind.
+SURFACE_CHANNEL_NAMES = ("t2m", "u10", "v10", "u100", "v100", "msl", "sp", "tp", "tcwv")
+
+
+def channel_from_name(name: str) -> Channel:
+    """The channel of a short name: ``z500`` -> ``Channel("z", 500)``; ``t2m``, ``u10`` and any
+    name that is not a variable followed by an ERA5 pressure level -> a surface channel."""
+    stem = name.rstrip("0123456789")
+    digits = name[len(stem) :]
+    if name in SURFACE_CHANNEL_NAMES or not stem or not digits or int(digits) not in ERA5_LEVELS:
+        return Channel(name)
+    return Channel(stem, int(digits))

@@ -5,8 +5,10 @@ Whatever the input's names and dimension order, every recognised variable become
 ``(time, level, lat, lon)`` (upper-air, ``level`` in hPa) or ``(time, lat, lon)`` (surface),
 latitudes north to south and longitudes ascending from 0° E. A scalar time coordinate becomes a
 time dimension of length 1; a size-1 extra dimension is dropped; an ensemble dimension needs a
-member (``member``); any other extra dimension is an error naming it. Nothing is read here but
-coordinates.
+member (``member``); any other extra dimension is an error naming it. The time coordinate is found
+by name (or named by ``time_coord``, along any dimension); it holds dates, or numbers with units
+such as ``hours since 1940-01-01`` on the coordinate or given as ``time_units``. Nothing is read
+here but coordinates.
 """
 
 from __future__ import annotations
@@ -29,6 +31,27 @@ from utils.conversion.variable_names import (
     is_upper,
     recognise_variable,
 )
+
+TIME_UNITS = {"second": 1 / 3600, "minute": 1 / 60, "hour": 1.0, "day": 24.0}
+
+
+@dataclass(frozen=True)
+class InputOptions:
+    """How inputs are read, as the command line asks.
+
+    Attributes:
+        member: the ensemble member to keep (value of the ensemble coordinate).
+        level: pressure level (hPa) of upper-air variables that have neither a level dimension
+            nor a level coordinate.
+        time_coord: the name of the time coordinate (None: found by name).
+        time_units: units of a numeric time coordinate without its own ``units`` attribute,
+            ``<seconds|minutes|hours|days> since <date>``.
+    """
+
+    member: int | None = None
+    level: int | None = None
+    time_coord: str | None = None
+    time_units: str | None = None
 
 
 @dataclass
@@ -71,7 +94,7 @@ class NormalisedInput:
 
 def _indexer(order: np.ndarray):
     """A permutation as the cheapest equivalent indexer: a slice when it is the identity or a
-    reversal (keeps dask reads contiguous), else the index array."""
+    reversal (keeps reads contiguous), else the index array."""
     n = len(order)
     if np.array_equal(order, np.arange(n)):
         return slice(None)
@@ -80,12 +103,46 @@ def _indexer(order: np.ndarray):
     return order
 
 
-def _hours(values, where: str) -> np.ndarray:
-    v = np.asarray(values).reshape(-1)
-    if not np.issubdtype(v.dtype, np.datetime64):
-        raise ConversionError(f"{where}: the time coordinate is not a date ({v.dtype})")
-    minutes = v.astype("datetime64[m]").astype(np.int64)
-    return minutes / 60.0
+def _hours(coord, name: str, where: str, units: str | None) -> np.ndarray:
+    """Hours since 1970-01-01 of the time coordinate ``coord`` called ``name``: its dates, or its
+    numbers in ``units`` (default: the coordinate's own ``units`` attribute)."""
+    v = np.asarray(coord.values).reshape(-1)
+    if np.issubdtype(v.dtype, np.datetime64):
+        if units is not None:
+            raise ConversionError(
+                f"{where}: --time_units {units!r} given, but {name!r} already holds dates"
+            )
+        return v.astype("datetime64[m]").astype(np.int64) / 60.0
+    if not np.issubdtype(v.dtype, np.number):
+        raise ConversionError(f"{where}: the time coordinate {name!r} is not a date ({v.dtype})")
+    units = units or coord.attrs.get("units")
+    if not units:
+        raise ConversionError(
+            f"{where}: the time coordinate {name!r} holds numbers ({v.dtype}) without units; "
+            "pass --time_units, e.g. 'hours since 1940-01-01'"
+        )
+    per_unit, origin = _time_units(str(units), where)
+    return origin + v.astype(np.float64) * per_unit
+
+
+def _time_units(units: str, where: str) -> tuple[float, float]:
+    """``(hours per unit, origin in hours since 1970)`` of CF units such as
+    ``hours since 1940-01-01`` or ``days since 1900-01-01 00:00:00``."""
+    import pandas as pd
+
+    match = re.fullmatch(r"\s*(second|minute|hour|day)s?\s+since\s+(.+?)\s*", units, re.I)
+    try:
+        if match is None:
+            raise ValueError
+        origin = pd.Timestamp(match.group(2))
+    except ValueError:
+        raise ConversionError(
+            f"{where}: time units {units!r}: expected '<seconds|minutes|hours|days> since <date>'"
+        ) from None
+    if origin.tzinfo is not None:
+        origin = origin.tz_convert("UTC").tz_localize(None)
+    origin_hours = (origin - pd.Timestamp("1970-01-01")) / pd.Timedelta(hours=1)
+    return TIME_UNITS[match.group(1).lower()], float(origin_hours)
 
 
 def _levels_hpa(coord) -> np.ndarray:
@@ -139,7 +196,8 @@ class _Axes:
     """The coordinates of one dataset and how to bring its grid into canonical order.
 
     Attributes:
-        lat, lon, time: names of the latitude, longitude and time coordinates.
+        lat, lon: names of the latitude and longitude coordinates.
+        time: the time dimension (the name of a scalar time coordinate, which becomes one).
         level: name of the pressure-level dimension (None: none); member: name of the ensemble
             dimension (None: none).
         lat_order, lon_order: indexers putting latitudes north to south and longitudes ascending
@@ -164,22 +222,28 @@ class _Axes:
         return self.level is not None and self.level in da.dims
 
 
-def _axes(ds, where: str) -> _Axes:
+def _axes(ds, where: str, options: InputOptions) -> _Axes:
     """The coordinates of ``ds``; an error naming the missing ones when latitude, longitude or
     time cannot be found."""
     every = {k: ds[k] for k in ds.variables}
     lat_name = find_coordinate(every, LAT_NAMES, "latitude", ("degrees_north", "degree_north"))
     lon_name = find_coordinate(every, LON_NAMES, "longitude", ("degrees_east", "degree_east"))
-    time_name = find_coordinate(every, TIME_NAMES, "time")
+    time_name = options.time_coord or find_coordinate(every, TIME_NAMES, "time")
+    if options.time_coord is not None and options.time_coord not in every:
+        raise ConversionError(
+            f"{where}: --time_coord {options.time_coord!r} is not a coordinate or variable "
+            f"(has dimensions {dict(ds.sizes)} and coordinates {sorted(map(str, ds.coords))})"
+        )
     if lat_name is None or lon_name is None or time_name is None:
         missing = [
             n
             for n, v in (("latitude", lat_name), ("longitude", lon_name), ("time", time_name))
             if v is None
         ]
+        hint = "; name the time coordinate with --time_coord" if time_name is None else ""
         raise ConversionError(
             f"{where}: no {' / '.join(missing)} coordinate (has dimensions {dict(ds.sizes)} and "
-            f"coordinates {sorted(map(str, ds.coords))})"
+            f"coordinates {sorted(map(str, ds.coords))}){hint}"
         )
     level_name = find_coordinate(
         {d: ds[d] for d in ds.dims if d in ds.variables}, LEVEL_NAMES, "air_pressure"
@@ -191,11 +255,14 @@ def _axes(ds, where: str) -> _Axes:
     lon = np.mod(np.asarray(ds[lon_name].values, dtype=np.float64), 360.0)
     lat_order = _indexer(np.argsort(-lat, kind="stable"))
     lon_order = _indexer(np.argsort(lon, kind="stable"))
-    times = _hours(ds[time_name].values, where)
+    time = ds[time_name]
+    if time.ndim > 1:
+        raise ConversionError(f"{where}: the time coordinate {time_name!r} has dims {time.dims}")
+    times = _hours(time, time_name, where, options.time_units)
     return _Axes(
         lat_name,
         lon_name,
-        time_name,
+        time.dims[0] if time.ndim else time_name,
         level_name,
         member_dim,
         lat_order,
@@ -206,15 +273,11 @@ def _axes(ds, where: str) -> _Axes:
     )
 
 
-def normalise(
-    ds, where: str, member: int | None = None, level: int | None = None
-) -> NormalisedInput:
-    """Canonical, still lazy, form of dataset ``ds`` opened from ``where`` (see module doc).
-
-    ``member``: ensemble member to keep (value of the ensemble coordinate); ``level``: pressure
-    level (hPa) of upper-air variables that have neither a level dimension nor a level coordinate.
-    """
-    axes = _axes(ds, where)
+def normalise(ds, where: str, options: InputOptions = InputOptions()) -> NormalisedInput:
+    """Canonical, still lazy, form of dataset ``ds`` opened from ``where`` (see module doc),
+    read as ``options`` says (:class:`InputOptions`)."""
+    axes = _axes(ds, where, options)
+    member, level = options.member, options.level
     variables, names, ignored = {}, {}, []
     for name, da in ds.data_vars.items():
         if axes.lat not in da.dims or axes.lon not in da.dims:

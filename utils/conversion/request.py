@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from utils.channels import ERA5_LEVELS
-from utils.conversion.normalise_input import NormalisedInput, normalise
+from utils.conversion.normalise_input import InputOptions, NormalisedInput, normalise
 from utils.conversion.regrid import ConservativeRegridder
 from utils.conversion.sources import InputSource, find_inputs
 from utils.conversion.variable_names import (
@@ -85,7 +85,7 @@ class ResolvedRequest:
         lat, lon: the output grid, latitudes ``(H,)`` north to south, longitudes ``(W,)``.
         regridders: per input, its regridder onto the output grid (None: already on it, or
             nothing to convert).
-        member, level: how the inputs are opened (:func:`normalise`).
+        options: how the inputs are read (:class:`InputOptions`).
     """
 
     root_dir: str
@@ -96,8 +96,12 @@ class ResolvedRequest:
     lat: np.ndarray
     lon: np.ndarray
     regridders: list
-    member: int | None = None
-    level: int | None = None
+    options: InputOptions = InputOptions()
+
+    def selected_hours(self) -> np.ndarray:
+        """Every time to convert (int64 hours since 1970), sorted, over all inputs."""
+        hours = [np.round(self.opened[p.index].times[p.time_index]) for p in self.plans]
+        return np.unique(np.concatenate(hours).astype(np.int64)) if hours else np.zeros(0, int)
 
 
 def parse_grid(text: str) -> tuple[np.ndarray, np.ndarray]:
@@ -174,13 +178,16 @@ def resolve(
     w_size: int | None = None,
     member: int | None = None,
     level: int | None = None,
+    time_coord: str | None = None,
+    time_units: str | None = None,
     overwrite: bool = False,
 ) -> ResolvedRequest:
     """Open ``inputs`` and check them against ``selection`` and against what ``root_dir``
-    already holds; ``grid``, ``h_size``, ``w_size``, ``member``, ``level`` and ``overwrite`` are
-    the command line's options of those names."""
+    already holds; ``grid``, ``h_size``, ``w_size``, ``member``, ``level``, ``time_coord``,
+    ``time_units`` and ``overwrite`` are the command line's options of those names."""
     sources = find_inputs(list(inputs))
-    opened = [normalise(s.open(), s.location, member, level) for s in sources]
+    options = InputOptions(member, level, time_coord, time_units)
+    opened = [normalise(s.open(), s.location, options) for s in sources]
     for inp in opened:
         _warn_ignored(inp)
     _check_holdings(opened, selection.variables, selection.levels)
@@ -189,7 +196,7 @@ def resolve(
     _check_output_grid(lat, lon, root_dir, h_size, w_size, overwrite)
     regridders = input_regridders(opened, [p.index for p in plans], lat, lon)
     return ResolvedRequest(
-        root_dir, selection, sources, opened, plans, lat, lon, regridders, member, level
+        root_dir, selection, sources, opened, plans, lat, lon, regridders, options
     )
 
 

@@ -4,8 +4,9 @@ An input is a netCDF file, a glob pattern, a directory (a Zarr store when it hol
 otherwise searched for ``*.nc``) or a URL of a Zarr store (``gs://``, ``s3://`` or any other
 fsspec protocol). Cloud stores are read anonymously (``token='anon'`` for Google Cloud Storage,
 ``anon=True`` for S3), as the public ARCO-ERA5 and WeatherBench 2 stores allow. Every dataset is
-opened lazily with dask chunks of the input's own chunking, so selecting times, variables and
-levels afterwards reads only the selected chunks.
+opened lazily (xarray's lazily indexed arrays, no dask), so selecting times, variables and levels
+afterwards reads only what is selected: a hyperslab of a netCDF file, the chunks of a Zarr store
+that hold it.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class InputSource:
     storage_options: dict = field(default_factory=dict, hash=False, compare=False)
 
     def open(self):
-        """The dataset, lazily (dask arrays chunked as stored); errors name the input."""
+        """The dataset, lazily indexed (nothing read but coordinates); errors name the input."""
         import xarray as xr
 
         try:
@@ -47,10 +48,10 @@ class InputSource:
                 return xr.open_zarr(
                     self.location,
                     storage_options=self.storage_options or None,
-                    chunks={},
+                    chunks=None,
                     decode_timedelta=False,
                 )
-            return xr.open_dataset(self.location, chunks={}, decode_timedelta=False)
+            return xr.open_dataset(self.location, chunks=None, decode_timedelta=False)
         except (OSError, ValueError, KeyError) as err:
             raise ConversionError(f"cannot open {self.location} as {self.kind}: {err}") from None
 

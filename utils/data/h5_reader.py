@@ -115,6 +115,11 @@ class H5StateReader:
                 found += [int(info.times[i]) for i in rows if info.row(int(info.times[i])) == i]
         return np.array(sorted(found), dtype=np.int64)
 
+    def location(self, time_hours: int) -> tuple[str, int]:
+        """``(year file, row)`` of the state at ``time_hours``."""
+        info, row, _, _ = self._locate(time_hours)
+        return info.path, row
+
     def source(self, time_hours: int, channel: int) -> str:
         """The file, row and channel of one field, for error messages."""
         info, row, index, _ = self._locate(time_hours)

@@ -11,10 +11,9 @@ variable found in the ``.npy`` tree) at every ``--hour_step`` hours of ``--start
 with a missing file are left out of the year file (the loader reports them as missing).
 
 Resumable: a year whose file is complete is skipped; a year is written into
-``.<YYYY>.h5.partial`` beside its final name, recording after every flushed block how many rows
-are done, and renamed to ``<YYYY>.h5`` once complete, so an interrupted run continues where it
-stopped (a partial file that cannot be opened or was made for other times or channels is started
-again). ``--workers`` converts that many years at once, in separate processes.
+``.<YYYY>.h5.partial`` beside its final name in durable blocks of rows, and renamed to
+``<YYYY>.h5`` once complete (:mod:`utils.data.h5_year_writer`), so an interrupted run continues
+where it stopped. ``--workers`` converts that many years at once, in separate processes.
 """
 
 from __future__ import annotations
@@ -26,7 +25,8 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 
 from utils.channels import ChannelLayout
-from utils.data.h5_layout import ALL_SPLIT, FIELDS, create_year_file, same_contents_plan, year_path
+from utils.data.h5_layout import ALL_SPLIT, year_path
+from utils.data.h5_year_writer import write_year_file
 from utils.data.npy_layout import (
     SINGLE_DIR,
     STATISTIC_DIR,
@@ -36,16 +36,8 @@ from utils.data.npy_layout import (
     read_field,
     scan_missing,
 )
-from utils.errors import OutputExistsError
 from utils.grid import latitudes, longitudes, read_grid
 from utils.times import dates_of, from_hours, period_times
-
-FLUSH_EVERY = 16  # rows between progress records of a partial file
-
-
-def partial_path(final: str) -> str:
-    """The temporary name a year file is written under: ``.<YYYY>.h5.partial`` beside it."""
-    return os.path.join(os.path.dirname(final), "." + os.path.basename(final) + ".partial")
 
 
 def discovered_layout(root: str) -> ChannelLayout:
@@ -82,65 +74,24 @@ def convert_year(
     lon: np.ndarray,
     overwrite: bool = False,
 ) -> dict:
-    """Write (or finish) ``<out_dir>/<split>/<year>.h5`` from the ``.npy`` tree at ``root``.
+    """Write (or finish) ``<out_dir>/<split>/<year>.h5`` from the ``.npy`` tree at ``root``
+    (:func:`utils.data.h5_year_writer.write_year_file`).
 
     Returns ``{"year", "path", "rows", "status"}`` with status ``written``, ``resumed`` (a partial
     file was continued) or ``skipped`` (complete already)."""
-    import h5py
-
     from utils.data.npy_reader import NpyStateReader
 
     final = year_path(out_dir, year, split)
-    result = {"year": int(year), "path": final, "rows": int(len(times))}
-    if os.path.exists(final) and not overwrite:
-        with h5py.File(final, "r") as f:
-            if f.attrs.get("complete") and same_contents_plan(f, times, layout.names, lat, lon):
-                return dict(result, status="skipped")
-        raise OutputExistsError(
-            f"{final} exists but holds other times, channels or grid; "
-            "pass --overwrite to replace it"
-        )
-    os.makedirs(os.path.dirname(final), exist_ok=True)
-    partial = partial_path(final)
-    f, start = _open_partial(partial, times, layout.names, (lat, lon), overwrite)
     reader = NpyStateReader(root, layout, (len(lat), len(lon)))
-    state = np.empty((layout.n_channels, len(lat), len(lon)), dtype=np.float32)
-    try:
-        dset = f[FIELDS]
-        for i in range(start, len(times)):
-            reader.read(int(times[i]), state)
-            dset.write_direct(state, dest_sel=np.s_[i])
-            if (i + 1) % FLUSH_EVERY == 0 or i + 1 == len(times):
-                f.flush()  # rows first, then the record that they are there
-                f.attrs["rows_written"] = i + 1
-                f.flush()
-        f.attrs["complete"] = True
-    finally:
-        f.close()
-    with open(partial, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(partial, final)
-    return dict(result, status="resumed" if start else "written")
 
+    def rows(start: int):
+        state = np.empty((layout.n_channels, len(lat), len(lon)), dtype=np.float32)
+        for t in times[start:]:
+            reader.read(int(t), state)
+            yield state
 
-def _open_partial(partial: str, times, names: list, grid: tuple, overwrite: bool):
-    """``(open h5py file, rows already written)`` of the partial file ``partial``: continued
-    when it plans the same times, channels and grid (``(lat, lon)``) and not ``overwrite``,
-    else created anew."""
-    import h5py
-
-    lat, lon = grid
-    if os.path.exists(partial) and not overwrite:
-        f = None
-        try:
-            f = h5py.File(partial, "r+")
-            if same_contents_plan(f, times, names, lat, lon):
-                return f, int(f.attrs["rows_written"])
-        except (OSError, KeyError):
-            pass
-        if f is not None:
-            f.close()
-    return create_year_file(partial, times, names, lat, lon), 0
+    status = write_year_file(final, times, layout.names, (lat, lon), rows, overwrite)
+    return {"year": int(year), "path": final, "rows": int(len(times)), "status": status}
 
 
 def convert(

@@ -35,7 +35,7 @@ from utils.channels import ChannelLayout
 from utils.data.npy_layout import MissingDataError, missing_files_message
 from utils.data.npy_reader import NpyStateReader
 from utils.data.statistics import load_mean_std
-from utils.errors import ConfigError
+from utils.errors import ConfigError, DataError
 from utils.grid import GridError, dataset_grid, read_grid
 from utils.times import dates_of, format_hours, period_bounds, time_step
 
@@ -235,6 +235,7 @@ def _first_sample_time(
                 "no sample fits"
             )
         data_step, phase = time_step(stored), int(stored[0])
+        _check_regular(stored, data_step, where)
     for key, value in multiples.items():
         if value % data_step:
             raise ConfigError(
@@ -242,6 +243,24 @@ def _first_sample_time(
                 f"({data_step} h, {'data_step' if configured else 'read from ' + where})"
             )
     return data_step, earliest + (phase - earliest) % data_step
+
+
+def _check_regular(stored: np.ndarray, data_step: int, where: str) -> None:
+    """An error when the ``stored`` times step irregularly: no step between them equals their
+    common divisor ``data_step`` (7 h, 8 h, 7 h, ... has a divisor of 1 h that no step takes),
+    naming the steps found; gaps in a regular series (6 h, 12 h, 6 h) are missing data instead."""
+    steps = np.diff(stored)
+    if steps.min() == data_step:
+        return
+    found, counts = np.unique(steps, return_counts=True)
+    listed = ", ".join(f"{int(h)} h (x{int(n)})" for h, n in zip(found, counts, strict=True))
+    shown = " -> ".join(format_hours(t) for t in stored[:4])
+    raise DataError(
+        f"the stored times of {where} step irregularly: steps of {listed} ({shown} ...); set "
+        f"'data_step' to the step the samples should have (e.g. data_step: {int(found[0])}) "
+        "with 'skip_incomplete_samples: true' to index only the samples whose states are all "
+        "stored"
+    )
 
 
 def _state_times(times: np.ndarray, offsets: np.ndarray) -> np.ndarray:

@@ -4,39 +4,36 @@
 ERA5's level order (``utils.channels.ERA5_LEVELS``, 1000 hPa first); ``null`` marks a level that was
 not computed. ``mean_std_single.json`` holds ``{"mean": {var: value}, "std": {var: value}}``.
 
-Computing them streams over a period one file at a time (never the whole period in memory) and
-also writes the data climatology (by day of year and hour, plus the time mean). The period's ends
-are dates (whole days) or date-times (``2019-01-05T01``); the times used are exactly those the
-dataset holds in the period (hourly, 3-, 6-, 12-hourly, or part of a day), read from its file
-names, never an assumed calendar; their count is reported (``n_times``)::
+Computing them streams over a period one time at a time (never the whole period in memory), from
+either format (:mod:`utils.data.dataset_fields`: the ``.npy`` layout, year files, plain FourCastNet
+files), and also writes the data climatology (by day of year and hour, plus the time mean). The
+period's ends are dates (whole days) or date-times (``2019-01-05T01``); the times used are exactly
+those the dataset holds in the period (hourly, 3-, 6-, 12-hourly, or part of a day), read from its
+files, never an assumed calendar; their count is reported (``n_times``). The moments of a period
+can also be computed in parts and merged (:func:`partial_statistics`, :mod:`utils.data.moments`)::
 
     python -m tools.statistics --root_dir DIR --start 1979-01-01 --end 2020-12-31 [--hour_step 6]
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import math
 import os
+import sys
 from collections.abc import Sequence
 
 import numpy as np
 
 from utils.atomic_io import atomic_write_text
 from utils.channels import ERA5_LEVELS, Channel
+from utils.data.dataset_fields import DatasetFields
+from utils.data.moments import RunningMoments
 from utils.data.npy_layout import (
     CLIMATOLOGY_DIR,
     MEAN_STD_FILE,
     MEAN_STD_SINGLE_FILE,
     STATISTIC_DIR,
-    available_times,
-    channel_path,
-    discover_variables,
-    list_day,
-    missing_files_message,
-    read_field,
-    scan_missing,
     statistic_path,
 )
 from utils.errors import (
@@ -46,7 +43,20 @@ from utils.errors import (
     MissingDataError,
     OutputExistsError,
 )
-from utils.times import format_hours, from_hours, period_bounds
+from utils.times import format_hours, period_bounds
+
+__all__ = [
+    "GROUP_BYTES",
+    "RunningMoments",
+    "StatisticsError",
+    "compute_statistics",
+    "load_mean_std",
+    "partial_statistics",
+    "stream_channels",
+    "write_mean_std",
+]
+
+GROUP_BYTES = 2 << 30  # climatology accumulators in memory at once (float64 sums by slot)
 
 
 class StatisticsError(DataError, KeyError):
@@ -161,37 +171,6 @@ def write_mean_std(
     return paths
 
 
-class RunningMoments:
-    """Streaming mean and (population) variance of many arrays, combined exactly in float64
-    (Chan et al.'s parallel update), so one pass over decades of fields is numerically safe."""
-
-    def __init__(self):
-        self.n = 0
-        self.mean = 0.0
-        self.m2 = 0.0
-
-    def update(self, array: np.ndarray) -> None:
-        a = np.asarray(array, dtype=np.float64)
-        n_b = a.size
-        if n_b == 0:
-            return
-        mean_b = float(a.mean())
-        m2_b = float(np.square(a - mean_b).sum())
-        n = self.n + n_b
-        delta = mean_b - self.mean
-        self.mean += delta * n_b / n
-        self.m2 += m2_b + delta * delta * self.n * n_b / n
-        self.n = n
-
-    @property
-    def var(self) -> float:
-        return self.m2 / self.n if self.n else float("nan")
-
-    @property
-    def std(self) -> float:
-        return math.sqrt(self.var)
-
-
 def compute_statistics(
     root_dir: str,
     start,
@@ -203,6 +182,9 @@ def compute_statistics(
     climatology_dir: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    *,
+    data: DatasetFields | None = None,
+    moments: dict[str, RunningMoments] | None = None,
 ) -> dict:
     """Stream over the times the dataset holds in ``[start, end]`` (dates or date-times, see
     :func:`utils.times.period_bounds`) and write ``mean_std.json``, ``mean_std_single.json``
@@ -212,15 +194,18 @@ def compute_statistics(
         hour_step: use only the times whose hour of day is a multiple of it (default: all).
         upper: ``{var: [levels]}`` to compute (default: discovered from the first day's files).
         surface: surface variables (default: discovered).
-    Returns ``{"mean_std": path, "mean_std_single": path, "climatology": dir or None, "n_times": N}``.
-    Every file is read once; only one channel's accumulators are in memory at a time.
+        data: the dataset's fields (default: ``root_dir`` in the format found there).
+        moments: ``{channel name: moments}`` already computed (merged from the parts of a
+            conversion): written as they are; the data are then read only for the climatology.
+    Returns ``{"mean_std": path, "mean_std_single": path, "climatology": dir or None, "n_times": N,
+    "format": "npy" | "h5"}``. Every field is read once; the accumulators of only as many
+    channels as fit in :data:`GROUP_BYTES` are in memory at a time.
     """
-    from utils.data.climatology import climatology_slots
-
+    data = data or DatasetFields(root_dir)
     first, last = period_bounds([start, end])
-    upper, channels = _channels_to_compute(root_dir, first, last, upper, surface)
+    channels = _channels_to_compute(data, first, last, upper, surface)
     what = f"statistics over {start}..{end}" + (f" every {hour_step} h" if hour_step else "")
-    times = _complete_times(root_dir, channels, first, last, hour_step, what)
+    times = data.complete_times(channels, first, last, hour_step, what)
     stat_paths = [
         statistic_path(root_dir, MEAN_STD_FILE),
         statistic_path(root_dir, MEAN_STD_SINGLE_FILE),
@@ -228,59 +213,81 @@ def compute_statistics(
     clim_dir = climatology_dir or os.path.join(root_dir, STATISTIC_DIR, CLIMATOLOGY_DIR)
     if not overwrite:
         _refuse_existing(stat_paths + ([clim_dir] if climatology else []))
-
-    shape = read_field(channel_path(root_dir, int(times[0]), channels[0])).shape
-    doys, hours, slots = climatology_slots(times)
-    writer = None
-    if climatology:
-        writer = _data_climatology_writer(clim_dir, shape, doys, hours, times, overwrite)
-    upper_mean, upper_std, surface_mean, surface_std = _stream_moments(
-        root_dir, upper, channels, times, slots, shape, writer, progress
-    )
-    paths = write_mean_std(
-        root_dir, upper_mean, upper_std, surface_mean, surface_std, overwrite=True
-    )
+    shape = data.shape(channels, first, last)
+    writer = _data_climatology_writer(clim_dir, shape, times, overwrite) if climatology else None
+    if moments is None or writer is not None:
+        streamed = stream_channels(data, channels, times, shape, writer, progress)
+        moments = streamed if moments is None else moments
+    paths = write_mean_std(root_dir, *_mean_std_dicts(channels, moments), overwrite=True)
     return {
         "mean_std": paths[0],
         "mean_std_single": paths[1],
         "climatology": writer.close() if climatology else None,
         "n_times": len(times),
+        "format": data.format,
     }
 
 
+def partial_statistics(
+    data: DatasetFields,
+    first: int,
+    last: int,
+    hour_step: int | None,
+    channels: Sequence[Channel],
+    progress: bool = True,
+) -> tuple[dict[str, RunningMoments], int]:
+    """``({channel name: moments}, number of times)`` over the times stored in ``[first, last]``
+    (hours; none when ``first > last``): one part of a period, to merge with the others
+    (:mod:`utils.data.moments`). Every channel must be stored at each of those times."""
+    empty = {c.name: RunningMoments() for c in channels}
+    if first > last or not len(data.stored_times(channels, first, last, hour_step)):
+        return empty, 0
+    what = f"statistics over {format_hours(first)}..{format_hours(last)}"
+    times = data.complete_times(channels, first, last, hour_step, what)
+    shape = data.shape(channels, first, last)
+    return stream_channels(data, channels, times, shape, None, progress), len(times)
+
+
+def channels_of(upper: dict, surface: Sequence[str]) -> list[Channel]:
+    """The channels of ``{var: [levels]}`` and ``[surface vars]``, upper-air first."""
+    return [Channel(v, int(p)) for v, levels in upper.items() for p in levels] + [
+        Channel(s) for s in surface
+    ]
+
+
 def _channels_to_compute(
-    root_dir: str, first: int, last: int, upper: dict | None, surface: Sequence[str] | None
-) -> tuple[dict, list[Channel]]:
-    """``(upper, channels)``: ``upper`` and ``surface`` as given, or discovered from the first
-    day of ``[first, last]`` (hours) that holds files, and the channels they make."""
+    data: DatasetFields, first: int, last: int, upper: dict | None, surface: Sequence[str] | None
+) -> list[Channel]:
+    """The channels of ``upper`` and ``surface`` as given, or as discovered in the first day or
+    year of ``[first, last]`` (hours) that holds data."""
     if upper is None or surface is None:
-        found_upper, found_surface = discover_variables(
-            root_dir, _first_day_with_data(root_dir, first, last)
-        )
-        upper = found_upper if upper is None else upper
-        surface = found_surface if surface is None else surface
-    channels = [Channel(v, int(p)) for v, levels in upper.items() for p in levels]
-    channels += [Channel(s) for s in surface]
+        found = data.discover(first, last)
+        if upper is None:
+            upper = {}
+            for c in found:
+                if c.level is not None:
+                    upper.setdefault(c.variable, []).append(c.level)
+        if surface is None:
+            surface = [c.variable for c in found if c.level is None]
+    channels = channels_of(upper, surface)
     if not channels:
-        raise ConfigError(f"no variables to compute statistics for under {root_dir}")
-    return upper, channels
+        raise ConfigError(f"no variables to compute statistics for under {data.root}")
+    return channels
 
 
-def _complete_times(
-    root_dir: str, channels: list, first: int, last: int, hour_step: int | None, what: str
-) -> np.ndarray:
-    """The times (int64 hours) in ``[first, last]`` at which the dataset holds files, those
-    whose hour is a multiple of ``hour_step`` when given; an error unless every channel has a
-    file at each of them."""
-    times = available_times(root_dir, channels, first, last)
-    if hour_step:
-        times = times[times % 24 % int(hour_step) == 0]
-    if not len(times):
-        raise MissingDataError(f"no data files under {root_dir} for the {what}")
-    missing = scan_missing(root_dir, channels, times)
-    if missing:
-        raise MissingDataError(missing_files_message(missing, what))
-    return times
+def _mean_std_dicts(channels: Sequence[Channel], moments: dict) -> tuple[dict, dict, dict, dict]:
+    """``(upper_mean, upper_std, surface_mean, surface_std)`` for :func:`write_mean_std`."""
+    upper_mean: dict = {}
+    upper_std: dict = {}
+    surface_mean, surface_std = {}, {}
+    for ch in channels:
+        m = moments[ch.name]
+        if ch.level is None:
+            surface_mean[ch.variable], surface_std[ch.variable] = m.mean, m.std
+        else:
+            upper_mean.setdefault(ch.variable, {})[ch.level] = m.mean
+            upper_std.setdefault(ch.variable, {})[ch.level] = m.std
+    return upper_mean, upper_std, surface_mean, surface_std
 
 
 def _refuse_existing(outputs: list[str]) -> None:
@@ -289,13 +296,12 @@ def _refuse_existing(outputs: list[str]) -> None:
         raise OutputExistsError(f"{existing} exist; pass overwrite (--overwrite) to replace them")
 
 
-def _data_climatology_writer(
-    clim_dir: str, shape: tuple, doys: list, hours: list, times: np.ndarray, overwrite: bool
-):
-    """A :class:`utils.data.climatology.ClimatologyWriter` of the days of year ``doys`` and
-    hours ``hours`` (those of ``times``, which it records as its period)."""
-    from utils.data.climatology import ClimatologyWriter
+def _data_climatology_writer(clim_dir: str, shape: tuple, times: np.ndarray, overwrite: bool):
+    """A :class:`utils.data.climatology.ClimatologyWriter` of the days of year and hours of
+    ``times`` (which it records as its period)."""
+    from utils.data.climatology import ClimatologyWriter, climatology_slots
 
+    doys, hours, _ = climatology_slots(times)
     return ClimatologyWriter(
         clim_dir,
         shape,
@@ -332,57 +338,61 @@ class _SlotSums:
         return time_mean, self.sums
 
 
-def _read_channel(
-    root_dir: str, ch: Channel, times, slots, shape: tuple, sums: _SlotSums | None, bar
-) -> RunningMoments:
-    """The moments of channel ``ch`` over ``times``, reading each field once (also into
-    ``sums`` at its slot of ``slots`` when given)."""
-    moments = RunningMoments()
-    for t, slot in zip(times, slots, strict=False):
-        field = read_field(channel_path(root_dir, int(t), ch), shape)
-        moments.update(field)
-        if sums is not None:
-            sums.add(slot, field)
-        bar.update(1)
+def stream_channels(
+    data: DatasetFields,
+    channels: Sequence[Channel],
+    times: np.ndarray,
+    shape: tuple,
+    writer=None,
+    progress: bool = True,
+) -> dict[str, RunningMoments]:
+    """``{channel name: moments}`` of ``channels`` over ``times``, reading every field once, a
+    group of channels at a time; with a climatology ``writer``, each channel's climatology is
+    added to it too, in channel order."""
+    from utils.data.climatology import climatology_slots
+    from utils.progress import progress_bar
+
+    _, _, slots = climatology_slots(times)
+    table = (len(writer.doys), len(writer.hours)) if writer is not None else (0, 0)
+    per_channel = (table[0] * table[1] + 1) * int(np.prod(shape)) * 8 if writer else 0
+    group = max(1, GROUP_BYTES // per_channel) if per_channel else len(channels)
+    bar = progress_bar(  # on stderr: the commands print their result on stdout
+        total=len(channels) * len(times),
+        desc="statistics",
+        unit="field",
+        enabled=progress,
+        stream=sys.stderr,
+    )
+    moments: dict[str, RunningMoments] = {}
+    for g in range(0, len(channels), group):
+        chs = list(channels[g : g + group])
+        sums = [_SlotSums(table, tuple(shape)) for _ in chs] if writer is not None else None
+        found = _read_group(data.reader(chs, shape), len(chs), times, slots, shape, sums, bar)
+        for k, ch in enumerate(chs):
+            moments[ch.name] = found[k]
+            if writer is not None:
+                writer.add(ch.name, *sums[k].means(len(times)))
+    bar.close()
     return moments
 
 
-def _stream_moments(
-    root_dir: str, upper: dict, channels: list, times, slots, shape: tuple, writer, progress: bool
-) -> tuple[dict, dict, dict, dict]:
-    """``(upper_mean, upper_std, surface_mean, surface_std)`` for :func:`write_mean_std` over
-    ``times``, one channel at a time; with a climatology ``writer``, each channel's climatology
-    (each time's ``(day of year, hour)`` slot in ``slots``) is added to it too."""
-    from utils.progress import progress_bar
-
-    upper_mean: dict = {v: {} for v in upper}
-    upper_std: dict = {v: {} for v in upper}
-    surface_mean, surface_std = {}, {}
-    bar = progress_bar(
-        total=len(channels) * len(times), desc="statistics", unit="file", enabled=progress
-    )
-    for ch in channels:
-        sums = None
-        if writer is not None:
-            sums = _SlotSums((len(writer.doys), len(writer.hours)), shape)
-        moments = _read_channel(root_dir, ch, times, slots, shape, sums, bar)
-        if ch.level is None:
-            surface_mean[ch.variable], surface_std[ch.variable] = moments.mean, moments.std
-        else:
-            upper_mean[ch.variable][ch.level] = moments.mean
-            upper_std[ch.variable][ch.level] = moments.std
-        if writer is not None:
-            writer.add(ch.name, *sums.means(len(times)))
-    bar.close()
-    return upper_mean, upper_std, surface_mean, surface_std
-
-
-def _first_day_with_data(root_dir: str, first: int, last: int):
-    """The first day of ``[first, last]`` (hours) whose upper-air or surface directory holds
-    files (the first day when none does, for the error that follows)."""
-    day, end = from_hours(first).date(), from_hours(last).date()
-    while day <= end:
-        if list_day(root_dir, day) or list_day(root_dir, day, surface=True):
-            return day
-        day += _dt.timedelta(days=1)
-    return from_hours(first).date()
+def _read_group(reader, n: int, times, slots, shape, sums, bar) -> list[RunningMoments]:
+    """The moments of the ``n`` channels of ``reader`` over ``times``, each time read once
+    (also added into ``sums[k]`` at its slot of ``slots`` when given); NaN/inf values are an
+    error naming the file."""
+    moments = [RunningMoments() for _ in range(n)]
+    state = np.empty((n, *shape), dtype=np.float32)
+    for t, slot in zip(times, slots, strict=True):
+        reader.read(int(t), state)
+        for k in range(n):
+            field = state[k]
+            if not np.isfinite(field).all():
+                raise DataFileError(
+                    f"{reader.source(int(t), k)}: {int((~np.isfinite(field)).sum())} NaN/inf "
+                    "value(s)"
+                )
+            moments[k].update(field)
+            if sums is not None:
+                sums[k].add(slot, field)
+        bar.update(n)
+    return moments
