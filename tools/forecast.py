@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from utils.conversion.initial_state import read_initial_states
+from utils.conversion.normalise_input import add_input_reading_arguments, input_options
 from utils.data.statistics import load_mean_std
 from utils.errors import ConfigError, OutputExistsError, cli_errors
 from utils.evaluation.forecast_store import (
@@ -70,7 +71,7 @@ def parse_args(argv=None):
         help="netCDF / Zarr files, folders, globs or URLs holding the initial states "
         "(default: the dataset)",
     )
-    parser.add_argument("--member", type=int, default=None, help="ensemble member of --input")
+    add_input_reading_arguments(parser)
     parser.add_argument(
         "--lead_hours",
         type=int,
@@ -135,7 +136,7 @@ def _initial_states(args, params, lat, lon) -> tuple[np.ndarray, list[int]]:
     """``(states (N, C, H, W) physical, times)`` of ``--input`` or of the dataset."""
     times = None if args.init is None else sorted({to_hours(t) for t in args.init})
     if args.input:
-        return read_initial_states(args.input, params.layout, times, lat, lon, args.member)
+        return read_initial_states(args.input, params.layout, times, lat, lon, input_options(args))
     if times is None:
         raise ConfigError("give the start(s) with --init (or an analysis file with --input)")
     return dataset_states(params, times), times

@@ -23,6 +23,7 @@ import json
 from collections.abc import Sequence
 
 from utils.conversion.convert import convert
+from utils.conversion.normalise_input import add_input_reading_arguments
 from utils.conversion.request import project_variables
 from utils.conversion.variable_names import ConversionError
 from utils.errors import cli_errors
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="npy: one file per field (default); h5: one HDF5 file per year (<root_dir>/all/)",
     )
     _add_selection(parser)
-    _add_input_reading(parser)
+    add_input_reading_arguments(parser)
     parser.add_argument("--workers", type=int, default=1, help="writer processes (default 1)")
     parser.add_argument(
         "--part",
@@ -109,27 +110,6 @@ def _add_selection(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_input_reading(parser: argparse.ArgumentParser) -> None:
-    """How to read inputs: ensemble member, level, time coordinate."""
-    parser.add_argument("--member", type=int, default=None, help="ensemble member to convert")
-    parser.add_argument(
-        "--level",
-        type=int,
-        default=None,
-        help="pressure level of upper-air inputs that have no level coordinate",
-    )
-    parser.add_argument(
-        "--time_coord",
-        default=None,
-        help="name of the time coordinate, when not time / valid_time (e.g. time_index)",
-    )
-    parser.add_argument(
-        "--time_units",
-        default=None,
-        help="units of a numeric time coordinate that carries none, e.g. 'hours since 1940-01-01'",
-    )
-
-
 def run(args: argparse.Namespace) -> dict:
     """The command line's work: optional download, then :func:`convert`."""
     inputs = list(args.input)
@@ -164,14 +144,14 @@ def run(args: argparse.Namespace) -> dict:
         overwrite=args.overwrite,
         h_size=args.h_size,
         w_size=args.w_size,
-        level=args.level,
-        member=args.member,
         grid=args.grid,
         workers=args.workers,
         progress=not args.quiet,
         data_format=args.format,
         part=args.part,
         finalize=args.finalize,
+        level=args.level,
+        member=args.member,
         time_coord=args.time_coord,
         time_units=args.time_units,
     )

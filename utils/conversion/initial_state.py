@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from utils.channels import ChannelLayout
-from utils.conversion.normalise_input import NormalisedInput, normalise
+from utils.conversion.normalise_input import InputOptions, NormalisedInput, normalise
 from utils.conversion.request import input_regridders
 from utils.conversion.sources import find_inputs
 from utils.conversion.variable_names import ConversionError
@@ -81,13 +81,16 @@ def read_initial_states(
     times: Sequence[int] | None,
     lat,
     lon,
-    member: int | None = None,
+    options: InputOptions | None = None,
 ) -> tuple[np.ndarray, list[int]]:
     """The states at ``times`` (hours since 1970; None: the inputs' one time) of ``inputs``
     (paths, globs, directories, Zarr URLs) on the grid ``lat`` ``(H,)`` north to south, ``lon``
     ``(W,)``: float32 ``(N, C, H, W)`` in ``layout``'s channel order, physical units, and the
-    times. ``member``: the ensemble member of inputs that have several."""
-    opened = [normalise(s.open(), s.location, member) for s in find_inputs(list(inputs))]
+    times. ``options``: how the inputs are read (ensemble member, time coordinate, ...)."""
+    opened = [
+        normalise(s.open(), s.location, options or InputOptions())
+        for s in find_inputs(list(inputs))
+    ]
     owners = _owners(opened, layout)
     times = _times(opened, owners, times)
     regridders = input_regridders(opened, sorted(set(owners.values())), lat, lon)

@@ -54,6 +54,33 @@ class InputOptions:
     time_units: str | None = None
 
 
+def add_input_reading_arguments(parser) -> None:
+    """The command-line options of :class:`InputOptions` (``--member``, ``--level``,
+    ``--time_coord``, ``--time_units``), shared by the tools that read ERA5 inputs."""
+    parser.add_argument("--member", type=int, default=None, help="ensemble member to read")
+    parser.add_argument(
+        "--level",
+        type=int,
+        default=None,
+        help="pressure level of upper-air inputs that have no level coordinate",
+    )
+    parser.add_argument(
+        "--time_coord",
+        default=None,
+        help="name of the time coordinate, when not time / valid_time (e.g. time_index)",
+    )
+    parser.add_argument(
+        "--time_units",
+        default=None,
+        help="units of a numeric time coordinate that carries none, e.g. 'hours since 1940-01-01'",
+    )
+
+
+def input_options(args) -> InputOptions:
+    """:class:`InputOptions` of the arguments :func:`add_input_reading_arguments` added."""
+    return InputOptions(args.member, args.level, args.time_coord, args.time_units)
+
+
 @dataclass
 class NormalisedInput:
     """One input in canonical form.
