@@ -4,6 +4,9 @@ one, and a failed write leaves no temporary file behind (a killed one leaves ``.
 which :func:`remove_stale_temporaries` clears). A write the file system refuses (read-only, full
 disk) raises :class:`utils.errors.OutputError` naming the path. New files get the usual permissions
 (0o666 less the umask); an existing file keeps its mode.
+
+Every write passes the kill point ``write:<file name>`` (:mod:`utils.fault_injection`) at the
+instant a kill tests the most: the temporary file complete, the target not yet replaced.
 """
 
 import os
@@ -14,6 +17,7 @@ from typing import BinaryIO
 import numpy as np
 
 from utils.errors import OutputError
+from utils.fault_injection import kill_point
 
 _UMASK = os.umask(0)  # read once, at import, while nothing else creates files
 os.umask(_UMASK)
@@ -48,6 +52,7 @@ def atomic_write(
         os.chmod(tmp, _file_mode(path))  # mkstemp creates 0o600
         if keep_previous is not None and os.path.exists(path):
             _keep(path, keep_previous)
+        kill_point("write:" + os.path.basename(path))
         os.replace(tmp, path)
     except BaseException as err:
         try:
@@ -61,6 +66,8 @@ def atomic_write(
 
 def _keep(path: str, previous: str) -> None:
     """Make ``previous`` a copy of the current ``path`` atomically (hard link, else rename)."""
+    if os.path.exists(previous) and os.path.samefile(path, previous):
+        return  # already one (a killed write left both names on one file)
     link = os.path.join(
         os.path.dirname(os.path.abspath(previous)), _tmp_prefix(previous) + "link.tmp"
     )
