@@ -4,12 +4,18 @@
 z q u v t + t2m u10 v10 msl sp, 2020-01-01 .. 2020-01-31 every 6 h, with statistics and climatology)
 made by ``utils.data.synthetic``; treat it as read-only. ``make_params(root, ...)`` builds a
 ``YParams`` of a config section pointing at a root, with extra ``--set``-style overrides.
+``free_port()`` is a TCP port for a torchrun test (never a fixed one: suites may run side by side);
+``wait_until(condition, what)`` waits for an event, not for a number of seconds.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import sys
+import threading
+import time
+from collections.abc import Callable
 
 import pytest
 
@@ -26,6 +32,24 @@ def make_params(root_dir, name: str = "tiny", overrides=()):
     from utils.YParams import YParams
 
     return YParams(CONFIG, name, [f"root_dir={root_dir}", *overrides])
+
+
+def free_port() -> str:
+    """A TCP port on this host that no socket is bound to (the system's pick for port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 300.0) -> None:
+    """Return as soon as ``condition()`` holds (polled every 10 ms); fail naming ``what`` if it
+    still does not after ``timeout_s`` seconds, a bound far above the time the event needs on a
+    busy machine."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        threading.Event().wait(0.01)
 
 
 @pytest.fixture(scope="session")

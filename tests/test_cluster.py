@@ -8,12 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_params
+from conftest import free_port, make_params, wait_until
 
 import train
 from utils.data.dataset import ERA5Dataset
@@ -175,7 +174,7 @@ def test_stop_signal_checkpoints_exits_75_and_the_same_command_resumes_identical
 @pytest.mark.slow
 def test_a_stop_signal_on_one_rank_stops_every_rank_after_the_same_step(synthetic_root, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    cmd += ["--master_port", "29618", os.path.join(REPO, "tests", "stop_worker.py")]
+    cmd += ["--master_port", free_port(), os.path.join(REPO, "tests", "stop_worker.py")]
     cmd += ["--config", "tiny", "--exp_dir", str(tmp_path)]
     for item in (f"root_dir={synthetic_root}", *FAST):
         cmd += ["--set", item]
@@ -211,7 +210,10 @@ def test_unreadable_ckpt_falls_back_to_the_previous_one(synthetic_root, tmp_path
 
 
 def test_a_locked_run_directory_is_refused_naming_host_and_pid(synthetic_root, tmp_path, capsys):
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # A live holder until the test kills it (it waits for input that never comes).
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
     try:
         run_dir = tmp_path / "tiny" / "0"
         os.makedirs(run_dir)
@@ -275,7 +277,8 @@ def test_a_data_error_on_rank_1_names_the_file_on_the_console_and_in_out_log(
     field[3, 4] = np.nan
     np.save(victim, field)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    cmd += ["--master_port", "29617", "train.py", "--config", "tiny", "--exp_dir", str(tmp_path)]
+    cmd += ["--master_port", free_port(), "train.py", "--config", "tiny"]
+    cmd += ["--exp_dir", str(tmp_path)]
     for item in (f"root_dir={root}", *FAST, "max_epochs=1", "max_steps_per_epoch=1"):
         cmd += ["--set", item]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -373,32 +376,33 @@ def _gone(pid):
 
 
 def test_a_rank_stops_when_its_launcher_dies(tmp_path):
+    """Neither process ends by itself (each waits forever): the rank is gone only if watching its
+    launcher stopped it."""
     ready = str(tmp_path / "watching")
     child = (
-        f"import sys, time; sys.path.insert(0, {REPO!r}); "
+        f"import sys, threading; sys.path.insert(0, {REPO!r}); "
         "from utils.training.preemption import watch_launcher; watch_launcher(0.05); "
-        f"open({ready!r}, 'w').close(); time.sleep(120)"
+        f"open({ready!r}, 'w').close(); threading.Event().wait()"
     )
     launcher = (
-        "import subprocess, sys, time; "
+        "import subprocess, sys, threading; "
         f"p = subprocess.Popen([sys.executable, '-c', {child!r}]); "
-        "print(p.pid, flush=True); time.sleep(120)"
+        "print(p.pid, flush=True); threading.Event().wait()"
     )
     env = dict(os.environ, TORCHELASTIC_RUN_ID="test")
     proc = subprocess.Popen([sys.executable, "-c", launcher], stdout=subprocess.PIPE, env=env)
     rank = int(proc.stdout.readline())
-    for _ in range(1200):
-        if os.path.exists(ready):
-            break
-        threading.Event().wait(0.05)
-    assert not _gone(rank)
-    proc.kill()
-    proc.wait()
-    for _ in range(600):  # the rank's SIGTERM comes within ~0.05 s of noticing
-        if _gone(rank):
-            break
-        threading.Event().wait(0.05)
-    assert _gone(rank)
+    try:
+        wait_until(lambda: os.path.exists(ready), "the rank to watch its launcher")
+        assert not _gone(rank)
+        proc.kill()
+        proc.wait()
+        wait_until(lambda: _gone(rank), "the rank to stop after its launcher died")
+    finally:
+        proc.kill()
+        proc.wait()
+        if not _gone(rank):
+            os.kill(rank, signal.SIGKILL)
 
 
 def test_a_truncated_statistics_file_is_named(tmp_path):

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import free_port
 
 import train
 from networks.vamoe import VAMoE
@@ -127,7 +128,7 @@ def test_ddp_gradients_equal_single_process_gradients(tmp_path):
         "--nproc_per_node",
         "2",
         "--master_port",
-        "29611",
+        free_port(),
         os.path.join(REPO, "tests", "ddp_grad_worker.py"),
         str(tmp_path / "batch.pt"),
         str(tmp_path / "grads.pt"),
@@ -151,7 +152,7 @@ def test_torchrun_two_ranks_trains_validates_and_checkpoints(synthetic_root, tmp
         CONFIG="tiny",
         EXP_DIR=str(tmp_path),
         CPU_RANKS="2",
-        MASTER_PORT="29612",
+        MASTER_PORT=free_port(),
         PYTHON=sys.executable,
     )
     cmd = [
