@@ -22,6 +22,7 @@ in a traceback (exit 1) for anything else, on the console and in ``out.log``.
 import argparse
 import logging
 import os
+import random
 import sys
 
 import numpy as np
@@ -87,6 +88,7 @@ class Trainer:
 
         torch.manual_seed(params.seed)
         np.random.seed(params.seed)
+        random.seed(params.seed)  # unused by the model, but checkpointed: the same in every run
         self.data = load_training_data(params, info.distributed)
         stats = self.data.train_set  # the dataset's grid and normalisation statistics
         self.validation = Validation(

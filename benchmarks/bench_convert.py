@@ -15,7 +15,7 @@ in each of ``--repeats`` rounds:
 - ``read + atomic writes``: the same, plus writing every field as one ``.npy`` with
   ``utils.atomic_io.atomic_save_npy`` (one fsync per file, then a rename);
 - ``durable writes alone``: no reading; the same fields, already in memory, each written to a
-  temporary name and renamed (``utils.batch_io.write_unsynced``), a day of them (4 steps) flushed
+  temporary name and renamed (``utils.atomic_io.atomic_write(durable=False)``), a day of them (4 steps) flushed
   to disk at once (``utils.batch_io.make_durable``), as the converter writes them: the disk's rate
   of durable writes, which no converter that keeps its output on disk can pass;
 - ``convert`` on the input's grid and ``convert --grid`` (default 128x256, conservative regridding)
@@ -135,7 +135,8 @@ def read_and_write(path: str, fmt: str, out: str) -> float:
 def durable_writes(fields: list, out: str) -> float:
     """Seconds to write ``fields`` (from :func:`read_fields`) into ``out`` as the converter
     does: each unsynced to a temporary name and renamed, a day (4 steps) flushed at once."""
-    from utils.batch_io import make_durable, write_unsynced
+    from utils.atomic_io import atomic_write
+    from utils.batch_io import make_durable
 
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
@@ -143,7 +144,7 @@ def durable_writes(fields: list, out: str) -> float:
     day: list = []
     for k, (t, name, field) in enumerate(fields):
         target = os.path.join(out, str(t // 4), f"{t}-{name}-{k}.npy")
-        write_unsynced(target, lambda f, a=field: np.save(f, a))
+        atomic_write(target, lambda f, a=field: np.save(f, a), durable=False)
         day.append(target)
         if k + 1 == len(fields) or fields[k + 1][0] // 4 != t // 4:
             make_durable(day, out)

@@ -5,12 +5,18 @@ z q u v t + t2m u10 v10 msl sp, 2020-01-01 .. 2020-01-31 every 6 h, with statist
 made by ``utils.data.synthetic``; treat it as read-only. ``make_params(root, ...)`` builds a
 ``YParams`` of a config section pointing at a root, with extra ``--set``-style overrides;
 ``random_tiny_weights`` is a checkpoint of the ``tiny`` model with seeded random weights.
+``free_port()`` is a TCP port for a torchrun test (never a fixed one: suites may run side by side);
+``wait_until(condition, what)`` waits for an event, not for a number of seconds.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import sys
+import threading
+import time
+from collections.abc import Callable
 
 import pytest
 
@@ -40,6 +46,24 @@ def make_params(root_dir, name: str = "tiny", overrides=()):
     return YParams(CONFIG, name, [f"root_dir={root_dir}", *overrides])
 
 
+def free_port() -> str:
+    """A TCP port on this host that no socket is bound to (the system's pick for port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 300.0) -> None:
+    """Return as soon as ``condition()`` holds (polled every 10 ms); fail naming ``what`` if it
+    still does not after ``timeout_s`` seconds, a bound far above the time the event needs on a
+    busy machine."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        threading.Event().wait(0.01)
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> str:
     from utils.data.synthetic import generate
@@ -62,15 +86,6 @@ def synthetic_root(tmp_path_factory) -> str:
 def tiny_params(synthetic_root):
     """Fresh ``tiny`` params on the synthetic set (no worker processes)."""
     return make_params(synthetic_root, "tiny", ["num_data_workers=0"])
-
-
-def free_port() -> int:
-    """A TCP port free on this host now (for torchrun's --master_port)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

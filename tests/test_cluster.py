@@ -1,4 +1,4 @@
-"""Runs that survive a cluster: crash points at the end of an epoch, stop signals, checkpoint
+"""Runs that survive a cluster: real kills at every checkpoint write, stop signals, checkpoint
 fallback, the run-directory lock, errors on any rank, and the checks on configs and files."""
 
 import json
@@ -8,19 +8,18 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_params
+from conftest import free_port, make_params, wait_until
 
 import train
-import utils.atomic_io
 from utils.data.dataset import ERA5Dataset
 from utils.data.loader import ShardedEpochSampler
 from utils.data.npy_layout import channel_paths, read_field
 from utils.errors import ConfigError, DataFileError
+from utils.fault_injection import KILL_AT
 from utils.run_lock import STALE_AFTER_S, RunLock, RunLockedError
 from utils.training import losses, training_state
 from utils.training.checkpoint import load_checkpoint
@@ -39,20 +38,31 @@ FAST = (
     "drop_path=0.1",
     "snapshot_every_epochs=1",
     "keep_snapshots=1",
+    "checkpoint_every_steps=2",  # mid-epoch checkpoints after global steps 2 and 4
 )
 TIMING = ("samples_per_s", "epoch_time_s")
 
 
-class _Killed(BaseException):
-    """Stands for SIGKILL: nothing after it runs, no error is reported."""
-
-
-def run_train(root, exp_dir, *overrides):
+def train_args(root, exp_dir, *overrides):
     argv = ["--config", "tiny", "--run_num", "0", "--exp_dir", str(exp_dir)]
     for item in (f"root_dir={root}", *FAST, *overrides):
         argv += ["--set", item]
-    train.main(argv)
+    return argv
+
+
+def run_train(root, exp_dir, *overrides):
+    """``train.main`` in this process; returns the run directory."""
+    train.main(train_args(root, exp_dir, *overrides))
     return os.path.join(str(exp_dir), "tiny", "0")
+
+
+def train_process(root, exp_dir, kill_at=None):
+    """``python train.py`` in a process of its own, killed at the kill point ``kill_at``."""
+    env = {k: v for k, v in os.environ.items() if k != KILL_AT}
+    if kill_at is not None:
+        env[KILL_AT] = kill_at
+    cmd = [sys.executable, "train.py", *train_args(root, exp_dir)]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
 def ckpt_dir(run_dir):
@@ -64,57 +74,75 @@ def metrics(run_dir):
         return [{k: v for k, v in json.loads(ln).items() if k not in TIMING} for ln in f]
 
 
+def assert_same_value(a, b, where):
+    """``a`` and ``b`` equal: tensors bit for bit, containers item by item."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for key in a:
+            assert_same_value(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_value(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, (where, a, b)
+
+
 def assert_same_run(a, b):
-    for name in ("ckpt.tar", "best_ckpt.tar"):
+    """The run directories ``a`` and ``b`` hold the same files and the same checkpoints (every
+    tensor bit for bit: weights, optimiser state, random states) and metrics (timing aside)."""
+    assert sorted(os.listdir(a)) == sorted(os.listdir(b))
+    assert sorted(os.listdir(ckpt_dir(a))) == sorted(os.listdir(ckpt_dir(b)))
+    for name in os.listdir(ckpt_dir(a)):
         x = load_checkpoint(os.path.join(ckpt_dir(a), name))
         y = load_checkpoint(os.path.join(ckpt_dir(b), name))
-        assert x["epoch"] == y["epoch"] and x["global_step"] == y["global_step"], name
-        for key in x["model"]:
-            assert torch.equal(x["model"][key], y["model"][key]), (name, key)
+        assert_same_value(x, y, name)
     assert metrics(a) == metrics(b)
 
 
 @pytest.fixture(scope="module")
 def reference_run(synthetic_root, tmp_path_factory):
-    """The uninterrupted run the interrupted ones must reproduce."""
-    run_dir = run_train(synthetic_root, tmp_path_factory.mktemp("reference"))
+    """The uninterrupted run (``python train.py``) the interrupted ones must reproduce."""
+    exp_dir = tmp_path_factory.mktemp("reference")
+    proc = train_process(synthetic_root, exp_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = os.path.join(str(exp_dir), "tiny", "0")
     assert load_checkpoint(os.path.join(ckpt_dir(run_dir), "best_ckpt.tar"))["epoch"] == 2
     return run_dir
 
 
 @pytest.mark.parametrize(
-    "target, occurrence",
+    "point",
     [
-        ("best_ckpt.tar", 2),  # epoch 2's best weights
-        ("metrics.jsonl", 2),  # epoch 2's line
-        ("ckpt_epoch2.tar", 1),  # the snapshot
-        ("ckpt_prev.tar", 1),  # keeping the previous ckpt.tar
-        ("ckpt.tar", 2),  # the commit point
+        "write:ckpt.tar@1",  # the mid-epoch checkpoint of epoch 1: nothing to resume from yet
+        "write:ckpt.tar@3",  # the mid-epoch checkpoint of epoch 2
+        "write:best_ckpt.tar@2",  # the end of epoch 2, in order:
+        "write:metrics.jsonl@2",
+        "write:ckpt_epoch2.tar",
+        "write:ckpt.tar@4",  # the commit point
     ],
 )
-def test_a_kill_at_each_end_of_epoch_write_resumes_to_the_uninterrupted_run(
-    synthetic_root, tmp_path, monkeypatch, reference_run, target, occurrence
+def test_a_kill_at_each_checkpoint_write_resumes_to_the_uninterrupted_run(
+    synthetic_root, tmp_path, reference_run, point
 ):
-    replace, seen = os.replace, {"n": 0}
+    """``train.py`` SIGKILLed with its temporary file complete and not yet renamed; the same
+    command again takes over the dead process's lock, removes the temporary and ends where the
+    uninterrupted run ended."""
+    killed = train_process(synthetic_root, tmp_path, kill_at=point)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    run_dir = os.path.join(str(tmp_path), "tiny", "0")
+    target = point.removeprefix("write:").split("@")[0]
+    folder = run_dir if target == "metrics.jsonl" else ckpt_dir(run_dir)
+    assert [n for n in os.listdir(folder) if n.startswith(f".{target}.")]  # the temporary
+    assert os.path.exists(os.path.join(run_dir, ".lock"))
 
-    def dying_replace(src, dst):
-        if os.path.basename(dst) == target:
-            seen["n"] += 1
-            if seen["n"] == occurrence:
-                raise _Killed()
-        return replace(src, dst)
-
-    monkeypatch.setattr(utils.atomic_io.os, "replace", dying_replace)
-    with pytest.raises(_Killed):
-        run_train(synthetic_root, tmp_path)
-    monkeypatch.setattr(utils.atomic_io.os, "replace", replace)
-    stale = os.path.join(ckpt_dir(tmp_path / "tiny" / "0"), ".ckpt.tar.x1y2z3.tmp")
-    open(stale, "wb").close()  # what a kill during a write leaves
-
-    run_dir = run_train(synthetic_root, tmp_path)
+    resumed = train_process(synthetic_root, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    said = resumed.stdout + resumed.stderr
+    assert "taking over the stale lock" in said and "removed stale temporary file" in said
     assert_same_run(reference_run, run_dir)
-    assert not os.path.exists(stale)
-    assert not os.path.exists(os.path.join(run_dir, ".lock"))
 
 
 def test_stop_signal_checkpoints_exits_75_and_the_same_command_resumes_identically(
@@ -146,7 +174,7 @@ def test_stop_signal_checkpoints_exits_75_and_the_same_command_resumes_identical
 @pytest.mark.slow
 def test_a_stop_signal_on_one_rank_stops_every_rank_after_the_same_step(synthetic_root, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    cmd += ["--master_port", "29618", os.path.join(REPO, "tests", "stop_worker.py")]
+    cmd += ["--master_port", free_port(), os.path.join(REPO, "tests", "stop_worker.py")]
     cmd += ["--config", "tiny", "--exp_dir", str(tmp_path)]
     for item in (f"root_dir={synthetic_root}", *FAST):
         cmd += ["--set", item]
@@ -182,7 +210,10 @@ def test_unreadable_ckpt_falls_back_to_the_previous_one(synthetic_root, tmp_path
 
 
 def test_a_locked_run_directory_is_refused_naming_host_and_pid(synthetic_root, tmp_path, capsys):
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # A live holder until the test kills it (it waits for input that never comes).
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
     try:
         run_dir = tmp_path / "tiny" / "0"
         os.makedirs(run_dir)
@@ -246,7 +277,8 @@ def test_a_data_error_on_rank_1_names_the_file_on_the_console_and_in_out_log(
     field[3, 4] = np.nan
     np.save(victim, field)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    cmd += ["--master_port", "29617", "train.py", "--config", "tiny", "--exp_dir", str(tmp_path)]
+    cmd += ["--master_port", free_port(), "train.py", "--config", "tiny"]
+    cmd += ["--exp_dir", str(tmp_path)]
     for item in (f"root_dir={root}", *FAST, "max_epochs=1", "max_steps_per_epoch=1"):
         cmd += ["--set", item]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -344,32 +376,33 @@ def _gone(pid):
 
 
 def test_a_rank_stops_when_its_launcher_dies(tmp_path):
+    """Neither process ends by itself (each waits forever): the rank is gone only if watching its
+    launcher stopped it."""
     ready = str(tmp_path / "watching")
     child = (
-        f"import sys, time; sys.path.insert(0, {REPO!r}); "
+        f"import sys, threading; sys.path.insert(0, {REPO!r}); "
         "from utils.training.preemption import watch_launcher; watch_launcher(0.05); "
-        f"open({ready!r}, 'w').close(); time.sleep(120)"
+        f"open({ready!r}, 'w').close(); threading.Event().wait()"
     )
     launcher = (
-        "import subprocess, sys, time; "
+        "import subprocess, sys, threading; "
         f"p = subprocess.Popen([sys.executable, '-c', {child!r}]); "
-        "print(p.pid, flush=True); time.sleep(120)"
+        "print(p.pid, flush=True); threading.Event().wait()"
     )
     env = dict(os.environ, TORCHELASTIC_RUN_ID="test")
     proc = subprocess.Popen([sys.executable, "-c", launcher], stdout=subprocess.PIPE, env=env)
     rank = int(proc.stdout.readline())
-    for _ in range(1200):
-        if os.path.exists(ready):
-            break
-        threading.Event().wait(0.05)
-    assert not _gone(rank)
-    proc.kill()
-    proc.wait()
-    for _ in range(600):  # the rank's SIGTERM comes within ~0.05 s of noticing
-        if _gone(rank):
-            break
-        threading.Event().wait(0.05)
-    assert _gone(rank)
+    try:
+        wait_until(lambda: os.path.exists(ready), "the rank to watch its launcher")
+        assert not _gone(rank)
+        proc.kill()
+        proc.wait()
+        wait_until(lambda: _gone(rank), "the rank to stop after its launcher died")
+    finally:
+        proc.kill()
+        proc.wait()
+        if not _gone(rank):
+            os.kill(rank, signal.SIGKILL)
 
 
 def test_a_truncated_statistics_file_is_named(tmp_path):

@@ -1,9 +1,14 @@
 """inference.evaluate's output directory: staged and moved into place, --overwrite, provenance in
-metrics.json, and the climatology fallback (an error unless allowed, then listed)."""
+metrics.json, the climatology fallback (an error unless allowed, then listed), and real kills of
+``python inference.py`` at every instant of writing and publishing its results."""
 
+import filecmp
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 
 import pytest
 from conftest import FAST_EVALUATION, make_params
@@ -11,17 +16,11 @@ from conftest import FAST_EVALUATION, make_params
 import inference
 from networks.vamoe import VAMoE
 from utils.errors import DataError, OutputExistsError
+from utils.fault_injection import KILL_AT
 from utils.training.checkpoint import atomic_save
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = FAST_EVALUATION
-
-
-class _Killed(BaseException):
-    """Stands for SIGKILL."""
-
-
-def _killed(*args, **kwargs):
-    raise _Killed()
 
 
 def _placeholder_plot(*args, **kwargs):
@@ -61,7 +60,7 @@ def evaluate(root, weights, out_dir, *overrides, overwrite=False):
 
 
 def test_results_are_staged_replaced_only_with_overwrite_and_record_their_source(
-    synthetic_root, weights, tmp_path, monkeypatch
+    synthetic_root, weights, tmp_path
 ):
     out = tmp_path / "results"
     written = evaluate(synthetic_root, weights, out)
@@ -75,16 +74,7 @@ def test_results_are_staged_replaced_only_with_overwrite_and_record_their_source
     with pytest.raises(OutputExistsError, match="--overwrite"):
         evaluate(synthetic_root, weights, out)
 
-    # A killed evaluation leaves the previous results whole and no staging directory.
     (out / "stale_marker").write_text("from the first evaluation")
-    before = (out / "metrics.json").read_text()
-    monkeypatch.setattr(inference, "plot_rmse_acc", _killed)
-    with pytest.raises(_Killed):
-        evaluate(synthetic_root, weights, out, "t_out_test=1", overwrite=True)
-    monkeypatch.setattr(inference, "plot_rmse_acc", _placeholder_plot)
-    assert (out / "metrics.json").read_text() == before and (out / "stale_marker").exists()
-    assert sorted(os.listdir(tmp_path)) == ["results"]
-
     evaluate(synthetic_root, weights, out, "t_out_test=1", overwrite=True)
     assert not (out / "stale_marker").exists()  # replaced whole, nothing mixed in
     assert json.loads((out / "metrics.json").read_text())["lead_hours"] == [0, 6]
@@ -136,3 +126,79 @@ def test_entry_points_print_one_line_naming_the_culprit(synthetic_root, tmp_path
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1 and culprit in err, err
     assert not (tmp_path / "out").exists()
+
+
+# ``python inference.py`` with the fallback publish (two renames) forced.
+TWO_RENAMES = (
+    "import runpy, sys; from utils.evaluation import staging; "
+    "staging.rename_exchange = lambda a, b: False; "
+    "sys.argv[0] = 'inference.py'; runpy.run_path('inference.py', run_name='__main__')"
+)
+
+
+def inference_process(root, weights, out_dir, *overrides, kill_at=None, publish="exchange"):
+    """``python inference.py --overwrite`` (plots included) in a process of its own, killed at
+    the kill point ``kill_at``; ``publish="two_renames"`` forces the fallback publish."""
+    env = {k: v for k, v in os.environ.items() if k != KILL_AT}
+    if kill_at is not None:
+        env[KILL_AT] = kill_at
+    program = ["inference.py"] if publish == "exchange" else ["-c", TWO_RENAMES]
+    cmd = [sys.executable, *program, "--config", "tiny", "--weights", weights]
+    cmd += ["--out_dir", str(out_dir), "--max_batches", "1", "--overwrite"]
+    for item in (f"root_dir={root}", *FAST, *overrides):
+        cmd += ["--set", item]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def assert_same_files(a, b):
+    """The folders ``a`` and ``b`` hold the same files, byte for byte."""
+    assert sorted(os.listdir(a)) == sorted(os.listdir(b))
+    match, mismatch, errors = filecmp.cmpfiles(a, b, os.listdir(a), shallow=False)
+    assert not mismatch and not errors, (mismatch, errors)
+
+
+@pytest.fixture(scope="module")
+def evaluations(synthetic_root, weights, tmp_path_factory):
+    """The previous results (one lead time) and those of the uninterrupted evaluation that
+    replaces them (two lead times)."""
+    folder = tmp_path_factory.mktemp("evaluations")
+    for name, t_out in (("previous", 1), ("reference", 2)):
+        proc = inference_process(synthetic_root, weights, folder / name, f"t_out_test={t_out}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return folder / "previous", folder / "reference"
+
+
+@pytest.mark.parametrize(
+    "publish, point, whole_after_the_kill",
+    [
+        ("exchange", "write:metrics.csv", "previous"),  # writing into the staging folder
+        ("exchange", "publish:swapped", "reference"),  # the staging name holds the old results
+        ("two_renames", "publish:moved_aside", None),  # out_dir missing, old results in .old
+        ("two_renames", "publish:moved_in", "reference"),  # .old not yet removed
+    ],
+)
+def test_a_killed_evaluation_loses_nothing_and_the_same_command_finishes_it(
+    synthetic_root, weights, tmp_path, evaluations, publish, point, whole_after_the_kill
+):
+    """SIGKILL while writing and at each instant of publishing (``publish:ready``, the same state
+    as a kill after the last write, is in tests/test_staging.py): the previous results (or the new
+    ones once swapped in) stay whole, and running the same command again gives the results of the
+    uninterrupted evaluation and leaves nothing else beside them."""
+    previous, reference = evaluations
+    out = tmp_path / "results"
+    shutil.copytree(previous, out)
+    run = (synthetic_root, weights, out, "t_out_test=2")
+    killed = inference_process(*run, kill_at=point, publish=publish)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert len(os.listdir(tmp_path)) > 1  # what the kill left beside the results
+    if whole_after_the_kill is None:
+        assert not out.exists()
+        (old,) = [n for n in os.listdir(tmp_path) if n.endswith(".old")]
+        assert_same_files(tmp_path / old, previous)
+    else:
+        assert_same_files(out, dict(previous=previous, reference=reference)[whole_after_the_kill])
+
+    again = inference_process(*run, publish=publish)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert_same_files(out, reference)
+    assert os.listdir(tmp_path) == ["results"]

@@ -20,8 +20,8 @@ from utils.evaluation.forecast_store import (
     check_free_space,
     create_store,
     forecast_spec,
-    staged_path,
 )
+from utils.evaluation.staging import staged_path
 from utils.evaluation.wb2_layout import WB2_VARIABLES, WB2Layout, select_channels
 from utils.grid import latitudes, longitudes
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,7 +24,7 @@ def quickstart_env(tmp_path, port):
 
 @pytest.mark.slow
 def test_quickstart_runs_end_to_end_and_reuses_what_exists(tmp_path):
-    env = quickstart_env(tmp_path, "29613")
+    env = quickstart_env(tmp_path, free_port())
     cmd = [
         "bash",
         os.path.join(REPO, "quickstart.sh"),
@@ -53,7 +54,7 @@ def test_quickstart_runs_end_to_end_and_reuses_what_exists(tmp_path):
 def test_quickstart_refuses_an_unknown_format(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable, DATA_DIR=str(tmp_path / "data"))
     cmd = ["bash", os.path.join(REPO, "quickstart.sh"), "--format", "zarr"]
-    run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 2 and "--format must be npy or h5, got 'zarr'" in run.stderr
     assert not (tmp_path / "data").exists()
 
@@ -68,7 +69,7 @@ def test_quickstart_format_h5_reaches_every_step(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("EXP_DIR", "RESULTS_DIR")}
     env.update(PYTHON=str(stub), DATA_DIR=str(tmp_path / "data"))
     cmd = ["bash", os.path.join(REPO, "quickstart.sh"), "--set", "max_epochs=1", "--format=h5"]
-    run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     make, _, train, _, evaluate = log.read_text().splitlines()  # _: the GPU counts
     assert make.startswith("-m tools.make_synthetic_era5") and make.endswith("--format h5")

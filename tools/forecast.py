@@ -30,10 +30,10 @@ from utils.evaluation.forecast_store import (
     check_free_space,
     create_store,
     forecast_spec,
-    staged_path,
 )
 from utils.evaluation.forecasting import dataset_states, run_forecasts
 from utils.evaluation.plots import plot_forecast_maps
+from utils.evaluation.staging import staged_path
 from utils.evaluation.stepper import Stepper, resolve_amp_dtype
 from utils.evaluation.wb2_layout import WB2Layout, select_channels
 from utils.grid import dataset_grid

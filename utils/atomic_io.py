@@ -4,6 +4,9 @@ one, and a failed write leaves no temporary file behind (a killed one leaves ``.
 which :func:`remove_stale_temporaries` clears). A write the file system refuses (read-only, full
 disk) raises :class:`utils.errors.OutputError` naming the path. New files get the usual permissions
 (0o666 less the umask); an existing file keeps its mode.
+
+Every write passes the kill point ``write:<file name>`` (:mod:`utils.fault_injection`) at the
+instant a kill tests the most: the temporary file complete, the target not yet replaced.
 """
 
 import os
@@ -14,6 +17,7 @@ from typing import BinaryIO
 import numpy as np
 
 from utils.errors import OutputError
+from utils.fault_injection import kill_point
 
 _UMASK = os.umask(0)  # read once, at import, while nothing else creates files
 os.umask(_UMASK)
@@ -27,12 +31,18 @@ def _file_mode(path: str) -> int:
 
 
 def atomic_write(
-    path: str, write: Callable[[BinaryIO], None], keep_previous: str | None = None
+    path: str,
+    write: Callable[[BinaryIO], None],
+    keep_previous: str | None = None,
+    durable: bool = True,
 ) -> None:
     """Call ``write(f)`` on a temporary binary file, then move it to ``path`` atomically.
 
     ``keep_previous``: a path where the file being replaced is kept (a hard link made just before
     the rename, so ``path`` never goes missing; a rename where links are not supported).
+    ``durable``: the file is flushed to disk (``fsync``) before the rename; False only starts its
+    writing out (:func:`start_writeback`), for files that :mod:`utils.batch_io` makes durable as
+    a batch.
     """
     directory = os.path.dirname(os.path.abspath(path))
     try:
@@ -44,10 +54,14 @@ def atomic_write(
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
+            else:
+                start_writeback(f.fileno())
         os.chmod(tmp, _file_mode(path))  # mkstemp creates 0o600
         if keep_previous is not None and os.path.exists(path):
             _keep(path, keep_previous)
+        kill_point("write:" + os.path.basename(path))
         os.replace(tmp, path)
     except BaseException as err:
         try:
@@ -59,8 +73,22 @@ def atomic_write(
         raise
 
 
+def start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing the file's data out now, without waiting: on Linux,
+    ``POSIX_FADV_DONTNEED`` starts the writeback of dirty pages (and drops only pages already
+    clean, none of a file just written), so the disk works while the next files are prepared and
+    the batch's flush finds most of its data written. Elsewhere, nothing."""
+    if hasattr(os, "posix_fadvise"):
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        except OSError:  # a file system without it: the flush does all the work
+            pass
+
+
 def _keep(path: str, previous: str) -> None:
     """Make ``previous`` a copy of the current ``path`` atomically (hard link, else rename)."""
+    if os.path.exists(previous) and os.path.samefile(path, previous):
+        return  # already one (a killed write left both names on one file)
     link = os.path.join(
         os.path.dirname(os.path.abspath(previous)), _tmp_prefix(previous) + "link.tmp"
     )

@@ -5,8 +5,9 @@ per file, a few milliseconds each, which at millions of small files is hours. He
 (e.g. a day of converted fields) is written the cheap way, then made durable once:
 
 1. every file is written to a temporary name and renamed into place without ``fsync``
-   (:func:`write_unsynced`): a reader, or a killed writer, never sees a half-written file; its
-   writing out to disk is started at once, without waiting for it;
+   (:func:`utils.atomic_io.atomic_write` with ``durable=False``): a reader, or a killed writer,
+   never sees a half-written file; its writing out to disk is started at once, without waiting
+   for it;
 2. the batch is flushed at once (:func:`make_durable`): every file is ``fsync``-ed by a pool of
    threads (the file system commits them together), then every directory that gained an entry;
 3. only then are the files' names added to their directory's record, :data:`RECORD`
@@ -24,54 +25,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import BinaryIO
 
+from utils.atomic_io import atomic_write
 from utils.errors import OutputError
 
 RECORD = ".durable.json"  # per directory: the names of its files known to be on disk
 FSYNC_THREADS = 16  # files flushed at once: concurrent fsyncs share the file system's commits
-
-
-def write_unsynced(path: str, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write(f)`` on a temporary file beside ``path``, then rename it to ``path``, without
-    flushing it to disk (:func:`make_durable` does that for the whole batch). The temporary file
-    is ``.<name>.<random>.tmp``, a name :func:`utils.atomic_io.remove_stale_temporaries` clears;
-    the file gets the usual permissions (0o666 less the umask)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.urandom(6).hex()}.tmp")
-    try:
-        os.makedirs(directory, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    except OSError as err:
-        raise OutputError(f"cannot write {path}: {err.strerror or err}") from err
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            _start_writeback(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(err, OSError) and not isinstance(err, OutputError):
-            raise OutputError(f"cannot write {path}: {err.strerror or err}") from err
-        raise
-
-
-def _start_writeback(fd: int) -> None:
-    """Ask the kernel to start writing the file's data out now, without waiting: on Linux,
-    ``POSIX_FADV_DONTNEED`` starts the writeback of dirty pages (and drops only pages already
-    clean, none of a file just written), so the disk works while the next files are prepared and
-    the batch's flush finds most of its data written. Elsewhere, nothing."""
-    if hasattr(os, "posix_fadvise"):
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        except OSError:  # a file system without it: the flush does all the work
-            pass
 
 
 def fsync_path(path: str) -> None:
@@ -136,4 +97,6 @@ def forget_durable(directory: str, names: Iterable[str]) -> None:
 
 def _write_record(directory: str, names: set[str]) -> None:
     text = json.dumps(sorted(names)) + "\n"
-    write_unsynced(os.path.join(directory, RECORD), lambda f: f.write(text.encode("utf-8")))
+    atomic_write(
+        os.path.join(directory, RECORD), lambda f: f.write(text.encode("utf-8")), durable=False
+    )

@@ -27,12 +27,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from utils.atomic_io import atomic_write
 from utils.batch_io import (
     FSYNC_THREADS,
     forget_durable,
     make_durable,
     record_durable,
-    write_unsynced,
 )
 from utils.channels import Channel
 from utils.conversion.normalise_input import InputOptions, NormalisedInput, normalise
@@ -234,7 +234,7 @@ def _read_and_write(item: tuple) -> None:
     job = item[0]
     for var, level, field in _read_variable(item):
         path = _field_path(job.hours, var, level)
-        write_unsynced(path, lambda f, a=field: np.save(f, a, allow_pickle=False))
+        atomic_write(path, lambda f, a=field: np.save(f, a, allow_pickle=False), durable=False)
 
 
 def commit_day(paths: Sequence[str], pool: ThreadPoolExecutor | None = None) -> int:

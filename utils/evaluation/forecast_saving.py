@@ -33,8 +33,8 @@ from utils.evaluation.forecast_store import (
     create_store,
     forecast_spec,
     is_netcdf,
-    staged_path,
 )
+from utils.evaluation.staging import staged_path
 from utils.evaluation.wb2_layout import WB2Layout, select_channels
 
 DEFAULT_STORE = "forecasts.zarr"

@@ -11,7 +11,7 @@ and levels and the whole grid.
 keys; a :class:`StoreWriter` then fills the chunk of one key at a time, so only one key's fields
 are ever in memory. With several ranks, rank 0 creates the store, the ranks wait at a barrier, and
 each rank opens a writer for its own keys (Zarr only: every chunk is its own file; a netCDF file
-has one writer). :func:`staged_path` has a store written beside its final path and moves it into
+has one writer). :func:`utils.evaluation.staging.staged_path` has a store written beside its final path and moves it into
 place when it is complete, so a killed run leaves no half store there.
 """
 
@@ -20,14 +20,12 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from utils.errors import OutputError, OutputExistsError
-from utils.evaluation.staging import publish, remove_stale_staging, staging_prefix
+from utils.errors import OutputError
 from utils.evaluation.wb2_layout import (
     COORDINATE_ATTRS,
     WB2Layout,
@@ -295,26 +293,3 @@ class StoreWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-@contextmanager
-def staged_path(path: str, overwrite: bool = False) -> Iterator[str]:
-    """Give a path in a staging folder beside ``path`` to write a store (or any file or folder)
-    at; when the block ends normally, move it to ``path`` (replacing what was there only with
-    ``overwrite``). A failure or a kill before the move leaves ``path`` as it was; staging folders
-    of dead processes are removed first."""
-    path = os.path.abspath(path)
-    if os.path.lexists(path) and not overwrite:
-        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
-    remove_stale_staging(path)
-    staging = staging_prefix(path) + str(os.getpid())
-    try:
-        os.makedirs(staging)
-    except OSError as err:
-        raise OutputError(f"cannot create {staging}: {err.strerror or err}") from err
-    inner = os.path.join(staging, os.path.basename(path))
-    try:
-        yield inner
-        publish(inner, path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
