@@ -16,6 +16,7 @@ from utils.evaluation.staging import (
     publish,
     recover_interrupted_publish,
     rename_exchange,
+    staged_path,
     staging_prefix,
     write_staged,
 )
@@ -283,3 +284,46 @@ def test_a_kill_at_every_instant_of_the_publish_step_loses_nothing(
     assert _publish_in_a_process(out, path, "new").returncode == 0
     assert _contents(out) == {"metrics.json": "new", "summary.txt": "new"}
     assert os.listdir(tmp_path) == ["results"]
+
+
+# A process that writes one file through staged_path (--overwrite); argv as PUBLISHER's.
+FILE_PUBLISHER = """
+import sys
+from utils.evaluation import staging
+dest, path, text = sys.argv[1:]
+if path == "two_renames":
+    staging.rename_exchange = lambda a, b: False
+with staging.staged_path(dest, overwrite=True) as staged:
+    assert staged.endswith(".nc"), staged  # the extension, which names the format, is kept
+    with open(staged, "w") as f:
+        f.write(text)
+"""
+
+
+@pytest.mark.parametrize(
+    "path, point, after_the_kill",
+    [
+        ("exchange", "publish:swapped", "new"),
+        ("two_renames", "publish:moved_aside", None),
+        ("two_renames", "publish:moved_in", "new"),
+    ],
+)
+def test_a_staged_file_killed_while_published_loses_nothing(tmp_path, path, point, after_the_kill):
+    dest = str(tmp_path / "fc.nc")
+
+    def run(text, kill_at=None):
+        env = {k: v for k, v in os.environ.items() if k != KILL_AT}
+        if kill_at is not None:
+            env[KILL_AT] = kill_at
+        cmd = [sys.executable, "-c", FILE_PUBLISHER, dest, path, text]
+        return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+    assert run("previous").returncode == 0
+    assert run("new", kill_at=point).returncode == -signal.SIGKILL
+    assert os.path.exists(dest) == (after_the_kill is not None)
+    with pytest.raises(OutputExistsError):  # the next start restores, then refuses to replace
+        with staged_path(dest):
+            pass
+    with open(dest) as f:
+        assert f.read() == (after_the_kill or "previous")
+    assert os.listdir(tmp_path) == ["fc.nc"]

@@ -74,7 +74,8 @@ def recover_interrupted_publish(out_dir: str) -> None:
     parent = os.path.dirname(prefix)
     for name in sorted(os.listdir(parent)) if os.path.isdir(parent) else []:
         path = os.path.join(parent, name)
-        pid = path[len(prefix) :].removesuffix(".old") if path.startswith(prefix) else ""
+        # <prefix><pid>, then the destination's extension (staged_path) and ".old" (publish)
+        pid = path[len(prefix) :].split(".", 1)[0] if path.startswith(prefix) else ""
         if not pid.isdigit() or process_alive(int(pid), None):
             continue
         if path.endswith(".old") and not os.path.lexists(out_dir):
@@ -169,15 +170,15 @@ def make_staging(out_dir: str, overwrite: bool) -> str:
 
 @contextmanager
 def staged_path(path: str, overwrite: bool = False) -> Iterator[str]:
-    """Give the staging path of ``path`` (a file or a folder, e.g. a netCDF file or a Zarr store)
-    to write at; when the block ends normally, publish it to ``path`` (:func:`publish`: replacing
+    """Give the staging path of ``path`` (a file or a folder, e.g. a netCDF file or a Zarr store;
+    the staging path keeps its extension, which may say the format) to write at; when the block ends normally, publish it to ``path`` (:func:`publish`: replacing
     what was there only with ``overwrite``). What killed runs left beside ``path`` is recovered
     first; a failure or a kill before the publish leaves ``path`` as it was."""
     path = os.path.abspath(path)
     recover_interrupted_publish(path)
     if os.path.lexists(path) and not overwrite:
         raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
-    staging = staging_prefix(path) + str(os.getpid())
+    staging = staging_prefix(path) + str(os.getpid()) + os.path.splitext(path)[1]
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
     except OSError as err:
