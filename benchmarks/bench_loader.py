@@ -255,7 +255,7 @@ def _measure(args, params, raw, indices):
     ``raw()`` times the raw loop.
 
     Each round times the raw loop right before every reader, so a ratio compares two rates
-    measured seconds apart; the medians over rounds are robust to this machine's noise."""
+    measured seconds apart; the medians over rounds are robust to a busy machine's noise."""
     raw()  # warm the page cache
     by_format = {f: _readers(args, params, f, indices) for f in args.format}
     for readers in by_format.values():
