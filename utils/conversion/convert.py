@@ -2,14 +2,7 @@
 layout or its HDF5 year files, optionally regridded, then compute the statistics and the
 climatology.
 
-::
-
-    python -m tools.prepare_era5 --input INPUT [INPUT ...] --root_dir ./data/era5 \\
-        [--format npy|h5] [--variables z q u v t t2m u10 v10 msl sp] [--levels 1000 925 850 ...] \\
-        [--start 1979-01-01 --end 2021-12-31] [--hour_step 6] [--grid 128x256] \\
-        [--member N] [--level P] [--time_coord NAME] [--time_units UNITS] [--workers N] \\
-        [--part I/N | --finalize] [--download DIR] \\
-        [--stats_start ... --stats_end ...] [--no_stats] [--no_climatology] [--overwrite] [--debug]
+The command is ``python -m tools.prepare_era5`` (its options: ``tools/prepare_era5.py``).
 
 Inputs (``utils.conversion.sources``): netCDF files, glob patterns, directories, Zarr stores and
 ``gs://`` / ``s3://`` URLs of Zarr stores (read anonymously). Names, dimension order, latitude
@@ -26,8 +19,8 @@ The steps: the request is checked and resolved against its inputs (``utils.conve
 the work not on disk yet is planned (``utils.conversion.plan``), written (:func:`write_work`),
 then the statistics and climatology are computed.
 
-Errors about the inputs or the request (``ConversionError``, and the project's other errors)
-print one line and exit with status 2 (``--debug``: the traceback).
+Errors about the inputs or the request are ``ConversionError`` (and the project's other errors),
+which the command prints in one line.
 """
 
 from __future__ import annotations
