@@ -171,9 +171,10 @@ def make_staging(out_dir: str, overwrite: bool) -> str:
 @contextmanager
 def staged_path(path: str, overwrite: bool = False) -> Iterator[str]:
     """Give the staging path of ``path`` (a file or a folder, e.g. a netCDF file or a Zarr store;
-    the staging path keeps its extension, which may say the format) to write at; when the block ends normally, publish it to ``path`` (:func:`publish`: replacing
-    what was there only with ``overwrite``). What killed runs left beside ``path`` is recovered
-    first; a failure or a kill before the publish leaves ``path`` as it was."""
+    the staging path keeps its extension, which may say the format) to write at; when the block
+    ends normally, publish it to ``path`` (:func:`publish`: replacing what was there only with
+    ``overwrite``). What killed runs left beside ``path`` is recovered first; a failure or a kill
+    before the publish leaves ``path`` as it was."""
     path = os.path.abspath(path)
     recover_interrupted_publish(path)
     if os.path.lexists(path) and not overwrite:
